@@ -1,0 +1,6 @@
+"""cnncli: convolutional image classifiers on a CPU, from the command line.
+
+Importing the package is cheap: numba and the kernels load only when a model is built.
+"""
+
+__version__ = "0.1.0"

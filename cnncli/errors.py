@@ -1,0 +1,72 @@
+"""The errors cnncli reports to users, each carrying its documented exit code.
+
+Library code raises these; only the command line turns them into a message and an exit status.
+"""
+
+EXIT_OK = 0
+EXIT_PARTIAL = 1  # predict: some inputs could not be read
+EXIT_USAGE = 2  # bad options (typer/click's own code)
+EXIT_GATE = 3  # eval --fail-under: a metric fell below the bar
+EXIT_DIVERGED = 4  # training: the loss became NaN or infinite
+EXIT_DATA = 65  # bad data: dataset, image folder, or weight file contents
+EXIT_NOINPUT = 66  # an input path does not exist or cannot be read
+EXIT_INTERNAL = 70  # a bug in cnncli
+EXIT_CANTCREAT = 73  # the output cannot be created (missing or read-only directory, exists)
+EXIT_IOERR = 74  # writing failed (disk full, file-size limit, I/O error)
+EXIT_LOCKED = 75  # another run holds the output's lock; retry later
+EXIT_SIGINT = 130
+EXIT_SIGTERM = 143
+
+
+class CnnError(Exception):
+    """Base class: a one-line, user-facing message and an exit code."""
+
+    exit_code = EXIT_INTERNAL
+
+
+class UsageError(CnnError):
+    exit_code = EXIT_USAGE
+
+
+class DataError(CnnError):
+    """A dataset or image folder cannot be used (no classes, empty class, strict mode ...)."""
+
+    exit_code = EXIT_DATA
+
+
+class BadImageError(DataError):
+    """One image file cannot be decoded; the message names the file and the reason."""
+
+
+class FormatError(DataError):
+    """A weight file is not a valid cnncli weight file; the message names the file and the reason."""
+
+
+class SpecError(DataError):
+    """An architecture spec is malformed or does not fit the input shape."""
+
+
+class NoInputError(CnnError):
+    exit_code = EXIT_NOINPUT
+
+
+class OutputError(CnnError):
+    """The output cannot be created where asked (checked before long work starts)."""
+
+    exit_code = EXIT_CANTCREAT
+
+
+class WriteError(CnnError):
+    exit_code = EXIT_IOERR
+
+
+class LockedError(CnnError):
+    exit_code = EXIT_LOCKED
+
+
+class DivergedError(CnnError):
+    exit_code = EXIT_DIVERGED
+
+
+class GateError(CnnError):
+    exit_code = EXIT_GATE
