@@ -1,0 +1,425 @@
+"""Evaluation metrics: confusion matrix, classification report, ROC, threshold rules, quality gates.
+
+Pure numpy and exact (no sampling, no interpolation). Conventions used throughout:
+
+* Labels are integer class indices ``0 .. K-1``; ``proba`` is float ``(N, K)`` with one row per example.
+* Predictions: for K == 2 an example is predicted positive (class index 1, the *positive class*)
+  when ``proba[:, 1] >= threshold`` (default 0.5); for K > 2 the prediction is ``argmax(proba)``.
+* A ratio whose denominator is zero (precision of a never-predicted class, recall of a class with
+  no examples, F1 when precision + recall == 0) is defined as 0.0.
+* ROC AUC, sensitivity and specificity are ``None`` when the data holds only one of the two classes,
+  because they are undefined there rather than zero.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+
+import numpy as np
+
+from cnncli.errors import DataError, UsageError
+
+DEFAULT_THRESHOLD = 0.5
+
+# Metrics a gate can name directly; per-class metrics are written name[CLASS].
+TOP_LEVEL_METRICS = (
+    "accuracy",
+    "balanced_accuracy",
+    "macro_precision",
+    "macro_recall",
+    "macro_f1",
+    "roc_auc",
+    "sensitivity",
+    "specificity",
+)
+PER_CLASS_METRICS = ("precision", "recall", "f1")
+BINARY_ONLY_METRICS = ("roc_auc", "sensitivity", "specificity")
+
+
+# --------------------------------------------------------------------------- basics
+
+
+def _as_labels(y, name: str) -> np.ndarray:
+    a = np.asarray(y)
+    if a.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {a.shape}")
+    if a.size and not np.issubdtype(a.dtype, np.integer):
+        if not np.all(np.isfinite(a)) or not np.all(a == np.round(a)):
+            raise ValueError(f"{name} must hold integer class indices")
+    return a.astype(np.int64, copy=False)
+
+
+def _as_binary(y_true01, score) -> tuple[np.ndarray, np.ndarray]:
+    y = _as_labels(y_true01, "y_true01")
+    s = np.asarray(score, dtype=np.float64)
+    if s.shape != y.shape:
+        raise ValueError(f"score shape {s.shape} does not match y_true01 shape {y.shape}")
+    if np.any((y != 0) & (y != 1)):
+        raise ValueError("y_true01 must hold only 0 and 1")
+    if not np.all(np.isfinite(s)):
+        raise ValueError("score must be finite")
+    return y, s
+
+
+def _ratio(num: float, den: float) -> float:
+    return float(num) / float(den) if den else 0.0
+
+
+def confusion_matrix(y_true, y_pred, k: int) -> np.ndarray:
+    """Count matrix, int64 ``(k, k)``: ``cm[i, j]`` = examples of true class i predicted as j.
+
+    ``y_true``, ``y_pred``: int ``(N,)`` with values in ``0 .. k-1``.
+    """
+    t = _as_labels(y_true, "y_true")
+    p = _as_labels(y_pred, "y_pred")
+    if t.shape != p.shape:
+        raise ValueError(f"y_true shape {t.shape} does not match y_pred shape {p.shape}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if t.size and (t.min() < 0 or t.max() >= k or p.min() < 0 or p.max() >= k):
+        raise ValueError(f"labels must lie in 0..{k - 1}")
+    return np.bincount(t * k + p, minlength=k * k).reshape(k, k).astype(np.int64)
+
+
+def predict_labels(proba, threshold: float | None = None) -> np.ndarray:
+    """Predicted class indices, int64 ``(N,)``, from probabilities float ``(N, K)``.
+
+    K == 2: ``proba[:, 1] >= threshold`` (default 0.5) -> 1 else 0. K > 2: argmax (threshold must be None).
+    """
+    p = np.asarray(proba, dtype=np.float64)
+    if p.ndim != 2 or p.shape[1] < 1:
+        raise ValueError(f"proba must be (N, K), got shape {p.shape}")
+    if p.shape[1] == 2:
+        t = DEFAULT_THRESHOLD if threshold is None else float(threshold)
+        return (p[:, 1] >= t).astype(np.int64)
+    if threshold is not None:
+        raise UsageError(f"a decision threshold needs exactly two classes, this model has {p.shape[1]}")
+    return np.argmax(p, axis=1).astype(np.int64)
+
+
+# --------------------------------------------------------------------------- ROC
+
+
+def _average_ranks(x: np.ndarray) -> np.ndarray:
+    """1-based ranks of float ``(N,)`` with ties given the mean of the ranks they span."""
+    order = np.argsort(x, kind="mergesort")
+    xs = x[order]
+    # Boundaries of runs of equal values in sorted order.
+    starts = np.flatnonzero(np.r_[True, xs[1:] != xs[:-1]])
+    ends = np.r_[starts[1:], xs.size]  # exclusive
+    mean_rank = (starts + ends + 1) / 2.0  # mean of ranks starts+1 .. ends
+    ranks = np.empty(x.size, dtype=np.float64)
+    ranks[order] = np.repeat(mean_rank, ends - starts)
+    return ranks
+
+
+def roc_auc(y_true01, score) -> float | None:
+    """Exact area under the ROC curve (Mann-Whitney U / (n_pos * n_neg), ties count one half).
+
+    ``y_true01``: int ``(N,)`` of 0/1; ``score``: float ``(N,)``, higher = more positive.
+    Returns None when either class is absent.
+    """
+    y, s = _as_binary(y_true01, score)
+    n_pos = int(y.sum())
+    n_neg = y.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return None
+    r = _average_ranks(s)
+    u = r[y == 1].sum() - n_pos * (n_pos + 1) / 2.0
+    return float(u / (n_pos * n_neg))
+
+
+def roc_curve(y_true01, score) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exact ROC curve: ``(fpr, tpr, thresholds)``, each float64 ``(M,)``.
+
+    ``thresholds`` are ``+inf`` followed by the distinct scores in descending order; point i is the
+    rate of examples with ``score >= thresholds[i]``, so the curve runs from (0, 0) to (1, 1).
+    Raises DataError when ``y_true01`` holds only one class (the curve is undefined).
+    """
+    y, s = _as_binary(y_true01, score)
+    n_pos = int(y.sum())
+    n_neg = y.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        raise DataError("cannot compute a ROC curve: the labels hold only one class")
+    order = np.argsort(-s, kind="mergesort")
+    ss, ys = s[order], y[order]
+    # Last index of each run of equal scores: all tied examples switch together.
+    last = np.flatnonzero(np.r_[ss[1:] != ss[:-1], True])
+    tp = np.cumsum(ys)[last]
+    fp = (last + 1) - tp
+    tpr = np.r_[0.0, tp / n_pos]
+    fpr = np.r_[0.0, fp / n_neg]
+    thresholds = np.r_[np.inf, ss[last]]
+    return fpr, tpr, thresholds
+
+
+_RULE_RE = re.compile(r"^\s*(sensitivity|specificity)\s*=\s*(\S+)\s*$")
+
+
+def pick_threshold(y_true01, score, rule: str) -> tuple[float, dict]:
+    """Choose a decision threshold on ``score`` (float ``(N,)``) for labels ``y_true01`` (0/1, ``(N,)``).
+
+    Rules (candidates are the observed scores, plus one value just above the largest score,
+    which predicts nothing positive):
+
+    * ``sensitivity=X`` - the highest threshold whose sensitivity (TPR) is >= X;
+    * ``specificity=X`` - the lowest threshold whose specificity (1 - FPR) is >= X;
+    * ``youden`` - maximises sensitivity + specificity - 1 (ties: the highest threshold).
+
+    X must lie in (0, 1]. Every such target is reachable (the lowest score gives sensitivity 1, a
+    threshold above every score gives specificity 1), so the rule always succeeds; the returned dict
+    tells what it achieved: ``{"rule", "threshold", "sensitivity", "specificity", "youden"}``.
+    Returns ``(threshold, achieved)``; the threshold is always finite.
+    Bad rule -> UsageError; a single-class ``y_true01`` -> DataError.
+    """
+    text = str(rule).strip()
+    m = _RULE_RE.match(text)
+    if text.lower() == "youden":
+        kind, target = "youden", None
+    elif m:
+        kind = m.group(1)
+        try:
+            target = float(m.group(2))
+        except ValueError:
+            target = math.nan
+        if not (0.0 < target <= 1.0):
+            raise UsageError(f"threshold rule {text!r}: the target must be a number in (0, 1]")
+    else:
+        raise UsageError(
+            f"unknown threshold rule {text!r}; use sensitivity=X, specificity=X (0 < X <= 1) or youden"
+        )
+    fpr, tpr, thr = roc_curve(y_true01, score)
+    spec = 1.0 - fpr
+    if kind == "sensitivity":
+        # tpr is non-decreasing along descending thresholds: first hit is the highest threshold.
+        i = int(np.flatnonzero(tpr >= target - 1e-12)[0])
+    elif kind == "specificity":
+        # specificity is non-increasing: last hit is the lowest threshold.
+        i = int(np.flatnonzero(spec >= target - 1e-12)[-1])
+    else:
+        i = int(np.argmax(tpr - fpr))  # argmax returns the first, i.e. highest, of ties
+    t = float(thr[i])
+    if not math.isfinite(t):
+        # Smallest float above every score: same predictions as +inf, but JSON-able.
+        t = float(np.nextafter(thr[1], np.inf))
+    achieved = {
+        "rule": text if kind != "youden" else "youden",
+        "threshold": t,
+        "sensitivity": float(tpr[i]),
+        "specificity": float(spec[i]),
+        "youden": float(tpr[i] - fpr[i]),
+    }
+    return t, achieved
+
+
+# --------------------------------------------------------------------------- report
+
+
+def classification_report(y_true, proba, classes: Sequence[str], threshold: float | None = None) -> dict:
+    """Summary metrics as a JSON-able dict.
+
+    ``y_true``: int ``(N,)`` in ``0 .. K-1``; ``proba``: float ``(N, K)``; ``classes``: K names.
+    ``threshold`` applies to K == 2 only (positive class = index 1; default 0.5) and drives the
+    predictions behind every count-based metric.
+
+    Keys: ``n``, ``classes``, ``accuracy``, ``balanced_accuracy`` (mean recall over the classes that
+    occur in ``y_true``), ``macro_precision``/``macro_recall``/``macro_f1`` (unweighted mean over all K
+    classes), ``per_class`` {name: {precision, recall, f1, support}}, ``confusion_matrix``
+    {"classes", "rows": "true", "columns": "predicted", "matrix"}; for K == 2 also ``positive_class``,
+    ``threshold``, ``roc_auc``, ``sensitivity``, ``specificity`` (None when undefined).
+    """
+    classes = [str(c) for c in classes]
+    p = np.asarray(proba, dtype=np.float64)
+    t = _as_labels(y_true, "y_true")
+    k = len(classes)
+    if p.ndim != 2 or p.shape != (t.size, k):
+        raise ValueError(f"proba must have shape ({t.size}, {k}), got {p.shape}")
+    if t.size == 0:
+        raise DataError("no examples to evaluate")
+    if not np.all(np.isfinite(p)):
+        raise ValueError("proba must be finite")
+    if threshold is not None and not math.isfinite(float(threshold)):
+        raise UsageError(f"threshold must be a finite number, got {threshold}")
+    pred = predict_labels(p, threshold)
+    cm = confusion_matrix(t, pred, k)
+
+    tp = np.diag(cm).astype(np.float64)
+    support = cm.sum(axis=1)
+    predicted = cm.sum(axis=0)
+    per_class = {}
+    precisions, recalls, f1s = [], [], []
+    for i, name in enumerate(classes):
+        prec = _ratio(tp[i], predicted[i])
+        rec = _ratio(tp[i], support[i])
+        f1 = _ratio(2 * prec * rec, prec + rec)
+        per_class[name] = {"precision": prec, "recall": rec, "f1": f1, "support": int(support[i])}
+        precisions.append(prec)
+        recalls.append(rec)
+        f1s.append(f1)
+    present = support > 0
+    report: dict = {
+        "n": int(t.size),
+        "classes": classes,
+        "accuracy": float(tp.sum() / t.size),
+        "balanced_accuracy": float(np.mean(np.asarray(recalls)[present])),
+        "macro_precision": float(np.mean(precisions)),
+        "macro_recall": float(np.mean(recalls)),
+        "macro_f1": float(np.mean(f1s)),
+        "per_class": per_class,
+        "confusion_matrix": {
+            "classes": classes,
+            "rows": "true",
+            "columns": "predicted",
+            "matrix": cm.tolist(),
+        },
+    }
+    if k == 2:
+        report["positive_class"] = classes[1]
+        report["threshold"] = DEFAULT_THRESHOLD if threshold is None else float(threshold)
+        report["roc_auc"] = roc_auc((t == 1).astype(np.int64), p[:, 1])
+        report["sensitivity"] = float(recalls[1]) if support[1] else None
+        report["specificity"] = float(recalls[0]) if support[0] else None
+    return report
+
+
+# --------------------------------------------------------------------------- gates
+
+
+_GATE_NAME_RE = re.compile(r"^([A-Za-z_]+)(?:\[(.*)\])?$")
+
+
+def _valid_names() -> str:
+    return ", ".join([*TOP_LEVEL_METRICS, *(f"{m}[CLASS]" for m in PER_CLASS_METRICS)])
+
+
+def _split_top_level(text: str) -> list[str]:
+    """Split on commas that are not inside [...], so class names may contain commas."""
+    parts, depth, cur = [], 0, []
+    for ch in text:
+        if ch == "[":
+            depth += 1
+        elif ch == "]":
+            depth = max(0, depth - 1)
+        if ch == "," and depth == 0:
+            parts.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+    parts.append("".join(cur))
+    return parts
+
+
+def parse_gate(text: str | Sequence[str], classes: Sequence[str] | None = None) -> list[tuple[str, float]]:
+    """Parse ``--fail-under`` values into ``[(metric, bar), ...]`` in the order given.
+
+    ``text`` is one string or a list of strings (a repeated option), each ``metric=bar[,metric=bar...]``.
+    A metric is a top-level name (accuracy, balanced_accuracy, macro_precision, macro_recall,
+    macro_f1, roc_auc, sensitivity, specificity) or per-class ``precision[CLASS]``, ``recall[CLASS]``,
+    ``f1[CLASS]``. Bars are numbers in [0, 1]. When ``classes`` is given, CLASS must be one of them.
+    Anything else -> UsageError naming the valid metrics.
+    """
+    items = [text] if isinstance(text, str) else list(text)
+    gates: list[tuple[str, float]] = []
+    for item in items:
+        for part in _split_top_level(str(item)):
+            part = part.strip()
+            if not part:
+                continue
+            name, sep, bar_text = part.rpartition("=")
+            name, bar_text = name.strip(), bar_text.strip()
+            if not sep or not name:
+                raise UsageError(f"--fail-under: {part!r} is not METRIC=BAR (e.g. accuracy=0.9)")
+            m = _GATE_NAME_RE.match(name)
+            base = m.group(1).lower() if m else ""
+            cls = m.group(2) if m else None
+            if cls is None and base not in TOP_LEVEL_METRICS or cls is not None and base not in PER_CLASS_METRICS:
+                raise UsageError(f"--fail-under: unknown metric {name!r}; valid: {_valid_names()}")
+            if cls is not None:
+                if classes is not None and cls not in classes:
+                    raise UsageError(
+                        f"--fail-under: unknown class {cls!r} in {name!r}; classes: {', '.join(map(str, classes))}"
+                    )
+                name = f"{base}[{cls}]"
+            else:
+                name = base
+            try:
+                bar = float(bar_text)
+            except ValueError:
+                raise UsageError(f"--fail-under: {part!r}: bar {bar_text!r} is not a number") from None
+            if not (math.isfinite(bar) and 0.0 <= bar <= 1.0):
+                raise UsageError(f"--fail-under: {part!r}: bar must be a number in [0, 1]")
+            gates.append((name, bar))
+    if not gates:
+        raise UsageError(f"--fail-under: no METRIC=BAR given; valid metrics: {_valid_names()}")
+    return gates
+
+
+def _gate_value(report: dict, metric: str):
+    m = _GATE_NAME_RE.match(metric)
+    base, cls = (m.group(1), m.group(2)) if m else (metric, None)
+    if cls is not None:
+        per_class = report.get("per_class", {})
+        if cls not in per_class:
+            raise UsageError(
+                f"--fail-under: unknown class {cls!r} in {metric!r}; classes: {', '.join(per_class)}"
+            )
+        return per_class[cls][base]
+    if base not in report:
+        if base in BINARY_ONLY_METRICS:
+            raise UsageError(
+                f"--fail-under: {base} needs exactly two classes, the data has {len(report.get('classes', []))}"
+            )
+        raise UsageError(f"--fail-under: unknown metric {metric!r}; valid: {_valid_names()}")
+    return report[base]
+
+
+def _fmt_pair(value: float, bar: float) -> tuple[str, str]:
+    # Enough decimals that a value just under the bar does not print equal to it.
+    for d in range(2, 17):
+        a, b = f"{value:.{d}f}", f"{bar:.{d}f}"
+        if a != b:
+            return a, b
+    return repr(value), repr(bar)
+
+
+def check_gate(report: dict, gates: Sequence[tuple[str, float]]) -> list[str]:
+    """Failed gates as readable strings (``"accuracy 0.84 < 0.90"``); empty list = all passed.
+
+    A metric passes when ``value >= bar``. An undefined metric (None, e.g. roc_auc on one-class data)
+    fails. Naming a class or metric the report does not have -> UsageError.
+    """
+    failures = []
+    for metric, bar in gates:
+        value = _gate_value(report, metric)
+        if value is None:
+            failures.append(f"{metric} is undefined (the data holds only one class), needs >= {bar:g}")
+        elif not value >= bar:
+            a, b = _fmt_pair(float(value), float(bar))
+            failures.append(f"{metric} {a} < {b}")
+    return failures
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def most_confident_errors(paths: Sequence, y_true, proba, n: int, threshold: float | None = None) -> list[tuple]:
+    """The n misclassified examples the model was most sure about.
+
+    ``paths``: N items (returned as given); ``y_true``: int ``(N,)``; ``proba``: float ``(N, K)``;
+    predictions follow ``predict_labels(proba, threshold)``. Returns
+    ``[(path, true_idx, pred_idx, p_pred), ...]`` sorted by ``p_pred`` (probability of the wrong
+    predicted class) descending; ties keep input order.
+    """
+    t = _as_labels(y_true, "y_true")
+    p = np.asarray(proba, dtype=np.float64)
+    if len(paths) != t.size or p.shape[0] != t.size:
+        raise ValueError("paths, y_true and proba must have the same length")
+    if n <= 0 or t.size == 0:
+        return []
+    pred = predict_labels(p, threshold)
+    wrong = np.flatnonzero(pred != t)
+    conf = p[wrong, pred[wrong]]
+    order = wrong[np.argsort(-conf, kind="mergesort")][:n]
+    return [(paths[i], int(t[i]), int(pred[i]), float(p[i, pred[i]])) for i in order]
