@@ -287,7 +287,7 @@ def classification_report(y_true, proba, classes: Sequence[str], threshold: floa
 # --------------------------------------------------------------------------- gates
 
 
-_GATE_NAME_RE = re.compile(r"^([A-Za-z_]+)(?:\[(.*)\])?$")
+_GATE_NAME_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(?:\[(.*)\])?$")
 
 
 def _valid_names() -> str:
