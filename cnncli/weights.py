@@ -255,7 +255,10 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, tupl
     for name, info in header.items():
         if name == "__metadata__":
             continue
-        specs[name] = (str(info["dtype"]), tuple(int(d) for d in info["shape"]))
+        try:
+            specs[name] = (str(info["dtype"]), tuple(int(d) for d in info["shape"]))
+        except (KeyError, TypeError, ValueError):
+            raise FormatError(f"{path}: tensor {name[:60]!r} has a malformed header entry") from None
     return meta, specs
 
 
