@@ -1,0 +1,239 @@
+"""Layers: shape checks, parameters and gradients around the kernels.
+
+Every activation is a C-contiguous (N, C, H, W) array; a dense layer's output is (N, units, 1, 1), so a
+convolution placed after a dense layer sees a 1 x 1 map with `units` channels. Each layer has:
+- `params` / `grads`: dicts of arrays with the same keys ("weight", "bias"), empty for parameter-free layers;
+- `output_shape(in_shape)`: (C, H, W) -> (C, H, W), raising SpecError when the input does not fit;
+- `init(in_shape, rng)`: create parameters; `forward(x, training)` caches what `backward(dy) -> dx` needs.
+Float32 in production; float64 works too (the gradient checks use it).
+"""
+
+import math
+
+import numpy as np
+
+from . import kernels
+from .errors import SpecError
+
+
+def _out_size(size, kernel, stride, pad):
+    """(W - F + 2P) / S + 1, rounded down."""
+    return (size - kernel + 2 * pad) // stride + 1
+
+
+class Layer:
+    token = ""
+    params: dict
+    grads: dict
+
+    def __init__(self):
+        self.params, self.grads = {}, {}
+
+    def output_shape(self, in_shape):
+        return in_shape
+
+    def init(self, in_shape, rng):
+        pass
+
+    def __repr__(self):
+        return self.token
+
+
+class Conv(Layer):
+    """2-D convolution: F filters of size KH x KW over all input channels, zero padding, a bias per filter."""
+
+    def __init__(self, filters, kernel, stride=(1, 1), padding=(0, 0)):
+        super().__init__()
+        self.filters, self.kernel, self.stride, self.padding = filters, kernel, stride, padding
+
+    @property
+    def token(self):
+        kh, kw = self.kernel
+        s = f"conv{self.filters}k{kh}" + (f"x{kw}" if kw != kh else "")
+        if self.stride != (1, 1):
+            s += f"s{self.stride[0]}" + (f"x{self.stride[1]}" if self.stride[1] != self.stride[0] else "")
+        if self.padding != (0, 0):
+            s += f"p{self.padding[0]}" + (f"x{self.padding[1]}" if self.padding[1] != self.padding[0] else "")
+        return s
+
+    def output_shape(self, in_shape):
+        c, h, w = in_shape
+        oh = _out_size(h, self.kernel[0], self.stride[0], self.padding[0])
+        ow = _out_size(w, self.kernel[1], self.stride[1], self.padding[1])
+        if oh < 1 or ow < 1:
+            raise SpecError(f"{self.token}: a {self.kernel[0]}x{self.kernel[1]} filter does not fit a {h}x{w} input "
+                            f"(output would be {oh}x{ow}; (W - F + 2P)/S + 1 must be >= 1)")
+        return (self.filters, oh, ow)
+
+    def init(self, in_shape, rng, gain=2.0):
+        fan_in = in_shape[0] * self.kernel[0] * self.kernel[1]
+        bound = math.sqrt(3.0 * gain / fan_in)
+        self.params = {
+            "weight": rng.uniform(-bound, bound, (self.filters, in_shape[0], *self.kernel)).astype(np.float32),
+            "bias": np.zeros(self.filters, np.float32),
+        }
+
+    def forward(self, x, training=False):
+        w = self.params["weight"]
+        n, _, h, wd = x.shape
+        _, oh, ow = self.output_shape(x.shape[1:])
+        out = np.empty((n, self.filters, oh, ow), dtype=x.dtype)
+        kernels.conv2d_forward(x, w, self.params["bias"], self.stride, self.padding, out)
+        self.x = x
+        return out
+
+    def backward(self, dy, need_dx=True):
+        dx = np.empty_like(self.x) if need_dx else None
+        dw, db = kernels.conv2d_backward(self.x, self.params["weight"], np.ascontiguousarray(dy),
+                                         self.stride, self.padding, dx)
+        self.grads = {"weight": dw, "bias": db}
+        return dx
+
+
+class MaxPool(Layer):
+    """Max pooling over KH x KW windows; stride defaults to the window size."""
+
+    def __init__(self, size, stride=None, padding=(0, 0)):
+        super().__init__()
+        self.size, self.stride, self.padding = size, stride or size, padding
+
+    @property
+    def token(self):
+        s = f"pool{self.size[0]}" + (f"x{self.size[1]}" if self.size[1] != self.size[0] else "")
+        if self.stride != self.size:
+            s += f"s{self.stride[0]}" + (f"x{self.stride[1]}" if self.stride[1] != self.stride[0] else "")
+        if self.padding != (0, 0):
+            s += f"p{self.padding[0]}" + (f"x{self.padding[1]}" if self.padding[1] != self.padding[0] else "")
+        return s
+
+    def output_shape(self, in_shape):
+        c, h, w = in_shape
+        if self.padding[0] > self.size[0] // 2 or self.padding[1] > self.size[1] // 2:
+            raise SpecError(f"{self.token}: padding may be at most half the window size")
+        oh = _out_size(h, self.size[0], self.stride[0], self.padding[0])
+        ow = _out_size(w, self.size[1], self.stride[1], self.padding[1])
+        if oh < 1 or ow < 1:
+            raise SpecError(f"{self.token}: a {self.size[0]}x{self.size[1]} window does not fit a {h}x{w} input")
+        return (c, oh, ow)
+
+    def forward(self, x, training=False):
+        _, oh, ow = self.output_shape(x.shape[1:])
+        out = np.empty((x.shape[0], x.shape[1], oh, ow), dtype=x.dtype)
+        self.argmax = np.empty(out.shape, np.int32)
+        kernels.maxpool_forward(x, self.size, self.stride, self.padding, out, self.argmax)
+        self.in_shape = x.shape
+        return out
+
+    def backward(self, dy, need_dx=True):
+        dx = np.empty(self.in_shape, dtype=dy.dtype)
+        kernels.maxpool_backward(np.ascontiguousarray(dy), self.argmax, dx)
+        return dx
+
+
+class Activation(Layer):
+    """Element-wise ReLU, tanh or sigmoid; the backward pass uses the cached output."""
+
+    def __init__(self, kind):
+        super().__init__()
+        self.kind = kind
+
+    @property
+    def token(self):
+        return self.kind
+
+    def forward(self, x, training=False):
+        out = np.empty_like(x)
+        kernels.activation_forward(self.kind, x, out)
+        self.y = out
+        return out
+
+    def backward(self, dy, need_dx=True):
+        dx = np.empty_like(self.y)
+        kernels.activation_backward(self.kind, self.y, np.ascontiguousarray(dy), dx)
+        return dx
+
+
+class Dense(Layer):
+    """Fully connected: flattens (N, C, H, W) to (N, C*H*W); output (N, units, 1, 1). weight (units, C*H*W)."""
+
+    def __init__(self, units=None):
+        super().__init__()
+        self.units = units  # None until the model sets the class count on the output layer
+
+    @property
+    def token(self):
+        return f"fc{self.units}" if self.units else "fc"
+
+    def output_shape(self, in_shape):
+        return (self.units, 1, 1)
+
+    def init(self, in_shape, rng, gain=2.0):
+        fan_in = int(np.prod(in_shape))
+        bound = math.sqrt(3.0 * gain / fan_in)
+        self.params = {
+            "weight": rng.uniform(-bound, bound, (self.units, fan_in)).astype(np.float32),
+            "bias": np.zeros(self.units, np.float32),
+        }
+
+    def forward(self, x, training=False):
+        self.x2 = x.reshape(x.shape[0], -1)
+        self.in_shape = x.shape
+        out = self.x2 @ self.params["weight"].T
+        out += self.params["bias"]
+        return out.reshape(x.shape[0], self.units, 1, 1)
+
+    def backward(self, dy, need_dx=True):
+        dy2 = dy.reshape(dy.shape[0], self.units)
+        self.grads = {"weight": dy2.T @ self.x2, "bias": dy2.sum(axis=0)}
+        return (dy2 @ self.params["weight"]).reshape(self.in_shape) if need_dx else None
+
+
+class Dropout(Layer):
+    """Inverted dropout: in training, zero each value with probability `rate` and scale the rest by 1/(1-rate)."""
+
+    def __init__(self, rate):
+        super().__init__()
+        self.rate = rate
+        self.rng = np.random.default_rng(0)
+
+    @property
+    def token(self):
+        return f"drop{self.rate:g}"
+
+    def forward(self, x, training=False):
+        if not training or self.rate == 0:
+            self.mask = None
+            return x
+        keep = 1.0 - self.rate
+        self.mask = (self.rng.random(x.shape, dtype=np.float32) < keep).astype(x.dtype) / x.dtype.type(keep)
+        return x * self.mask
+
+    def backward(self, dy, need_dx=True):
+        return dy if self.mask is None else dy * self.mask
+
+
+def softmax(logits):
+    """Row-wise softmax of logits (N, K), computed from shifted values so it never overflows."""
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def softmax_cross_entropy(logits, labels, class_weights=None):
+    """Mean cross-entropy of logits (N, K) against integer labels (N,), and its gradient (N, K).
+
+    Uses log-sum-exp, so logits of +-1e4 give a finite loss and gradient. With class_weights (K,), each
+    sample counts with its class's weight and the mean is taken over the total weight.
+    """
+    n = logits.shape[0]
+    z = logits - logits.max(axis=1, keepdims=True)
+    log_norm = np.log(np.exp(z).sum(axis=1, keepdims=True))
+    log_p = z - log_norm
+    picked = -log_p[np.arange(n), labels]
+    w = np.ones(n, logits.dtype) if class_weights is None else np.asarray(class_weights, logits.dtype)[labels]
+    total = w.sum()
+    loss = float((picked * w).sum() / total)
+    grad = np.exp(log_p)
+    grad[np.arange(n), labels] -= 1.0
+    grad *= (w / total)[:, None]
+    return loss, grad.astype(logits.dtype, copy=False)

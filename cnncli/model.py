@@ -1,0 +1,202 @@
+"""Architecture specs, presets and the Model: a stack of layers with shape inference.
+
+A spec is one line a person can type in a shell, layers joined by '-' (or ',', spaces or '>>'):
+
+    conv32k3-relu-pool2-conv64k3-relu-pool2-fc128-relu-fc
+
+Parsing is a closed grammar: a weight file's spec goes through the same parser, so nothing in a file can
+name code to import or run. See README.md ("Architecture specs") for the full syntax.
+"""
+
+import re
+
+import numpy as np
+
+from .errors import SpecError
+from .layers import Activation, Conv, Dense, Dropout, MaxPool, softmax, softmax_cross_entropy
+
+PRESETS = {
+    # For tests and smoke runs: compiles and trains in seconds.
+    "tiny": "conv8k3-relu-pool2-fc",
+    # The reference network M1 of the benchmarks (valid convolutions, Fashion-MNIST sized).
+    "m1": "conv16k3-relu-pool2-conv32k3-relu-pool2-fc64-relu-fc",
+    # Default: three conv blocks; 'same' padding keeps small inputs (28 px) usable, pooling keeps 128 px cheap.
+    "default": "conv32k3p1-relu-pool2-conv64k3p1-relu-pool2-conv64k3p1-relu-pool2-fc128-relu-drop0.25-fc",
+}
+
+DEFAULT_FILTERS, DEFAULT_KERNEL, DEFAULT_POOL, DEFAULT_UNITS, DEFAULT_DROP = 32, 3, 2, 128, 0.5
+MAX_SPEC_LENGTH = 4096
+MAX_LAYERS = 256
+MAX_DIM = 65536
+
+_SEP = re.compile(r"\s*(?:>>|->|[-,\s])\s*")
+_PAIR = r"(\d+)(?:x(\d+))?"
+_CONV = re.compile(rf"conv(\d+)?(?:k{_PAIR})?(?:s{_PAIR})?(?:p{_PAIR})?")
+_POOL = re.compile(rf"(?:max)?pool{_PAIR}?(?:s{_PAIR})?(?:p{_PAIR})?")
+_DENSE = re.compile(r"(?:fc|dense)(\d+)?")
+_DROP = re.compile(r"drop(?:out)?(0?\.\d+|0)?")
+
+
+def _pair(a, b, default):
+    if a is None:
+        return default
+    return (int(a), int(b) if b is not None else int(a))
+
+
+def _bounded(token, what, value, lo, hi=MAX_DIM):
+    if not lo <= value <= hi:
+        raise SpecError(f"{token}: {what} must be between {lo} and {hi}, got {value}")
+    return value
+
+
+def _parse_token(token):
+    if token in ("relu", "tanh", "sigmoid"):
+        return Activation(token)
+    if m := _CONV.fullmatch(token):
+        filters = _bounded(token, "filter count", int(m[1]) if m[1] else DEFAULT_FILTERS, 1)
+        kernel = _pair(m[2], m[3], (DEFAULT_KERNEL, DEFAULT_KERNEL))
+        stride = _pair(m[4], m[5], (1, 1))
+        pad = _pair(m[6], m[7], (0, 0))
+        for what, v, lo in (("filter size", kernel, 1), ("stride", stride, 1), ("padding", pad, 0)):
+            _bounded(token, what, v[0], lo), _bounded(token, what, v[1], lo)
+        return Conv(filters, kernel, stride, pad)
+    if m := _POOL.fullmatch(token):
+        size = _pair(m[1], m[2], (DEFAULT_POOL, DEFAULT_POOL))
+        stride = _pair(m[3], m[4], size)
+        pad = _pair(m[5], m[6], (0, 0))
+        for what, v, lo in (("window", size, 1), ("stride", stride, 1), ("padding", pad, 0)):
+            _bounded(token, what, v[0], lo), _bounded(token, what, v[1], lo)
+        return MaxPool(size, stride, pad)
+    if m := _DENSE.fullmatch(token):
+        return Dense(_bounded(token, "units", int(m[1]), 1) if m[1] else None)
+    if m := _DROP.fullmatch(token):
+        rate = float(m[1]) if m[1] else DEFAULT_DROP
+        if not 0.0 <= rate < 1.0:
+            raise SpecError(f"{token}: the dropout rate must be in [0, 1)")
+        return Dropout(rate)
+    raise SpecError(f"unknown layer '{token}' (known: convNkK[sS][pP], relu, tanh, sigmoid, poolK[sS], fcN, fc, dropR)")
+
+
+def parse_spec(spec):
+    """Parse a spec string or preset name into a list of fresh layers; the last layer is always the output `fc`.
+
+    A bare `fc` that is not last means fc128; a spec that does not end with a bare `fc` gets one appended.
+    Raises SpecError naming the offending token.
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise SpecError("the architecture spec is empty")
+    if len(spec) > MAX_SPEC_LENGTH:
+        raise SpecError(f"the architecture spec is longer than {MAX_SPEC_LENGTH} characters")
+    text = PRESETS.get(spec.strip().lower(), spec).strip().lower()
+    tokens = [t for t in _SEP.split(text) if t]
+    if len(tokens) > MAX_LAYERS:
+        raise SpecError(f"the architecture has more than {MAX_LAYERS} layers")
+    layers = [_parse_token(t) for t in tokens]
+    if not (isinstance(layers[-1], Dense) and layers[-1].units is None):
+        layers.append(Dense(None))
+    for layer in layers[:-1]:
+        if isinstance(layer, Dense) and layer.units is None:
+            layer.units = DEFAULT_UNITS
+    return layers
+
+
+def canonical_spec(spec):
+    """The spec in its canonical spelling (what weight files store), e.g. 'conv32k3-relu-pool2-fc'."""
+    return "-".join(layer.token for layer in parse_spec(spec))
+
+
+class Model:
+    """A CNN classifier: input (N, C, H, W) float32 -> logits (N, num_classes).
+
+    Parameters live in `layers[i].params`; `state_dict()` names them "layers.{i}.{weight|bias}".
+    """
+
+    def __init__(self, spec, input_shape, num_classes, seed=0):
+        if num_classes < 2:
+            raise SpecError(f"a classifier needs at least 2 classes, got {num_classes}")
+        self.spec = canonical_spec(spec)
+        self.input_shape = tuple(int(v) for v in input_shape)
+        self.num_classes = int(num_classes)
+        self.layers = parse_spec(self.spec)
+        self.layers[-1].units = self.num_classes
+        rng = np.random.default_rng(seed)
+        shape = self.input_shape
+        self.shapes = []
+        for i, layer in enumerate(self.layers):
+            try:
+                out = layer.output_shape(shape)
+            except SpecError as exc:
+                raise SpecError(f"layer {i + 1} {exc} (input {shape[0]}x{shape[1]}x{shape[2]} as CxHxW)") from None
+            nxt = self.layers[i + 1] if i + 1 < len(self.layers) else None
+            # He initialisation feeding a ReLU, Glorot-like (gain 1) otherwise.
+            gain = 2.0 if isinstance(nxt, Activation) and nxt.kind == "relu" else 1.0
+            if isinstance(layer, (Conv, Dense)):
+                layer.init(shape, rng, gain)
+            shape = out
+            self.shapes.append(out)
+
+    def forward(self, x, training=False):
+        """Logits (N, num_classes) for x (N, C, H, W) float32; in training mode, caches for backward."""
+        if x.shape[1:] != self.input_shape:
+            raise ValueError(f"input shape {x.shape[1:]} does not match the model's {self.input_shape}")
+        h = np.ascontiguousarray(x)
+        for layer in self.layers:
+            h = layer.forward(h, training)
+        return h.reshape(h.shape[0], self.num_classes)
+
+    def backward(self, dlogits):
+        """Fill every layer's grads from dlogits (N, num_classes); returns nothing."""
+        d = dlogits.reshape(dlogits.shape[0], self.num_classes, 1, 1)
+        for i in range(len(self.layers) - 1, -1, -1):
+            d = self.layers[i].backward(d, need_dx=i > 0)
+
+    def loss_and_grads(self, x, labels, class_weights=None):
+        """Forward and backward on a batch; returns (mean loss, logits (N, K))."""
+        logits = self.forward(x, training=True)
+        loss, dlogits = softmax_cross_entropy(logits, labels, class_weights)
+        self.backward(dlogits)
+        return loss, logits
+
+    def predict_proba(self, x, batch_size=256):
+        """Class probabilities (N, num_classes) float32 for x (N, C, H, W) float32."""
+        out = [softmax(self.forward(x[i:i + batch_size])) for i in range(0, len(x), batch_size)]
+        return np.concatenate(out) if out else np.zeros((0, self.num_classes), np.float32)
+
+    def set_dropout_rng(self, rng):
+        for layer in self.layers:
+            if isinstance(layer, Dropout):
+                layer.rng = rng
+
+    def named(self, what="params"):
+        """[(name, array)] of parameters (or gradients) in a fixed order: layers.{i}.weight, layers.{i}.bias."""
+        return [(f"layers.{i}.{k}", v) for i, layer in enumerate(self.layers) for k, v in getattr(layer, what).items()]
+
+    def state_dict(self):
+        """{name: float32 array} of all parameters (copies)."""
+        return {name: np.array(v, np.float32) for name, v in self.named()}
+
+    def expected_shapes(self):
+        return {name: tuple(v.shape) for name, v in self.named()}
+
+    def load_state_dict(self, tensors):
+        """Replace all parameters; raises SpecError naming any missing, extra or mis-shaped tensor."""
+        expected = self.expected_shapes()
+        missing = sorted(set(expected) - set(tensors))
+        extra = sorted(set(tensors) - set(expected))
+        if missing or extra:
+            raise SpecError(f"tensors do not match the architecture (missing: {', '.join(missing) or '-'}; "
+                            f"unexpected: {', '.join(extra) or '-'})")
+        for name, shape in expected.items():
+            if tuple(tensors[name].shape) != shape:
+                raise SpecError(f"tensor {name} has shape {tuple(tensors[name].shape)}, the architecture needs {shape}")
+        for i, layer in enumerate(self.layers):
+            for k in layer.params:
+                layer.params[k] = np.ascontiguousarray(tensors[f"layers.{i}.{k}"], dtype=np.float32)
+
+    def summary(self):
+        """[(layer token, output shape (C, H, W), parameter count)] for each layer."""
+        return [(layer.token, shape, int(sum(v.size for v in layer.params.values())))
+                for layer, shape in zip(self.layers, self.shapes)]
+
+    def num_params(self):
+        return sum(v.size for _, v in self.named())

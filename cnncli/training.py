@@ -1,0 +1,171 @@
+"""The training loop: batches, augmentation, validation, early stopping, resumable state.
+
+Everything random comes from generators seeded by (seed, purpose, epoch, batch), so a run that is stopped
+after any batch and resumed from its saved state ends with exactly the weights of an uninterrupted run.
+The loop never prints: it reports through callbacks and returns a TrainState.
+"""
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import DivergedError
+from .optim import clip_by_global_norm, learning_rate, make_optimizer
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    schedule: str = "cosine"
+    seed: int = 0
+    augment: bool = False
+    class_weights: list | None = None  # one weight per class, or None
+    patience: int | None = None  # epochs without a better validation accuracy before stopping
+    max_time: float | None = None  # seconds of training, checked after every batch
+    clip_norm: float | None = None
+
+
+@dataclass
+class TrainState:
+    """Where a run is: enough to resume it exactly (with the model's weights and optimizer state)."""
+
+    epoch: int = 0  # epochs completed
+    batch: int = 0  # batches completed in the current epoch
+    step: int = 0  # optimizer steps taken
+    elapsed: float = 0.0  # seconds of training so far
+    history: list = field(default_factory=list)  # one dict per completed epoch
+    best_epoch: int = 0
+    best_score: float = -math.inf
+    best_weights: dict | None = None
+    epochs_without_gain: int = 0
+    running: dict = field(default_factory=lambda: {"loss": 0.0, "correct": 0, "seen": 0})
+    stop_reason: str = ""  # "", "completed", "early-stopped", "time-limit", "interrupted"
+
+
+def class_weights_auto(labels, num_classes):
+    """Weights (K,) inversely proportional to class frequency, averaging 1 over the samples: N / (K * n_k)."""
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    return (len(labels) / (num_classes * np.maximum(counts, 1))).tolist()
+
+
+def augment_batch(x, rng, shift=2):
+    """Random horizontal flips and shifts of up to `shift` pixels (zero fill) of a uint8 batch (N, C, H, W)."""
+    out = x.copy()
+    n, _, h, w = x.shape
+    flips = rng.random(n) < 0.5
+    out[flips] = out[flips, :, :, ::-1]
+    dy = rng.integers(-shift, shift + 1, n)
+    dx = rng.integers(-shift, shift + 1, n)
+    for i in range(n):
+        if dy[i] or dx[i]:
+            src = out[i].copy()
+            out[i] = 0
+            ys, yd = (slice(0, h - dy[i]), slice(dy[i], h)) if dy[i] >= 0 else (slice(-dy[i], h), slice(0, h + dy[i]))
+            xs, xd = (slice(0, w - dx[i]), slice(dx[i], w)) if dx[i] >= 0 else (slice(-dx[i], w), slice(0, w + dx[i]))
+            out[i][:, yd, xd] = src[:, ys, xs]
+    return out
+
+
+def evaluate(model, x, y, to_float, batch_size=256):
+    """(mean loss, accuracy, probabilities (N, K)) of model on uint8 images x (N, C, H, W) with labels y (N,)."""
+    proba = np.concatenate([model.predict_proba(to_float(x[i:i + batch_size]), batch_size)
+                            for i in range(0, len(x), batch_size)])
+    p_true = np.clip(proba[np.arange(len(y)), y], 1e-12, 1.0)
+    return float(-np.log(p_true).mean()), float((proba.argmax(1) == y).mean()), proba
+
+
+def fit(model, x, y, cfg, to_float, x_val=None, y_val=None, state=None, optimizer=None,
+        on_batch=None, on_epoch=None, should_stop=None):
+    """Train model on uint8 images x (N, C, H, W) with int labels y (N,); returns (TrainState, optimizer).
+
+    to_float maps a uint8 batch to the model's float32 input (the normalisation). With a validation set,
+    the best-scoring weights are kept in state.best_weights. on_batch(state, loss, lr) and on_epoch(state,
+    optimizer) are called after each batch and epoch; should_stop() is polled after each batch and ends
+    the run with stop_reason 'interrupted' and a state that fit() can resume from. Raises DivergedError
+    when the loss becomes NaN or infinite.
+    """
+    state = state or TrainState()
+    optimizer = optimizer or make_optimizer(cfg.optimizer, cfg.weight_decay)
+    n = len(x)
+    per_epoch = math.ceil(n / cfg.batch_size)
+    total = per_epoch * cfg.epochs
+    warmup = min(per_epoch // 2, 200) if cfg.optimizer == "sgd" else 0
+    weights = None if cfg.class_weights is None else np.asarray(cfg.class_weights, np.float32)
+    started = time.monotonic() - state.elapsed
+    while state.epoch < cfg.epochs:
+        order = np.random.default_rng([cfg.seed, 1, state.epoch]).permutation(n)
+        for b in range(state.batch, per_epoch):
+            idx = np.sort(order[b * cfg.batch_size:(b + 1) * cfg.batch_size])
+            xb = x[idx]
+            if cfg.augment:
+                xb = augment_batch(xb, np.random.default_rng([cfg.seed, 2, state.epoch, b]))
+            model.set_dropout_rng(np.random.default_rng([cfg.seed, 3, state.epoch, b]))
+            loss, logits = model.loss_and_grads(to_float(xb), y[idx], weights)
+            grads = model.named("grads")
+            if not math.isfinite(loss) or not all(np.isfinite(g).all() for _, g in grads):
+                raise DivergedError(f"the loss became {loss} at epoch {state.epoch + 1}, batch {b + 1}: "
+                                    f"training diverged; try a lower learning rate (--lr {cfg.lr / 10:g}) or --clip-norm")
+            if cfg.clip_norm:
+                clip_by_global_norm(grads, cfg.clip_norm)
+            lr = learning_rate(cfg.lr, state.step, total, cfg.schedule, warmup)
+            optimizer.step(model.named(), grads, lr)
+            state.step += 1
+            state.batch = b + 1
+            run = state.running
+            run["loss"] += loss * len(idx)
+            run["correct"] += int((logits.argmax(1) == y[idx]).sum())
+            run["seen"] += len(idx)
+            state.elapsed = time.monotonic() - started
+            if on_batch:
+                on_batch(state, loss, lr)
+            out_of_time = cfg.max_time is not None and state.elapsed >= cfg.max_time
+            if should_stop and should_stop() and not out_of_time:
+                if state.batch < per_epoch:
+                    state.stop_reason = "interrupted"
+                    return state, optimizer
+            if out_of_time or (should_stop and should_stop()):
+                break
+        _finish_epoch(model, state, cfg, to_float, x_val, y_val, lr)
+        if on_epoch:
+            on_epoch(state, optimizer)
+        if should_stop and should_stop() and state.epoch < cfg.epochs:
+            state.stop_reason = "interrupted"
+            return state, optimizer
+        if cfg.max_time is not None and state.elapsed >= cfg.max_time:
+            state.stop_reason = "time-limit"
+            break
+        if cfg.patience is not None and state.epochs_without_gain >= cfg.patience:
+            state.stop_reason = "early-stopped"
+            break
+    state.stop_reason = state.stop_reason or "completed"
+    if state.best_weights is not None:
+        model.load_state_dict(state.best_weights)
+    return state, optimizer
+
+
+def _finish_epoch(model, state, cfg, to_float, x_val, y_val, lr):
+    run = state.running
+    record = {"epoch": state.epoch + 1, "train_loss": run["loss"] / max(1, run["seen"]),
+              "train_accuracy": run["correct"] / max(1, run["seen"]), "lr": lr, "time": round(state.elapsed, 3)}
+    if x_val is not None and len(x_val):
+        record["val_loss"], record["val_accuracy"], _ = evaluate(model, x_val, y_val, to_float)
+        # Ties go to the earlier epoch; the loss breaks near-ties of accuracy on small validation sets.
+        score = record["val_accuracy"] - 1e-6 * record["val_loss"]
+        if score > state.best_score:
+            state.best_score, state.best_epoch = score, record["epoch"]
+            state.best_weights = model.state_dict()
+            state.epochs_without_gain = 0
+        else:
+            state.epochs_without_gain += 1
+    else:
+        state.best_epoch = record["epoch"]
+    state.history.append(record)
+    state.epoch += 1
+    state.batch = 0
+    state.running = {"loss": 0.0, "correct": 0, "seen": 0}
