@@ -161,7 +161,11 @@ def _fit(im: Image.Image, size: int) -> Image.Image:
 
 
 def _decode(path: str | os.PathLike, size: int, rgb: bool) -> tuple[np.ndarray, bool]:
-    """Core decoder without warning handling; returns (H, W) or (H, W, 3) uint8 and was_gray."""
+    """Core decoder without warning handling; returns uint8 (H, W) or (H, W, 3), and was_gray.
+
+    The result is (H, W) whenever the decoded image is gray (even with rgb=True: the caller replicates it,
+    which saves converting and storing three equal channels); (H, W, 3) only for colour sources with rgb=True.
+    """
     if size < 1:
         raise ValueError(f"size must be positive, got {size}")
     try:
@@ -182,9 +186,7 @@ def _decode(path: str | os.PathLike, size: int, rgb: bool) -> tuple[np.ndarray, 
             im.load()  # decode everything now: verify() accepts a half JPEG
             im = _exif_transpose(im)
             im, was_gray = _to_8bit(im)
-            if rgb and im.mode == "L":
-                im = im.convert("RGB")
-            elif not rgb and im.mode == "RGB":
+            if not rgb and im.mode == "RGB":
                 im = im.convert("L")
             im = _fit(im, size)
             arr = np.asarray(im, dtype=np.uint8)
@@ -192,7 +194,7 @@ def _decode(path: str | os.PathLike, size: int, rgb: bool) -> tuple[np.ndarray, 
         raise
     except Exception as exc:  # noqa: BLE001 - Pillow raises many types for bad input; all mean "bad file"
         raise BadImageError(f"{path}: {_reason(exc)}") from exc
-    if rgb and not was_gray:
+    if arr.ndim == 3 and not was_gray:
         was_gray = bool((arr[..., 0] == arr[..., 1]).all() and (arr[..., 1] == arr[..., 2]).all())
     return arr, was_gray
 
@@ -227,7 +229,7 @@ def decode(path: str | os.PathLike, size: int, channels: int) -> np.ndarray:
         raise ValueError(f"channels must be 1 or 3, got {channels}")
     with bombs_are_errors():
         arr, _ = _decode(path, size, rgb=channels == 3)
-    return to_chw(arr)
+    return to_chw(arr, channels)
 
 
 def decode_with_info(path: str | os.PathLike, size: int) -> tuple[np.ndarray, bool]:
@@ -239,13 +241,13 @@ def decode_with_info(path: str | os.PathLike, size: int) -> tuple[np.ndarray, bo
     """
     with bombs_are_errors():
         arr, was_gray = _decode(path, size, rgb=True)
-    return to_chw(arr), was_gray
+    return to_chw(arr, 3), was_gray
 
 
-def to_chw(arr: np.ndarray) -> np.ndarray:
-    """(H, W) or (H, W, C) uint8 -> contiguous (C, H, W) uint8."""
+def to_chw(arr: np.ndarray, channels: int) -> np.ndarray:
+    """(H, W) or (H, W, C) uint8 -> contiguous (channels, H, W) uint8; a 2-D gray image is replicated."""
     if arr.ndim == 2:
-        return np.ascontiguousarray(arr[None])
+        return np.ascontiguousarray(np.broadcast_to(arr, (channels, *arr.shape)))
     return np.ascontiguousarray(arr.transpose(2, 0, 1))
 
 
