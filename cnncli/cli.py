@@ -1,0 +1,301 @@
+"""The command line: thin typed commands over the job modules, and the one place errors become exit codes.
+
+Only this module imports typer and rich. Data goes to stdout, messages and progress to stderr; colour and
+progress bars only on a terminal, never with NO_COLOR. See README.md for the exit codes.
+"""
+
+import math
+import os
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from . import __version__
+from .errors import EXIT_INTERNAL, EXIT_SIGINT, EXIT_USAGE, CnnError, UsageError
+
+app = typer.Typer(
+    help="Train, evaluate and run convolutional image classifiers on a CPU.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _stderr_console():
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False, no_color="NO_COLOR" in os.environ and os.environ["NO_COLOR"] != "")
+
+
+def _say(msg):
+    sys.stderr.write(msg + "\n")
+    sys.stderr.flush()
+
+
+def _require(cond, option, msg):
+    if not cond:
+        raise UsageError(f"{option}: {msg}")
+
+
+def _positive_finite(value, option, allow_zero=False):
+    if value is not None:
+        _require(math.isfinite(value) and (value > 0 or (allow_zero and value == 0)), option,
+                 f"must be a finite number {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+
+class Color(str, Enum):
+    auto = "auto"
+    gray = "gray"
+    rgb = "rgb"
+
+
+class OptimizerName(str, Enum):
+    adam = "adam"
+    sgd = "sgd"
+
+
+class ClassWeights(str, Enum):
+    none = "none"
+    auto = "auto"
+
+
+class TrainReporter:
+    """Progress for `train`: a rich bar on a terminal, one plain line per epoch otherwise."""
+
+    def __init__(self, quiet):
+        self.quiet = quiet
+        self.live = sys.stderr.isatty() and not quiet and os.environ.get("TERM") != "dumb"
+        self.progress = None
+        self.task = None
+
+    def info(self, msg):
+        if not self.quiet:
+            self._print(msg)
+
+    def warn(self, msg):
+        self._print(f"warning: {msg}")
+
+    def _print(self, msg):
+        if self.progress is not None:
+            self.progress.console.print(msg, markup=False, highlight=False)
+        else:
+            _say(msg)
+
+    def batch(self, state, per_epoch, epochs, loss, acc, rate):
+        if not self.live:
+            return
+        if self.progress is None:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.progress = Progress(TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}"), BarColumn(),
+                                     TextColumn("loss {task.fields[loss]:.4f} acc {task.fields[acc]:.3f} "
+                                                "{task.fields[rate]:.0f} img/s"), TimeRemainingColumn(),
+                                     console=_stderr_console(), transient=True)
+            self.progress.start()
+            self.task = self.progress.add_task("train", total=per_epoch * epochs, epoch=1, epochs=epochs,
+                                               loss=0.0, acc=0.0, rate=0.0)
+        self.progress.update(self.task, completed=state.epoch * per_epoch + state.batch, epoch=state.epoch + 1,
+                             loss=loss, acc=acc, rate=rate)
+
+    def epoch_end(self, rec, epochs):
+        if self.quiet:
+            return
+        line = (f"epoch {rec['epoch']}/{epochs}: train loss {rec['train_loss']:.4f} "
+                f"acc {rec['train_accuracy']:.4f}")
+        if "val_accuracy" in rec:
+            line += f", val loss {rec['val_loss']:.4f} acc {rec['val_accuracy']:.4f}"
+        self._print(line + f", lr {rec['lr']:.2g}, {rec['time']:.0f}s")
+
+    def close(self):
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+
+@app.command()
+def train(
+    data: Annotated[Path, typer.Argument(help="Labeled image folder: DATA/<class>/ or DATA/train/<class>/ "
+                                              "(+ val/, test/).", show_default=False)],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Weight file to write.")] = Path("model.safetensors"),
+    arch: Annotated[str, typer.Option(help="Architecture spec or preset (tiny, m1, default).")] = "default",
+    size: Annotated[Optional[int], typer.Option(help="Input size in pixels (square). Default: from the data.")] = None,
+    color: Annotated[Color, typer.Option(help="auto: gray only if every training image is gray.")] = Color.auto,
+    epochs: Annotated[int, typer.Option(help="Passes over the training images.")] = 10,
+    batch_size: Annotated[int, typer.Option(help="Images per gradient step.")] = 64,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (cosine decay).")] = 1e-3,
+    optimizer: Annotated[OptimizerName, typer.Option(help="adam or sgd (momentum 0.9).")] = OptimizerName.adam,
+    weight_decay: Annotated[float, typer.Option(help="Weight decay (L2 for sgd, decoupled for adam).")] = 0.0,
+    val_split: Annotated[float, typer.Option(help="Fraction held out for validation when there is no val/ folder.")] = 0.2,
+    seed: Annotated[int, typer.Option(help="Seed for initial weights, split, shuffling and augmentation.")] = 0,
+    augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Random flips and 2-pixel shifts.")] = False,
+    class_weights: Annotated[ClassWeights, typer.Option(help="auto: weight the loss against class imbalance.")] = ClassWeights.none,
+    patience: Annotated[Optional[int], typer.Option(help="Stop after this many epochs without a better validation accuracy.")] = None,
+    max_time: Annotated[Optional[float], typer.Option(help="Stop training after this many seconds.")] = None,
+    clip_norm: Annotated[Optional[float], typer.Option(help="Clip gradients to this global L2 norm.")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="Worker threads (default: all CPUs).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its checkpoint.")] = False,
+    strict: Annotated[bool, typer.Option(help="Stop at the first unreadable image instead of skipping it.")] = False,
+    wait: Annotated[float, typer.Option(help="Seconds to wait for another run writing the same output.")] = 0.0,
+    plot: Annotated[Optional[Path], typer.Option(help="Also draw the training curves into this PNG.")] = None,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Only warnings and errors on stderr.")] = False,
+):
+    """Train a classifier on a labeled image folder and write a weight file."""
+    _require(epochs >= 1, "--epochs", f"must be at least 1, got {epochs}")
+    _require(batch_size >= 1, "--batch-size", f"must be at least 1, got {batch_size}")
+    _positive_finite(lr, "--lr")
+    _positive_finite(weight_decay, "--weight-decay", allow_zero=True)
+    _require(math.isfinite(val_split) and 0 <= val_split < 1, "--val-split", f"must be in [0, 1), got {val_split}")
+    _require(size is None or 4 <= size <= 1024, "--size", f"must be between 4 and 1024, got {size}")
+    _require(patience is None or patience >= 1, "--patience", f"must be at least 1, got {patience}")
+    _positive_finite(max_time, "--max-time")
+    _positive_finite(clip_norm, "--clip-norm")
+    _require(threads is None or 1 <= threads <= 1024, "--threads", f"must be at least 1, got {threads}")
+    _require(math.isfinite(wait) and wait >= 0, "--wait", f"must be a finite number >= 0, got {wait}")
+    from .train_run import TrainOptions, run
+
+    opts = TrainOptions(data=str(data), output=str(output), arch=arch, size=size, color=color.value, epochs=epochs,
+                        batch_size=batch_size, lr=lr, optimizer=optimizer.value, weight_decay=weight_decay,
+                        val_split=val_split, seed=seed, augment=augment, class_weights=class_weights.value,
+                        patience=patience, max_time=max_time, clip_norm=clip_norm, threads=threads,
+                        overwrite=overwrite, resume=resume, strict=strict, wait=wait,
+                        plot=str(plot) if plot else None)
+    reporter = TrainReporter(quiet)
+    try:
+        summary = run(opts, reporter)
+    finally:
+        reporter.close()
+    if "interrupted" in summary:
+        _say(f"interrupted: checkpoint saved to {summary['checkpoint']} (epoch {summary['epoch'] + 1}, "
+             f"batch {summary['batch'] + 1}); continue with: cnncli train {data} -o {output} --resume")
+        raise typer.Exit(128 + summary["interrupted"])
+    if not quiet:
+        per_class = ", ".join(f"{c} {n}" for c, n in zip(summary["classes"], summary["images_per_class"]))
+        lines = [f"images per class: {per_class}; skipped files: {summary['skipped_files']}"
+                 + (f" (listed in {summary['bad_files']})" if "bad_files" in summary else ""),
+                 f"epochs: {summary['epochs_run']} ({summary['stop_reason']}), best epoch {summary['best_epoch']}"]
+        if "val_accuracy" in summary:
+            lines.append(f"validation accuracy: {summary['val_accuracy']:.4f}")
+        if "test_accuracy" in summary:
+            lines.append(f"test accuracy: {summary['test_accuracy']:.4f}")
+        lines.append(f"time: {summary['seconds']:.1f}s")
+        lines.append(f"weights: {summary['output']} (history: {summary['history']})")
+        _say("\n".join(lines))
+
+
+@app.command()
+def info(
+    model: Annotated[Path, typer.Argument(help="Weight file.", show_default=False)],
+    json_out: Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")] = False,
+):
+    """Show a weight file's architecture, layer shapes, classes, input and training summary."""
+    import json
+
+    from . import modelfile
+
+    clf = modelfile.load(model)
+    m = clf.model
+    layers = [{"layer": t, "output_shape": list(s), "params": p} for t, s, p in m.summary()]
+    doc = {"file": str(model), "arch": m.spec, "classes": clf.classes,
+           "input": {"channels": clf.channels, "height": m.input_shape[1], "width": m.input_shape[2],
+                     "color": clf.color},
+           "params": int(m.num_params()), "layers": layers, "threshold": clf.threshold, "train": clf.train}
+    if json_out:
+        sys.stdout.write(json.dumps(doc) + "\n")
+        return
+    c, h, w = m.input_shape
+    out = [f"file: {model}", f"arch: {m.spec}", f"input: {w}x{h}, {clf.color} ({c} channel{'s' if c > 1 else ''})",
+           f"classes ({len(clf.classes)}): {', '.join(clf.classes)}", "layers:"]
+    out += [f"  {i + 1:>3} {t:<16} {'x'.join(map(str, s)):>12} {p:>10,}" for i, (t, s, p) in enumerate(m.summary())]
+    out.append(f"parameters: {m.num_params():,}")
+    if clf.threshold is not None:
+        out.append(f"threshold: {clf.threshold:g}")
+    if clf.train:
+        out.append("training: " + ", ".join(f"{k} {v}" for k, v in clf.train.items() if v is not None))
+    sys.stdout.write("\n".join(out) + "\n")
+
+
+def _version_callback(value: bool):
+    if value:
+        sys.stdout.write(f"cnncli {__version__}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version_callback, is_eager=True,
+                                         help="Print the version and exit.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
+):
+    """cnncli: train, evaluate and run CNN image classifiers on a CPU. Exit codes: see README.md."""
+
+
+def _quiet_broken_pipe():
+    # The reader went away (e.g. `| head -1`): stop quietly, and keep Python from complaining at exit.
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except OSError:
+        pass
+
+
+def main(argv=None):
+    """Entry point: run the app and map every outcome to a documented exit code."""
+    try:  # typer >= 0.29 carries its own copy of click
+        from typer._click.exceptions import ClickException
+    except ImportError:  # pragma: no cover - older typer on top of click
+        from click.exceptions import ClickException
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get("CNNCLI_DEBUG", "") not in ("", "0")
+    if "--debug" in args:
+        args.remove("--debug")
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(args=args, prog_name="cnncli", standalone_mode=False)
+        code = code if isinstance(code, int) else 0
+    except typer.Exit as exc:
+        code = exc.exit_code
+    except ClickException as exc:
+        exc.show(file=sys.stderr)
+        code = exc.exit_code
+    except typer.Abort:
+        _say("cnncli: interrupted")
+        code = EXIT_SIGINT
+    except CnnError as exc:
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        if isinstance(exc, UsageError):
+            _say(f"Usage error: {exc}")
+        else:
+            _say(f"cnncli: error: {exc}")
+        code = exc.exit_code
+    except KeyboardInterrupt:
+        _say("cnncli: interrupted")
+        code = EXIT_SIGINT
+    except BrokenPipeError:
+        _quiet_broken_pipe()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+        if code == 143:
+            _say("cnncli: terminated")
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, no locals
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        _say(f"cnncli: internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+             "(run again with --debug for a traceback)")
+        code = EXIT_INTERNAL
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _quiet_broken_pipe()
+    sys.exit(code)

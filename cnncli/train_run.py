@@ -1,0 +1,272 @@
+"""The `train` job: folder in, weight file out, with checkpoints, resume and clean interrupts.
+
+No typer or rich here: the command line passes options in and receives progress through a reporter
+object with the methods info, warn, epoch_start, batch, epoch_end (see cli.py).
+"""
+
+import csv
+import io
+import math
+import os
+import signal
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__, folders, kernels, modelfile, weights
+from .atomic import OutputLock, atomic_write_bytes, check_writable_target
+from .errors import DataError, FormatError, SpecError, UsageError
+from .images import channel_stats
+from .model import Model, canonical_spec
+from .optim import make_optimizer
+from .training import TrainConfig, TrainState, class_weights_auto, evaluate, fit
+
+CHECKPOINT_KIND = "checkpoint"
+
+
+@dataclass
+class TrainOptions:
+    data: str
+    output: str = "model.safetensors"
+    arch: str = "default"
+    size: int | None = None
+    color: str = "auto"
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    val_split: float = 0.2
+    seed: int = 0
+    augment: bool = False
+    class_weights: str = "none"
+    patience: int | None = None
+    max_time: float | None = None
+    clip_norm: float | None = None
+    threads: int | None = None
+    overwrite: bool = False
+    resume: bool = False
+    strict: bool = False
+    wait: float = 0.0
+    plot: str | None = None
+
+
+class StopRequest:
+    """SIGINT / SIGTERM handling: the first signal asks training to stop after the current batch; a second
+    one (or any signal while nothing is running that could save) stops at once."""
+
+    def __init__(self):
+        self.signum = None
+        self.armed = False
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+    def _handle(self, signum, frame):
+        if self.armed and self.signum is None:
+            self.signum = signum
+            return
+        self.signum = signum
+        raise KeyboardInterrupt if signum == signal.SIGINT else SystemExit(128 + signum)
+
+    def __call__(self):
+        return self.signum is not None
+
+
+def sidecars(output):
+    return {name: modelfile.default_sidecar(output, suffix) for name, suffix in
+            (("checkpoint", ".ckpt.safetensors"), ("history", ".history.csv"), ("split", ".split.json"),
+             ("bad", ".bad-files.tsv"))}
+
+
+def _escape(text):
+    return str(text).replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
+def _history_csv(history):
+    cols = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "time"]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, cols, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for rec in history:
+        w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in rec.items()})
+    return buf.getvalue().encode()
+
+
+def _load_split(data_root, ds, opts, report, size, color, out_paths):
+    """Decode train / val / test images; returns dict of Loaded parts and the manifest (or None)."""
+    train_items, val_items, manifest = ds.train, ds.val, None
+    if not val_items and opts.val_split > 0:
+        train_items, val_items = folders.stratified_split(ds.train, opts.val_split, opts.seed)
+        manifest = (train_items, val_items)
+
+    def on_bad(path, reason):
+        report.warn(f"skipped {path}: {reason}")
+
+    kw = dict(size=size, strict=opts.strict, on_bad=on_bad, classes=ds.classes)
+    train = folders.load_images(train_items, color=color, **kw)
+    fixed = "rgb" if train.channels == 3 else "gray"
+    val = folders.load_images(val_items, color=fixed, **kw) if val_items else None
+    test = folders.load_images(ds.test, color=fixed, **kw) if ds.test else None
+    return train, val, test, fixed, manifest
+
+
+def _checkpoint_tensors(model, optimizer, state):
+    tensors = modelfile.stack_named("model/", model.state_dict())
+    tensors.update(modelfile.stack_named("opt/", {k: v for k, v in optimizer.state.items() if k != "step"}))
+    if state.best_weights is not None:
+        tensors.update(modelfile.stack_named("best/", state.best_weights))
+    return tensors
+
+
+def _save_checkpoint(path, clf, optimizer, state, cfg, opts, meta_extra):
+    meta = clf.metadata()
+    st = asdict(state)
+    st.pop("best_weights")
+    st["best_score"] = None if not math.isfinite(state.best_score) else state.best_score
+    meta.update({"kind": CHECKPOINT_KIND, "state": st, "config": asdict(cfg), "optimizer_step": optimizer.state["step"],
+                 "options": {k: v for k, v in asdict(opts).items() if k not in ("resume", "overwrite", "wait")},
+                 **meta_extra})
+    weights.save(path, _checkpoint_tensors(clf.model, optimizer, state), meta)
+
+
+def _read_checkpoint(path):
+    tensors, meta = weights.load(path)
+    if meta.get("kind") != CHECKPOINT_KIND or not isinstance(meta.get("state"), dict):
+        raise FormatError(f"{path}: not a cnncli training checkpoint")
+    parts = {}
+    for name, arr in tensors.items():
+        prefix, _, rest = name.partition("/")
+        parts.setdefault(prefix, {})[rest] = arr
+    try:
+        clf = modelfile.from_parts(path, parts.get("model", {}), meta)
+        st = dict(meta["state"])
+        st["best_score"] = -math.inf if st.get("best_score") is None else st["best_score"]
+        st["best_weights"] = parts.get("best")
+        state = TrainState(**st)
+        cfg = TrainConfig(**meta["config"])
+    except (TypeError, KeyError) as exc:
+        raise FormatError(f"{path}: damaged checkpoint ({exc})") from None
+    return clf, state, cfg, parts.get("opt", {}), meta
+
+
+def run(opts, report):
+    """Train as the options say; returns a summary dict. Raises CnnError subclasses for user-facing failures."""
+    out = Path(opts.output)
+    side = sidecars(out)
+    check_writable_target(out, overwrite=opts.overwrite or opts.resume)
+    if opts.threads:
+        kernels.set_threads(opts.threads)
+    with OutputLock(out, wait=opts.wait), StopRequest() as stop:
+        return _run_locked(opts, report, out, side, stop)
+
+
+def _run_locked(opts, report, out, side, stop):
+    t0 = time.monotonic()
+    resumed = None
+    if opts.resume:
+        if not side["checkpoint"].exists():
+            raise UsageError(f"--resume: no checkpoint at {side['checkpoint']} (nothing to resume)")
+        resumed = _read_checkpoint(side["checkpoint"])
+        saved = resumed[4]["options"]
+        opts = type(opts)(**{**saved, "resume": True, "overwrite": True, "wait": opts.wait,
+                             "threads": opts.threads, "output": str(out)})
+        report.info(f"resuming from {side['checkpoint']} at epoch {resumed[1].epoch + 1}, batch {resumed[1].batch + 1}")
+    ds = folders.scan_dataset(opts.data)
+    size = opts.size or (resumed[0].size if resumed else folders.choose_size([p for p, _ in ds.train], seed=opts.seed))
+    color = resumed[0].color if resumed else opts.color
+    report.info(f"reading {len(ds.train)} training images in {len(ds.classes)} classes from {ds.root} "
+                f"(input {size}x{size})")
+    train, val, test, color, manifest = _load_split(opts.data, ds, opts, report, size, color, side)
+    channels = train.channels
+    if resumed:
+        clf, state, cfg, opt_state, _ = resumed
+        if clf.classes != ds.classes or clf.model.input_shape != (channels, size, size):
+            raise DataError(f"{opts.data}: the data no longer matches the checkpoint "
+                            f"(classes or image size changed); start again without --resume")
+        model = clf.model
+        optimizer = make_optimizer(cfg.optimizer, cfg.weight_decay)
+        optimizer.state = {"step": resumed[4]["optimizer_step"], **opt_state}
+    else:
+        try:
+            model = Model(opts.arch, (channels, size, size), len(ds.classes), seed=opts.seed)
+        except SpecError as exc:
+            raise UsageError(f"--arch: {exc}") from None
+        mean, std = channel_stats(train.x)
+        clf = modelfile.Classifier(model, ds.classes, color, mean, std)
+        weights_by_class = (class_weights_auto(train.y, len(ds.classes)) if opts.class_weights == "auto" else None)
+        cfg = TrainConfig(epochs=opts.epochs, batch_size=opts.batch_size, lr=opts.lr, optimizer=opts.optimizer,
+                          weight_decay=opts.weight_decay, seed=opts.seed, augment=opts.augment,
+                          class_weights=weights_by_class, patience=opts.patience, max_time=opts.max_time,
+                          clip_norm=opts.clip_norm)
+        state, optimizer = TrainState(), None
+    if manifest:
+        folders.write_manifest(side["split"], ds.root, ds.classes, manifest[0], manifest[1], opts.seed, opts.val_split)
+    if train.bad or (val and val.bad) or (test and test.bad):
+        bad = train.bad + (val.bad if val else []) + (test.bad if test else [])
+        atomic_write_bytes(side["bad"], "".join(f"{_escape(p)}\t{_escape(r)}\n" for p, r in bad).encode())
+    n_bad = len(train.bad) + (len(val.bad) if val else 0) + (len(test.bad) if test else 0)
+    counts = np.bincount(train.y, minlength=len(ds.classes)).tolist()
+    meta_extra = {"data": str(ds.root)}
+    per_epoch = math.ceil(len(train.y) / cfg.batch_size)
+    last_tick = [time.monotonic(), 0]
+
+    def on_batch(st, loss, lr):
+        now = time.monotonic()
+        report.batch(st, per_epoch, cfg.epochs, loss, st.running["correct"] / max(1, st.running["seen"]),
+                     st.running["seen"] / max(1e-9, now - last_tick[0]))
+
+    def on_epoch(st, optimizer):
+        atomic_write_bytes(side["history"], _history_csv(st.history))
+        _save_checkpoint(side["checkpoint"], clf, optimizer, st, cfg, opts, meta_extra)
+        report.epoch_end(st.history[-1], cfg.epochs)
+        last_tick[0] = time.monotonic()
+
+    def should_stop():
+        return stop()
+
+    report.info(f"training {model.spec} ({model.num_params():,} parameters) on {len(train.y)} images, "
+                f"validating on {len(val.y) if val else 0}")
+    stop.armed = True
+    try:
+        state, optimizer = fit(model, train.x, train.y, cfg, clf.to_float,
+                               val.x if val else None, val.y if val else None, state=state, optimizer=optimizer,
+                               on_batch=on_batch, on_epoch=on_epoch, should_stop=should_stop)
+    finally:
+        stop.armed = False
+    if state.stop_reason == "interrupted":
+        _save_checkpoint(side["checkpoint"], clf, optimizer, state, cfg, opts, meta_extra)
+        return {"interrupted": stop.signum, "checkpoint": str(side["checkpoint"]), "epoch": state.epoch,
+                "batch": state.batch}
+    summary = {"classes": ds.classes, "images_per_class": counts, "skipped_files": n_bad,
+               "epochs_run": state.epoch, "best_epoch": state.best_epoch, "stop_reason": state.stop_reason,
+               "seconds": round(time.monotonic() - t0, 1), "output": str(out)}
+    if val is not None:
+        summary["val_accuracy"] = evaluate(model, val.x, val.y, clf.to_float)[1]
+    if test is not None:
+        summary["test_accuracy"] = evaluate(model, test.x, test.y, clf.to_float)[1]
+    clf.train = {"epochs": state.epoch, "best_epoch": state.best_epoch, "seed": cfg.seed, "optimizer": cfg.optimizer,
+                 "lr": cfg.lr, "batch_size": cfg.batch_size, "augment": cfg.augment, "images": len(train.y),
+                 "val_accuracy": summary.get("val_accuracy"), "test_accuracy": summary.get("test_accuracy"),
+                 "stop_reason": state.stop_reason, "data": str(ds.root)}
+    modelfile.save(out, clf)
+    if opts.plot:
+        from . import plots  # Pillow drawing only when asked for
+
+        plots.plot_history(opts.plot, state.history)
+    side["checkpoint"].unlink(missing_ok=True)
+    summary["history"] = str(side["history"])
+    if manifest:
+        summary["split"] = str(side["split"])
+    if n_bad:
+        summary["bad_files"] = str(side["bad"])
+    return summary
