@@ -219,6 +219,108 @@ def info(
     sys.stdout.write("\n".join(out) + "\n")
 
 
+class PredictFormat(str, Enum):
+    table = "table"
+    tsv = "tsv"
+    csv = "csv"
+    jsonl = "jsonl"
+
+
+class EvalFormat(str, Enum):
+    table = "table"
+    json = "json"
+
+
+_MODEL_HELP = "Weight file (default: $CNNCLI_MODEL, else ./model.safetensors)."
+
+
+@app.command()
+def predict(
+    inputs: Annotated[Optional[list[str]], typer.Argument(
+        help="Image files, folders (recursive), glob patterns, or - to read paths from stdin.",
+        show_default=False)] = None,
+    model: Annotated[Optional[Path], typer.Option("-m", "--model", help=_MODEL_HELP, show_default=False)] = None,
+    fmt: Annotated[Optional[PredictFormat], typer.Option(
+        "--format", help="Output format (default: table on a terminal, tsv otherwise).", show_default=False)] = None,
+    top_k: Annotated[Optional[int], typer.Option(
+        help="Classes to show per image (default: 3 in the table, 1 otherwise).", show_default=False)] = None,
+    all_probs: Annotated[bool, typer.Option("--all-probs", help="Also print every class's probability.")] = False,
+    threshold: Annotated[Optional[float], typer.Option(
+        help="Two-class models: predict the positive (second) class when its probability >= this "
+             "(default: the model's stored threshold, else 0.5).", show_default=False)] = None,
+    uncertain: Annotated[Optional[str], typer.Option(
+        metavar="LOW:HIGH", help="Two-class models: label 'uncertain' when LOW <= P(positive) <= HIGH.",
+        show_default=False)] = None,
+    null: Annotated[bool, typer.Option("-0", "--null", help="Paths on stdin are NUL-separated.")] = False,
+    batch_size: Annotated[int, typer.Option(help="Images decoded and classified together.")] = 256,
+):
+    """Classify images; one result row per input on stdout, streamed as each batch finishes."""
+    _require(inputs, "INPUTS", "give image files, folders, glob patterns or - for stdin")
+    _require(top_k is None or top_k >= 1, "--top-k", f"must be at least 1, got {top_k}")
+    _require(1 <= batch_size <= 65536, "--batch-size", f"must be between 1 and 65536, got {batch_size}")
+    _require(threshold is None or (math.isfinite(threshold) and 0 <= threshold <= 1), "--threshold",
+             f"must be a number in [0, 1], got {threshold}")
+    from .predict_run import PredictOptions, parse_band, run
+
+    opts = PredictOptions(inputs=list(inputs), model=str(model) if model else None,
+                          format=fmt.value if fmt else None, top_k=top_k, all_probs=all_probs,
+                          threshold=threshold, uncertain=parse_band(uncertain) if uncertain else None,
+                          null=null, batch_size=batch_size)
+    try:
+        code = run(opts, on_error=lambda path, msg: _say(f"cnncli: {_one_line(path)}: {msg}"))
+    except BrokenPipeError:  # the reader stopped early (`| head -1`): that is a normal end, not a failure
+        _quiet_broken_pipe()
+        raise typer.Exit(0) from None
+    if code:
+        raise typer.Exit(code)
+
+
+def _one_line(path):
+    return str(path).replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
+
+
+@app.command(name="eval")
+def eval_(
+    data: Annotated[Path, typer.Argument(
+        help="Labeled folder: DATA/test/ is used, else DATA/val/, else the held-out part recorded at training "
+             "time, else DATA/<class>/.", show_default=False)],
+    model: Annotated[Optional[Path], typer.Option("-m", "--model", help=_MODEL_HELP, show_default=False)] = None,
+    fmt: Annotated[EvalFormat, typer.Option("--format", help="table or json.")] = EvalFormat.table,
+    threshold: Annotated[Optional[float], typer.Option(
+        help="Two-class models: decision threshold (default: the model's, else 0.5).", show_default=False)] = None,
+    pick_threshold: Annotated[Optional[str], typer.Option(
+        metavar="RULE", help="Choose the threshold on this data: sensitivity=X, specificity=X or youden.",
+        show_default=False)] = None,
+    save_threshold: Annotated[bool, typer.Option(help="Write the picked threshold into the weight file.")] = False,
+    errors: Annotated[int, typer.Option(help="List the N most confidently wrong files.", metavar="N")] = 0,
+    fail_under: Annotated[Optional[list[str]], typer.Option(
+        metavar="METRIC=BAR", help="Exit 3 when a metric is below the bar, e.g. accuracy=0.9 (repeatable).",
+        show_default=False)] = None,
+    plot: Annotated[Optional[Path], typer.Option(
+        help="Draw the confusion matrix (and ROC curve for two classes) into this PNG.", show_default=False)] = None,
+    wait: Annotated[float, typer.Option(help="Seconds to wait for another run writing the model file.")] = 0.0,
+):
+    """Score a model on labeled images: accuracy, per-class metrics, confusion matrix, ROC for two classes."""
+    import json
+
+    _require(errors >= 0, "--errors", f"must be >= 0, got {errors}")
+    _require(threshold is None or (math.isfinite(threshold) and 0 <= threshold <= 1), "--threshold",
+             f"must be a number in [0, 1], got {threshold}")
+    _require(threshold is None or pick_threshold is None, "--threshold", "cannot be combined with --pick-threshold")
+    _require(math.isfinite(wait) and wait >= 0, "--wait", f"must be a finite number >= 0, got {wait}")
+    from .eval_run import EvalOptions, format_table, gate_error, run
+    from .predict_run import resolve_model
+
+    opts = EvalOptions(data=str(data), model=str(resolve_model(str(model) if model else None)), threshold=threshold,
+                       pick_threshold=pick_threshold, save_threshold=save_threshold, errors=errors,
+                       fail_under=fail_under, plot=str(plot) if plot else None, wait=wait)
+    report = run(opts, on_warn=lambda msg: _say(f"warning: {_one_line(msg)}"))
+    sys.stdout.write(json.dumps(report) + "\n" if fmt == EvalFormat.json else format_table(report))
+    sys.stdout.flush()
+    err = gate_error(report)
+    if err is not None:
+        raise err
+
 def _version_callback(value: bool):
     if value:
         sys.stdout.write(f"cnncli {__version__}\n")

@@ -1,0 +1,290 @@
+"""The `predict` job: image paths in, one result row per input out, streamed batch by batch.
+
+No typer or rich here, and nothing heavy at import time: the command line imports this module only for
+`predict`, and the model (numpy, numba kernels) loads inside `run`. Inputs are consumed lazily and results
+are written and flushed after every batch, so memory stays flat however many inputs there are.
+"""
+
+import glob
+import json
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import EXIT_OK, EXIT_PARTIAL, BadImageError, NoInputError, UsageError
+
+DEFAULT_MODEL = "model.safetensors"
+MODEL_ENV = "CNNCLI_MODEL"
+FORMATS = ("table", "tsv", "csv", "jsonl")
+UNCERTAIN = "uncertain"
+_GLOB_CHARS = frozenset("*?[")
+
+
+@dataclass
+class PredictOptions:
+    inputs: list
+    model: str | None = None
+    format: str | None = None  # None: table on a terminal, tsv otherwise
+    top_k: int | None = None  # None: 3 in the table, 1 in the machine formats
+    all_probs: bool = False
+    threshold: float | None = None
+    uncertain: tuple | None = None  # (low, high) on the positive-class probability
+    null: bool = False  # "-" reads NUL-separated paths
+    batch_size: int = 256
+    workers: int = 2
+
+
+def resolve_model(option):
+    """The weight file to use: --model, else $CNNCLI_MODEL, else ./model.safetensors; NoInputError if none."""
+    if option:
+        return Path(option)
+    env = os.environ.get(MODEL_ENV, "")
+    if env:
+        return Path(env)
+    if Path(DEFAULT_MODEL).exists():
+        return Path(DEFAULT_MODEL)
+    raise NoInputError(f"{DEFAULT_MODEL}: no such file; pass --model PATH or set {MODEL_ENV}")
+
+
+def parse_band(text):
+    """'LOW:HIGH' -> (low, high) with 0 <= low <= high <= 1; UsageError otherwise."""
+    try:
+        lo, hi = (float(v) for v in str(text).split(":"))
+    except ValueError:
+        raise UsageError(f"--uncertain: expected LOW:HIGH (e.g. 0.4:0.6), got {text!r}") from None
+    if not (0.0 <= lo <= hi <= 1.0):
+        raise UsageError(f"--uncertain: need 0 <= LOW <= HIGH <= 1, got {text!r}")
+    return lo, hi
+
+
+def _stdin_paths(null):
+    """Paths from stdin, one per line (or NUL-separated); undecodable bytes survive via surrogateescape."""
+    stream = sys.stdin.buffer
+    sep = b"\0" if null else b"\n"
+    pending = b""
+    while True:
+        chunk = stream.read1(65536) if hasattr(stream, "read1") else stream.read(65536)
+        if not chunk:
+            break
+        pending += chunk
+        *parts, pending = pending.split(sep)
+        for part in parts:
+            if not null:
+                part = part.rstrip(b"\r")
+            if part:
+                yield os.fsdecode(part)
+    if pending and not null:
+        pending = pending.rstrip(b"\r")
+    if pending:
+        yield os.fsdecode(pending)
+
+
+def iter_inputs(args, null=False):
+    """Yield (path, error message or None) for every input, lazily and in order.
+
+    A file is used whatever its extension; a folder gives its image files recursively (folders.list_images
+    rules); an argument that is neither but holds * ? [ is a glob pattern (** recursive), expanded sorted;
+    "-" reads paths from stdin. Anything else yields an error entry ("no such file").
+    """
+    from .folders import list_images
+
+    for arg in args:
+        if arg == "-":
+            sources = _stdin_paths(null)
+        else:
+            sources = (arg,)
+        for item in sources:
+            if os.path.isdir(item):
+                try:
+                    for p in list_images(item):
+                        yield str(p), None
+                except NoInputError as exc:
+                    yield item, str(exc).removeprefix(f"{item}: ")
+            elif os.path.exists(item):
+                yield item, None
+            elif arg != "-" and _GLOB_CHARS & set(item):
+                found = sorted(glob.iglob(item, recursive=True))
+                if not found:
+                    yield item, "no file matches this pattern"
+                for p in found:
+                    if os.path.isdir(p):
+                        yield from ((str(q), None) for q in list_images(p))
+                    else:
+                        yield p, None
+            else:
+                yield item, "no such file"
+
+
+def _decode_one(path, size, rgb):
+    from .images import _decode, to_chw
+
+    try:
+        arr, _ = _decode(path, size, rgb)
+    except BadImageError as exc:
+        msg = str(exc)
+        return msg.removeprefix(f"{path}: ")
+    except (OSError, ValueError) as exc:  # e.g. a name the OS cannot represent
+        return f"cannot read file ({exc})"
+    return to_chw(arr, 3 if rgb else 1)
+
+
+def _batches(entries, n):
+    batch = []
+    for e in entries:
+        batch.append(e)
+        if len(batch) >= n:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def escape(text):
+    """One-line form of a path: backslash, tab, CR and LF as \\\\ \\t \\r \\n; undecodable bytes as \\udcXX."""
+    s = str(text).replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+    return s.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+class Decider:
+    """Turns a probability row into (label, probability of label, the other classes ranked)."""
+
+    def __init__(self, classes, threshold=None, band=None):
+        self.classes = list(classes)
+        self.binary = len(self.classes) == 2
+        if not self.binary and (threshold is not None or band is not None):
+            what = "--threshold" if threshold is not None else "--uncertain"
+            raise UsageError(f"{what}: needs a two-class model, this one has {len(self.classes)} classes")
+        self.threshold = 0.5 if threshold is None else float(threshold)
+        self.band = band
+
+    def decide(self, p):
+        """p: probabilities (K,) -> (label, probability, [(class, prob), ...] others by descending prob)."""
+        order = sorted(range(len(p)), key=lambda i: -p[i])
+        if self.binary:
+            pos = float(p[1])
+            if self.band is not None and self.band[0] <= pos <= self.band[1]:
+                return UNCERTAIN, pos, [(self.classes[i], float(p[i])) for i in order]
+            k = 1 if pos >= self.threshold else 0
+        else:
+            k = order[0]
+        return self.classes[k], float(p[k]), [(self.classes[i], float(p[i])) for i in order if i != k]
+
+
+class Writer:
+    """Formats result rows for one output format and writes them to a text stream."""
+
+    def __init__(self, fmt, classes, top_k, all_probs, out):
+        self.fmt, self.classes, self.top_k, self.all_probs, self.out = fmt, list(classes), top_k, all_probs, out
+        self.width = 0
+
+    def header(self):
+        if self.fmt in ("tsv", "csv"):
+            cols = ["path", "label", "probability"]
+            for k in range(2, self.top_k + 1):
+                cols += [f"label_{k}", f"probability_{k}"]
+            if self.all_probs:
+                cols += [f"p[{c}]" for c in self.classes]
+            cols.append("error")
+            self._row(cols)
+
+    def _row(self, cells):
+        if self.fmt == "tsv":
+            self.out.write("\t".join(escape(c) for c in cells) + "\n")
+        else:
+            self.out.write(",".join(_csv_cell(escape(c)) for c in cells) + "\n")
+
+    def result(self, path, label, prob, others, p):
+        top = others[: self.top_k - 1]
+        if self.fmt == "jsonl":
+            doc = {"path": path, "label": label, "probability": round(prob, 6),
+                   "top": [[c, round(v, 6)] for c, v in top]}
+            if self.all_probs:
+                doc["probabilities"] = {c: round(float(v), 6) for c, v in zip(self.classes, p)}
+            self.out.write(json.dumps(doc) + "\n")
+        elif self.fmt == "table":
+            text = ", ".join(f"{v:.2f} {c}" for c, v in [(label, prob), *top])
+            if self.all_probs:
+                text += "   [" + " ".join(f"{c}={float(v):.3f}" for c, v in zip(self.classes, p)) + "]"
+            self.out.write(f"{escape(path)}  {text}\n")
+        else:
+            cells = [path, label, f"{prob:.6f}"]
+            for i in range(self.top_k - 1):
+                cells += [top[i][0], f"{top[i][1]:.6f}"] if i < len(top) else ["", ""]
+            if self.all_probs:
+                cells += [f"{float(v):.6f}" for v in p]
+            self._row(cells + [""])
+
+    def error(self, path, message):
+        if self.fmt == "jsonl":
+            self.out.write(json.dumps({"path": path, "error": message}) + "\n")
+        elif self.fmt == "table":
+            self.out.write(f"{escape(path)}  error: {escape(message)}\n")
+        else:
+            n = 2 + 2 * (self.top_k - 1) + (len(self.classes) if self.all_probs else 0)
+            self._row([path] + [""] * n + [message])
+
+
+def _csv_cell(text):
+    if any(ch in text for ch in ',"\n\r') or text != text.strip():
+        return '"' + text.replace('"', '""') + '"'
+    return text
+
+
+def run(opts, on_error=None, out=None):
+    """Classify every input in opts.inputs, writing rows to `out` (default sys.stdout) as each batch finishes.
+
+    on_error(path, message) is called for every input that fails. Returns EXIT_OK when every input was
+    classified, EXIT_PARTIAL when some failed. Raises NoInputError when there were no inputs at all, and what
+    modelfile.load raises for a bad weight file.
+    """
+    from . import modelfile  # numpy and the kernels load here, not at import
+    from .images import bombs_are_errors
+
+    out = sys.stdout if out is None else out
+    clf = modelfile.load(resolve_model(opts.model))
+    threshold = opts.threshold if opts.threshold is not None else clf.threshold
+    if len(clf.classes) != 2:
+        threshold = opts.threshold  # a stored threshold only exists for two classes; Decider refuses others
+    decider = Decider(clf.classes, threshold, opts.uncertain)
+    fmt = opts.format or ("table" if out.isatty() else "tsv")
+    top_k = opts.top_k if opts.top_k is not None else (3 if fmt == "table" else 1)
+    top_k = max(1, min(top_k, len(clf.classes)))
+    writer = Writer(fmt, clf.classes, top_k, opts.all_probs, out)
+    writer.header()
+    size, rgb = clf.size, clf.channels == 3
+    seen = failed = 0
+
+    import numpy as np
+
+    def decode_batch(pool, batch):
+        return [pool.submit(_decode_one, p, size, rgb) if err is None else err for p, err in batch]
+
+    with bombs_are_errors(), ThreadPoolExecutor(max(1, opts.workers)) as pool:
+        batches = _batches(iter_inputs(opts.inputs, opts.null), opts.batch_size)
+        current = next(batches, None)
+        pending = decode_batch(pool, current) if current else None
+        while current is not None:
+            nxt = next(batches, None)
+            nxt_pending = decode_batch(pool, nxt) if nxt else None  # decode ahead while this batch runs
+            decoded = [r if isinstance(r, str) else r.result() for r in pending]
+            good = [i for i, r in enumerate(decoded) if not isinstance(r, str)]
+            proba = clf.proba(np.stack([decoded[i] for i in good])) if good else None
+            rows = dict(zip(good, range(len(good))))
+            for i, (path, _) in enumerate(current):
+                seen += 1
+                if i in rows:
+                    p = proba[rows[i]]
+                    label, prob, others = decider.decide(p)
+                    writer.result(path, label, prob, others, p)
+                else:
+                    failed += 1
+                    writer.error(path, decoded[i])
+                    if on_error is not None:
+                        on_error(path, decoded[i])
+            out.flush()
+            current, pending = nxt, nxt_pending
+    if seen == 0:
+        raise NoInputError("no input images (give files, folders, glob patterns or - for stdin)")
+    return EXIT_PARTIAL if failed else EXIT_OK
