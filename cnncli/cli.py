@@ -68,7 +68,9 @@ class TrainReporter:
 
     def __init__(self, quiet):
         self.quiet = quiet
-        self.live = sys.stderr.isatty() and not quiet and os.environ.get("TERM") != "dumb"
+        # The bar redraws with cursor escapes, which NO_COLOR users asked not to get either: plain lines then.
+        self.live = (sys.stderr.isatty() and not quiet and os.environ.get("TERM") != "dumb"
+                     and not os.environ.get("NO_COLOR"))
         self.progress = None
         self.task = None
 
@@ -345,6 +347,12 @@ def _quiet_broken_pipe():
         pass
 
 
+def _message_line(exc):
+    """An error message as exactly one line, whatever file names it quotes (tabs, newlines, non-UTF-8 bytes)."""
+    text = str(exc).replace("\r", "\\r").replace("\n", "\\n").replace("\t", "\\t")
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def main(argv=None):
     """Entry point: run the app and map every outcome to a documented exit code."""
     try:  # typer >= 0.29 carries its own copy of click
@@ -374,9 +382,10 @@ def main(argv=None):
 
             traceback.print_exc()
         if isinstance(exc, UsageError):
-            _say(f"Usage error: {exc}")
+            sub = next((a for a in args if a in command.commands), None) if hasattr(command, "commands") else None
+            _say(f"Usage error: {_message_line(exc)}\nTry 'cnncli {sub + ' ' if sub else ''}-h' for help.")
         else:
-            _say(f"cnncli: error: {exc}")
+            _say(f"cnncli: error: {_message_line(exc)}")
         code = exc.exit_code
     except KeyboardInterrupt:
         _say("cnncli: interrupted")
@@ -393,7 +402,8 @@ def main(argv=None):
             import traceback
 
             traceback.print_exc()
-        _say(f"cnncli: internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+        first = str(exc).splitlines()[0] if str(exc).strip() else ""
+        _say(f"cnncli: internal error: {type(exc).__name__}: {_message_line(first)} "
              "(run again with --debug for a traceback)")
         code = EXIT_INTERNAL
     try:
