@@ -89,7 +89,10 @@ def sidecars(output):
 
 
 def _escape(text):
-    return str(text).replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+    """One line of UTF-8 for any file name: backslash, tab and newlines escaped; bytes that are not UTF-8
+    (os.fsdecode's surrogates) become \\xNN, so the line can always be written and the name recovered."""
+    text = str(text).replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _history_csv(history):
@@ -110,7 +113,7 @@ def _load_split(data_root, ds, opts, report, size, color, out_paths):
         manifest = (train_items, val_items)
 
     def on_bad(path, reason):
-        report.warn(f"skipped {path}: {reason}")
+        report.warn(f"skipped {_escape(path)}: {_escape(reason)}")
 
     kw = dict(size=size, strict=opts.strict, on_bad=on_bad, classes=ds.classes)
     train = folders.load_images(train_items, color=color, **kw)
@@ -238,9 +241,12 @@ def _run_locked(opts, report, out, side, stop):
                 f"validating on {len(val.y) if val else 0}")
     stop.armed = True
     try:
-        state, optimizer = fit(model, train.x, train.y, cfg, clf.to_float,
-                               val.x if val else None, val.y if val else None, state=state, optimizer=optimizer,
-                               on_batch=on_batch, on_epoch=on_epoch, should_stop=should_stop)
+        # Overflow on the way to a NaN loss is reported once, by fit's DivergedError, not as numpy warnings.
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            state, optimizer = fit(model, train.x, train.y, cfg, clf.to_float,
+                                   val.x if val else None, val.y if val else None, state=state,
+                                   optimizer=optimizer, on_batch=on_batch, on_epoch=on_epoch,
+                                   should_stop=should_stop)
     finally:
         stop.armed = False
     if state.stop_reason == "interrupted":
