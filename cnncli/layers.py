@@ -48,7 +48,7 @@ class Conv(Layer):
 
     @property
     def token(self):
-        kh, kw = self.kernel
+        kh, kw = self.kernel or (3, 3)
         s = f"conv{self.filters}k{kh}" + (f"x{kw}" if kw != kh else "")
         if self.stride != (1, 1):
             s += f"s{self.stride[0]}" + (f"x{self.stride[1]}" if self.stride[1] != self.stride[0] else "")
@@ -58,6 +58,8 @@ class Conv(Layer):
 
     def output_shape(self, in_shape):
         c, h, w = in_shape
+        if self.kernel is None:  # a bare `conv`: 3x3, shrunk to fit a smaller map (e.g. 1x1 after a dense layer)
+            self.kernel = (min(3, h), min(3, w))
         oh = _out_size(h, self.kernel[0], self.stride[0], self.padding[0])
         ow = _out_size(w, self.kernel[1], self.stride[1], self.padding[1])
         if oh < 1 or ow < 1:

@@ -32,7 +32,7 @@ MAX_DIM = 65536
 _SEP = re.compile(r"\s*(?:>>|->|[-,\s])\s*")
 _PAIR = r"(\d+)(?:x(\d+))?"
 _CONV = re.compile(rf"conv(\d+)?(?:k{_PAIR})?(?:s{_PAIR})?(?:p{_PAIR})?")
-_POOL = re.compile(rf"(?:max)?pool{_PAIR}?(?:s{_PAIR})?(?:p{_PAIR})?")
+_POOL = re.compile(rf"(?:max)?pool(?:{_PAIR})?(?:s{_PAIR})?(?:p{_PAIR})?")
 _DENSE = re.compile(r"(?:fc|dense)(\d+)?")
 _DROP = re.compile(r"drop(?:out)?(0?\.\d+|0)?")
 
@@ -54,11 +54,12 @@ def _parse_token(token):
         return Activation(token)
     if m := _CONV.fullmatch(token):
         filters = _bounded(token, "filter count", int(m[1]) if m[1] else DEFAULT_FILTERS, 1)
-        kernel = _pair(m[2], m[3], (DEFAULT_KERNEL, DEFAULT_KERNEL))
+        kernel = _pair(m[2], m[3], None)  # None: 3x3, or smaller when the input map is smaller
         stride = _pair(m[4], m[5], (1, 1))
         pad = _pair(m[6], m[7], (0, 0))
         for what, v, lo in (("filter size", kernel, 1), ("stride", stride, 1), ("padding", pad, 0)):
-            _bounded(token, what, v[0], lo), _bounded(token, what, v[1], lo)
+            if v is not None:
+                _bounded(token, what, v[0], lo), _bounded(token, what, v[1], lo)
         return Conv(filters, kernel, stride, pad)
     if m := _POOL.fullmatch(token):
         size = _pair(m[1], m[2], (DEFAULT_POOL, DEFAULT_POOL))
@@ -91,6 +92,8 @@ def parse_spec(spec):
     tokens = [t for t in _SEP.split(text) if t]
     if len(tokens) > MAX_LAYERS:
         raise SpecError(f"the architecture has more than {MAX_LAYERS} layers")
+    if not tokens:
+        raise SpecError("the architecture spec has no layers")
     layers = [_parse_token(t) for t in tokens]
     if not (isinstance(layers[-1], Dense) and layers[-1].units is None):
         layers.append(Dense(None))
@@ -101,8 +104,14 @@ def parse_spec(spec):
 
 
 def canonical_spec(spec):
-    """The spec in its canonical spelling (what weight files store), e.g. 'conv32k3-relu-pool2-fc'."""
-    return "-".join(layer.token for layer in parse_spec(spec))
+    """The spec in its canonical spelling, e.g. 'conv32k3-relu-pool2-fc' (a bare conv's filter size is
+    only known with an input shape; Model.spec has it resolved, and weight files store that)."""
+    return _spell(parse_spec(spec))
+
+
+def _spell(layers):
+    # The output layer is always written as a bare `fc`: its width comes from the class count.
+    return "-".join([layer.token for layer in layers[:-1]] + ["fc"])
 
 
 class Model:
@@ -114,10 +123,9 @@ class Model:
     def __init__(self, spec, input_shape, num_classes, seed=0):
         if num_classes < 2:
             raise SpecError(f"a classifier needs at least 2 classes, got {num_classes}")
-        self.spec = canonical_spec(spec)
         self.input_shape = tuple(int(v) for v in input_shape)
         self.num_classes = int(num_classes)
-        self.layers = parse_spec(self.spec)
+        self.layers = parse_spec(spec)
         self.layers[-1].units = self.num_classes
         rng = np.random.default_rng(seed)
         shape = self.input_shape
@@ -134,6 +142,7 @@ class Model:
                 layer.init(shape, rng, gain)
             shape = out
             self.shapes.append(out)
+        self.spec = _spell(self.layers)
 
     def forward(self, x, training=False):
         """Logits (N, num_classes) for x (N, C, H, W) float32; in training mode, caches for backward."""
@@ -191,7 +200,8 @@ class Model:
                 raise SpecError(f"tensor {name} has shape {tuple(tensors[name].shape)}, the architecture needs {shape}")
         for i, layer in enumerate(self.layers):
             for k in layer.params:
-                layer.params[k] = np.ascontiguousarray(tensors[f"layers.{i}.{k}"], dtype=np.float32)
+                # A copy: training updates parameters in place and must not reach into the caller's arrays.
+                layer.params[k] = np.array(tensors[f"layers.{i}.{k}"], dtype=np.float32, order="C", copy=True)
 
     def summary(self):
         """[(layer token, output shape (C, H, W), parameter count)] for each layer."""

@@ -91,6 +91,7 @@ def fit(model, x, y, cfg, to_float, x_val=None, y_val=None, state=None, optimize
     when the loss becomes NaN or infinite.
     """
     state = state or TrainState()
+    state.stop_reason = ""
     optimizer = optimizer or make_optimizer(cfg.optimizer, cfg.weight_decay)
     n = len(x)
     per_epoch = math.ceil(n / cfg.batch_size)
