@@ -48,8 +48,10 @@ class Conv(Layer):
 
     @property
     def token(self):
-        kh, kw = self.kernel or (3, 3)
-        s = f"conv{self.filters}k{kh}" + (f"x{kw}" if kw != kh else "")
+        s = f"conv{self.filters}"
+        if self.kernel is not None:  # None until shape inference picks the default filter size
+            kh, kw = self.kernel
+            s += f"k{kh}" + (f"x{kw}" if kw != kh else "")
         if self.stride != (1, 1):
             s += f"s{self.stride[0]}" + (f"x{self.stride[1]}" if self.stride[1] != self.stride[0] else "")
         if self.padding != (0, 0):

@@ -156,9 +156,6 @@ def test_stopped_and_resumed_run_ends_bit_identical(stop_after, optimizer):
     assert state.best_epoch == full_state.best_epoch
 
 
-@pytest.mark.xfail(strict=True, reason="cnncli bug: fit() keeps the stop_reason 'interrupted' of the state it "
-                                       "resumes from (`state.stop_reason or 'completed'`), so a resumed run that "
-                                       "finishes still reports 'interrupted'")
 def test_a_resumed_run_that_finishes_reports_completed():
     x, y = toy_problem(16)
     cfg = TrainConfig(epochs=2, batch_size=8)
