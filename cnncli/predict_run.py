@@ -88,7 +88,10 @@ def iter_inputs(args, null=False):
     rules); an argument that is neither but holds * ? [ is a glob pattern (** recursive), expanded sorted;
     "-" reads paths from stdin. Anything else yields an error entry ("no such file").
     """
-    from .folders import list_images
+    def list_images(folder):  # folders (and what it imports) load only when a folder is given
+        from .folders import list_images as scan
+
+        return scan(folder)
 
     for arg in args:
         if arg == "-":

@@ -1,9 +1,9 @@
 """`cnncli eval`: which images are scored, the report, thresholds, gates, plots, exit codes."""
 
+import contextlib
+import io
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -12,6 +12,7 @@ from PIL import Image
 
 from cnncli import folders, metrics, modelfile, weights
 from cnncli.images import decode
+from cnncli.cli import main
 from cnncli.model import Model
 
 SIZE = 16
@@ -25,12 +26,21 @@ def _classifier(classes=("cat", "dog"), zero=False):
     return clf
 
 
-def _cli(args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "cnncli", *args], cwd=cwd, capture_output=True, timeout=90)
+class _Result:
+    def __init__(self, code, out, err):
+        self.returncode, self.stdout, self.stderr = code, out.encode(), err.encode()
 
 
-def _json(args, cwd=None):
-    res = _cli([*args, "--format", "json"], cwd=cwd)
+def _main(args):
+    """cnncli.cli.main in this process (exit-code mapping included; compiled kernels are reused)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), pytest.raises(SystemExit) as exc:
+        main(list(args))
+    return _Result(exc.value.code, out.getvalue(), err.getvalue())
+
+
+def _json(args):
+    res = _main([*args, "--format", "json"])
     return res, (json.loads(res.stdout) if res.stdout else None)
 
 
@@ -74,7 +84,7 @@ def test_val_folder_when_no_test(setup, tmp_path):
 def test_training_folder_uses_recorded_split(tmp_path):
     data = make_image_folder(tmp_path / "flat", n_per_class=10, size=SIZE)
     model = tmp_path / "t.safetensors"
-    res = _cli(["train", str(data), "--arch", "tiny", "--epochs", "1", "-o", str(model), "-q"])
+    res = _main(["train", str(data), "--arch", "tiny", "--epochs", "1", "-o", str(model), "-q"])
     assert res.returncode == 0, res.stderr
     held_out = folders.read_manifest(modelfile.default_sidecar(model, ".split.json"))["val"]
     res, rep = _json(["eval", str(data), "-m", str(model)])
@@ -88,7 +98,7 @@ def test_training_folder_uses_recorded_split(tmp_path):
 def test_unknown_class_folder_is_an_error_listing_names(setup, tmp_path):
     root, split, clf, model, _ = setup
     data = make_image_folder(tmp_path / "d", classes=("cat", "dog", "emu"), n_per_class=2, size=SIZE)
-    res = _cli(["eval", str(data), "-m", str(model)])
+    res = _main(["eval", str(data), "-m", str(model)])
     assert res.returncode == 65
     err = res.stderr.decode()
     assert "emu" in err and "cat" in err and "dog" in err and err.count("\n") == 1
@@ -102,7 +112,7 @@ def test_fail_under_gate(setup):
     res, rep = _json(["eval", str(split), "-m", str(zero), "--fail-under", "accuracy=0.5",
                       "--fail-under", "recall[cat]=0.1"])
     assert res.returncode == 3 and b"recall[cat]" in res.stderr and rep["gate_failures"]
-    res = _cli(["eval", str(split), "-m", str(zero), "--fail-under", "bogus=0.5"])
+    res = _main(["eval", str(split), "-m", str(zero), "--fail-under", "bogus=0.5"])
     assert res.returncode == 2
 
 
@@ -119,14 +129,14 @@ def test_pick_and_save_threshold(setup, tmp_path):
     assert modelfile.load(path).threshold == pytest.approx(t)
     after, _ = weights.load(path)
     assert all(np.array_equal(before[k], after[k]) for k in before)
-    res = _cli(["eval", str(split), "-m", str(path), "--pick-threshold", "nonsense"])
+    res = _main(["eval", str(split), "-m", str(path), "--pick-threshold", "nonsense"])
     assert res.returncode == 2
 
 
 def test_errors_table_and_plot(setup, tmp_path):
     root, split, clf, model, zero = setup
     png = tmp_path / "eval.png"
-    res = _cli(["eval", str(split), "-m", str(zero), "--errors", "2", "--plot", str(png)])
+    res = _main(["eval", str(split), "-m", str(zero), "--errors", "2", "--plot", str(png)])
     assert res.returncode == 0, res.stderr
     out = res.stdout.decode()
     assert "confusion matrix (rows: true, columns: predicted)" in out and "accuracy: 0.5000" in out
@@ -141,7 +151,7 @@ def test_multiclass_refuses_threshold(tmp_path):
     data = make_image_folder(tmp_path / "d", classes=("a", "b", "c"), n_per_class=2, size=SIZE)
     model = tmp_path / "m3.safetensors"
     modelfile.save(model, _classifier(("a", "b", "c")))
-    res = _cli(["eval", str(data), "-m", str(model), "--pick-threshold", "youden"])
+    res = _main(["eval", str(data), "-m", str(model), "--pick-threshold", "youden"])
     assert res.returncode == 2 and b"two-class" in res.stderr
     res, rep = _json(["eval", str(data), "-m", str(model)])
     assert res.returncode == 0 and "roc_auc" not in rep and len(rep["confusion_matrix"]["matrix"]) == 3

@@ -1,12 +1,12 @@
 """`cnncli predict`: model lookup, inputs, formats, thresholds, error rows, streaming, exit codes."""
 
+import contextlib
 import csv
 import io
 import json
 import os
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -14,7 +14,7 @@ from conftest import make_image_folder
 from typer.testing import CliRunner
 
 from cnncli import modelfile
-from cnncli.cli import app
+from cnncli.cli import app, main
 from cnncli.images import decode
 from cnncli.model import Model
 from cnncli.predict_run import Decider, escape, parse_band
@@ -39,10 +39,26 @@ def setup(tmp_path_factory):
     return root, data, clf, model, three
 
 
-def _cli(args, cwd=None, input=None, env=None):
-    e = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "cnncli", *args], cwd=cwd, input=input, capture_output=True,
-                          env=e, timeout=60)
+class _Result:
+    def __init__(self, code, out, err):
+        self.returncode, self.stdout, self.stderr = code, out.encode(), err.encode()
+
+
+def _cli(args, cwd=None, env=None):
+    """cnncli.cli.main in this process (exit-code mapping included; compiled kernels are reused)."""
+    out, err = io.StringIO(), io.StringIO()
+    saved_cwd, saved_env = os.getcwd(), dict(os.environ)
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        os.environ.update(env or {})
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), pytest.raises(SystemExit) as exc:
+            main(list(args))
+    finally:
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+    return _Result(exc.value.code, out.getvalue(), err.getvalue())
 
 
 def _invoke(args, input=None):
