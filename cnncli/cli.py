@@ -120,7 +120,7 @@ class TrainReporter:
 
 @app.command()
 def train(
-    data: Annotated[Path, typer.Argument(help="Labeled image folder: DATA/<class>/ or DATA/train/<class>/ "
+    data: Annotated[Path, typer.Argument(metavar="DATA", help="Labeled image folder: DATA/<class>/ or DATA/train/<class>/ "
                                               "(+ val/, test/).", show_default=False)],
     output: Annotated[Path, typer.Option("-o", "--output", help="Weight file to write.")] = Path("model.safetensors"),
     arch: Annotated[str, typer.Option(help="Architecture spec or preset (tiny, m1, default).")] = "default",

@@ -253,7 +253,7 @@ def write_manifest(
         "train": rel(train_items),
         "val": rel(val_items),
     }
-    atomic_write_bytes(path, (json.dumps(doc, ensure_ascii=False, indent=1) + "\n").encode("utf-8"))
+    atomic_write_bytes(path, (json.dumps(doc, ensure_ascii=True, indent=1) + "\n").encode("utf-8"))
 
 
 def read_manifest(path: str | os.PathLike) -> dict:

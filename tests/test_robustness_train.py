@@ -126,8 +126,6 @@ def test_odd_file_names_in_bad_file_reports(tmp_path):
         assert any(r.startswith(f"{data}/dog/{_esc(name)}\t") for r in rows)
 
 
-@pytest.mark.xfail(strict=True, reason="folders.write_manifest encodes the split manifest as strict UTF-8 "
-                                       "(ensure_ascii=False): a non-UTF-8 file name crashes train (exit 70)")
 def test_non_utf8_name_with_automatic_validation_split(tmp_path, capsys):
     data = make_image_folder(tmp_path / "data", n_per_class=6, size=8)
     with open(os.path.join(os.fsencode(data / "cat"), b"latin1-\xe9.png"), "wb") as f:
