@@ -178,9 +178,18 @@ class Decider:
 class Writer:
     """Formats result rows for one output format and writes them to a text stream."""
 
-    def __init__(self, fmt, classes, top_k, all_probs, out):
+    def __init__(self, fmt, classes, top_k, all_probs, out, band=False):
         self.fmt, self.classes, self.top_k, self.all_probs, self.out = fmt, list(classes), top_k, all_probs, out
+        self.band = band  # rows may say "uncertain (...)", which is wider
         self.width = 0
+
+    def _table_width(self):
+        """Width of the result column, fixed for the whole run so that streamed rows line up."""
+        if not self.width:
+            longest = max(len(c) for c in self.classes)
+            self.width = self.top_k * (5 + longest) + 2 * (self.top_k - 1) + (len(UNCERTAIN) + 3 if self.band else 0)
+            self.width = min(60, self.width)
+        return self.width
 
     def header(self):
         if self.fmt in ("tsv", "csv"):
@@ -207,10 +216,13 @@ class Writer:
                 doc["probabilities"] = {c: round(float(v), 6) for c, v in zip(self.classes, p)}
             self.out.write(json.dumps(doc) + "\n")
         elif self.fmt == "table":
-            text = ", ".join(f"{v:.2f} {c}" for c, v in [(label, prob), *top])
+            if label == UNCERTAIN:  # no probability of its own: show the classes it hesitates between
+                text = f"{UNCERTAIN} (" + ", ".join(f"{v:.2f} {c}" for c, v in others[: self.top_k]) + ")"
+            else:
+                text = ", ".join(f"{v:.2f} {c}" for c, v in [(label, prob), *top])
             if self.all_probs:
-                text += "   [" + " ".join(f"{c}={float(v):.3f}" for c, v in zip(self.classes, p)) + "]"
-            self.out.write(f"{escape(path)}  {text}\n")
+                text += "  [" + " ".join(f"{c}={float(v):.3f}" for c, v in zip(self.classes, p)) + "]"
+            self.out.write(f"{escape(text):<{self._table_width()}}  {escape(path)}\n")
         else:
             cells = [path, label, f"{prob:.6f}"]
             for i in range(self.top_k - 1):
@@ -223,7 +235,7 @@ class Writer:
         if self.fmt == "jsonl":
             self.out.write(json.dumps({"path": path, "error": message}) + "\n")
         elif self.fmt == "table":
-            self.out.write(f"{escape(path)}  error: {escape(message)}\n")
+            self.out.write(f"{'error':<{self._table_width()}}  {escape(path)}: {escape(message)}\n")
         else:
             n = 2 + 2 * (self.top_k - 1) + (len(self.classes) if self.all_probs else 0)
             self._row([path] + [""] * n + [message])
@@ -254,7 +266,7 @@ def run(opts, on_error=None, out=None):
     fmt = opts.format or ("table" if out.isatty() else "tsv")
     top_k = opts.top_k if opts.top_k is not None else (3 if fmt == "table" else 1)
     top_k = max(1, min(top_k, len(clf.classes)))
-    writer = Writer(fmt, clf.classes, top_k, opts.all_probs, out)
+    writer = Writer(fmt, clf.classes, top_k, opts.all_probs, out, band=opts.uncertain is not None)
     writer.header()
     size, rgb = clf.size, clf.channels == 3
     seen = failed = 0

@@ -235,3 +235,20 @@ def test_predict_does_not_import_rich_or_plots(setup):
             "print(code, heavy, file=sys.stderr)")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
     assert res.stderr.decode().strip().endswith("0 []"), res.stderr
+
+
+def test_table_rows_line_up_and_show_uncertain(setup):
+    root, data, clf, model, _ = setup
+    files = sorted(data.rglob("*.png"))
+    p1 = clf.proba(np.stack([decode(p, SIZE, 1) for p in files]))[:, 1]
+    band = f"{p1.min()}:{p1.min()}"  # exactly the least positive image is uncertain
+    res = _invoke(["predict", *map(str, files), str(data / "gone.png"), "-m", str(model), "--format", "table",
+                   "--uncertain", band])
+    lines = res.stdout.splitlines()
+    assert len(lines) == len(files) + 1
+    starts = {ln.index(str(f)) for ln, f in zip(lines, files)}
+    assert len(starts) == 1 and lines[-1].index(str(data)) in starts
+    k = int(np.argmin(p1))
+    assert lines[k].startswith("uncertain (") and sum(ln.startswith("uncertain") for ln in lines) == 1
+    want = f"{max(p1[0], 1 - p1[0]):.2f} {'dog' if p1[0] >= 0.5 else 'cat'}" if k != 0 else "uncertain"
+    assert lines[0].startswith(want)
