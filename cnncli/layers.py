@@ -9,11 +9,46 @@ Float32 in production; float64 works too (the gradient checks use it).
 """
 
 import math
+import sys
 
 import numpy as np
 
 from . import kernels
 from .errors import SpecError
+
+
+def _refs(buf):
+    return sys.getrefcount(buf)
+
+
+def _free_refs():
+    # References that a buffer nobody else holds shows inside _take (the slot list, the loop variable, the call):
+    # measured once rather than assumed, since the interpreter's own counting differs between Python versions.
+    slots = [np.empty(1)]
+    for buf in slots:
+        return _refs(buf)
+
+
+_FREE = _free_refs()
+_MAX_SLOTS = 3
+
+
+def _take(slots, shape, dtype):
+    """An uninitialised C-contiguous array (shape, dtype) that no one outside `slots` references.
+
+    Large fresh arrays cost page faults on every call; layers therefore keep their recent outputs and gradients
+    in `slots` and hand one out again only when its reference count shows that nobody (caller, another layer,
+    a view) still holds it, so a caller can never see an array it kept change under it.
+    """
+    shape = tuple(shape)
+    for buf in slots:
+        if buf.shape == shape and buf.dtype == dtype and _refs(buf) <= _FREE:
+            return buf
+    buf = np.empty(shape, dtype)
+    slots.append(buf)
+    if len(slots) > _MAX_SLOTS:
+        del slots[0]
+    return buf
 
 
 def _out_size(size, kernel, stride, pad):
@@ -28,6 +63,7 @@ class Layer:
 
     def __init__(self):
         self.params, self.grads = {}, {}
+        self._fwd_slots, self._bwd_slots = [], []
 
     def output_shape(self, in_shape):
         return in_shape
@@ -81,13 +117,13 @@ class Conv(Layer):
         w = self.params["weight"]
         n, _, h, wd = x.shape
         _, oh, ow = self.output_shape(x.shape[1:])
-        out = np.empty((n, self.filters, oh, ow), dtype=x.dtype)
+        out = _take(self._fwd_slots, (n, self.filters, oh, ow), x.dtype)
         kernels.conv2d_forward(x, w, self.params["bias"], self.stride, self.padding, out)
         self.x = x
         return out
 
     def backward(self, dy, need_dx=True):
-        dx = np.empty_like(self.x) if need_dx else None
+        dx = _take(self._bwd_slots, self.x.shape, self.x.dtype) if need_dx else None
         dw, db = kernels.conv2d_backward(self.x, self.params["weight"], np.ascontiguousarray(dy),
                                          self.stride, self.padding, dx)
         self.grads = {"weight": dw, "bias": db}
@@ -100,6 +136,7 @@ class MaxPool(Layer):
     def __init__(self, size, stride=None, padding=(0, 0)):
         super().__init__()
         self.size, self.stride, self.padding = size, stride or size, padding
+        self._arg_slots = []
 
     @property
     def token(self):
@@ -122,14 +159,15 @@ class MaxPool(Layer):
 
     def forward(self, x, training=False):
         _, oh, ow = self.output_shape(x.shape[1:])
-        out = np.empty((x.shape[0], x.shape[1], oh, ow), dtype=x.dtype)
-        self.argmax = np.empty(out.shape, np.int32)
+        out = _take(self._fwd_slots, (x.shape[0], x.shape[1], oh, ow), x.dtype)
+        self.argmax = None
+        self.argmax = _take(self._arg_slots, out.shape, np.dtype(np.int32))
         kernels.maxpool_forward(x, self.size, self.stride, self.padding, out, self.argmax)
         self.in_shape = x.shape
         return out
 
     def backward(self, dy, need_dx=True):
-        dx = np.empty(self.in_shape, dtype=dy.dtype)
+        dx = _take(self._bwd_slots, self.in_shape, dy.dtype)
         kernels.maxpool_backward(np.ascontiguousarray(dy), self.argmax, dx)
         return dx
 
@@ -146,13 +184,14 @@ class Activation(Layer):
         return self.kind
 
     def forward(self, x, training=False):
-        out = np.empty_like(x)
+        self.y = None  # drop this layer's own hold on the previous output so its buffer can be reused
+        out = _take(self._fwd_slots, x.shape, x.dtype)
         kernels.activation_forward(self.kind, x, out)
         self.y = out
         return out
 
     def backward(self, dy, need_dx=True):
-        dx = np.empty_like(self.y)
+        dx = _take(self._bwd_slots, self.y.shape, self.y.dtype)
         kernels.activation_backward(self.kind, self.y, np.ascontiguousarray(dy), dx)
         return dx
 
