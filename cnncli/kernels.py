@@ -196,7 +196,10 @@ def _pad_image(img, ph, pw, dst):
             base = (y + ph) * Wp
             for q in range(base, base + pw):
                 d[q] = 0.0
-            d[base + pw:base + pw + W] = img[c, y]
+            row = img[c, y]
+            dr = d[base + pw:]
+            for xx in range(W):
+                dr[xx] = row[xx]
             for q in range(base + pw + W, base + Wp):
                 d[q] = 0.0
 
@@ -223,28 +226,20 @@ def _wide_forward_direct(x, w, b, ph, pw, out, lo, hi):
             acc[q] = bf
         for c in range(C):
             s = xp[c]
-            if KH == 3 and KW == 3:
-                w0, w1, w2 = w[f, c, 0, 0], w[f, c, 0, 1], w[f, c, 0, 2]
-                w3, w4, w5 = w[f, c, 1, 0], w[f, c, 1, 1], w[f, c, 1, 2]
-                w6, w7, w8 = w[f, c, 2, 0], w[f, c, 2, 1], w[f, c, 2, 2]
-                # One view per tap, indexed by the loop variable alone: an index like q + off could be negative
-                # as far as numba knows, and its wrap-around check stops LLVM from vectorizing.
-                s0, s1, s2 = s[0:], s[1:], s[2:]
-                s3, s4, s5 = s[Wp:], s[Wp + 1:], s[Wp + 2:]
-                s6, s7, s8 = s[2 * Wp:], s[2 * Wp + 1:], s[2 * Wp + 2:]
-                for q in range(L):
-                    acc[q] += (w0 * s0[q] + w1 * s1[q] + w2 * s2[q] + w3 * s3[q] + w4 * s4[q] + w5 * s5[q]
-                               + w6 * s6[q] + w7 * s7[q] + w8 * s8[q])
-            else:
-                for i in range(KH):
-                    for j in range(KW):
-                        wv = w[f, c, i, j]
-                        st = s[i * Wp + j:]
-                        for q in range(L):
-                            acc[q] += wv * st[q]
+            for i in range(KH):
+                for j in range(KW):
+                    wv = w[f, c, i, j]
+                    # A view per tap, indexed by the loop variable alone: an index like q + off could be
+                    # negative as far as numba knows, and its wrap-around check stops LLVM from vectorizing.
+                    st = s[i * Wp + j:]
+                    for q in range(L):
+                        acc[q] += wv * st[q]
         o = out[n, f]
         for y in range(OH):
-            o[y] = acc[y * Wp:y * Wp + OW]
+            o_row = o[y]
+            a = acc[y * Wp:]
+            for xx in range(OW):
+                o_row[xx] = a[xx]
 
 
 @njit(**JIT)
@@ -256,8 +251,10 @@ def _wide_im2col(src, KH, KW, Wp, L, cols, col0):
         s = src[c]
         for i in range(KH):
             for j in range(KW):
-                off = i * Wp + j
-                cols[row, col0:col0 + L] = s[off:off + L]
+                tap = s[i * Wp + j:]
+                dst = cols[row, col0:]
+                for q in range(L):
+                    dst[q] = tap[q]
                 row += 1
 
 
@@ -297,7 +294,10 @@ def _wide_dout(dout_nf, Wp, L, dst, col0):
     OH, OW = dout_nf.shape
     for y in range(OH):
         base = col0 + y * Wp
-        dst[base:base + OW] = dout_nf[y]
+        src = dout_nf[y]
+        d = dst[base:]
+        for xx in range(OW):
+            d[xx] = src[xx]
         if y < OH - 1:
             for q in range(base + OW, base + Wp):
                 dst[q] = 0.0
@@ -320,8 +320,10 @@ def _wide_col2im_crop(dcols, col0, KH, KW, ph, pw, H, W, L, dxp, dx_n):
                     dst[q] += s[q]
                 row += 1
         for y in range(H):
-            base = (y + ph) * Wp + pw
-            dx_n[c, y] = d[base:base + W]
+            src = d[(y + ph) * Wp + pw:]
+            dst = dx_n[c, y]
+            for xx in range(W):
+                dst[xx] = src[xx]
 
 
 @njit(**JIT)
