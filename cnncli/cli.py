@@ -15,6 +15,7 @@ import typer
 
 from . import __version__
 from .errors import EXIT_INTERNAL, EXIT_SIGINT, EXIT_USAGE, CnnError, UsageError
+from .names import one_line
 
 app = typer.Typer(
     help="Train, evaluate and run convolutional image classifiers on a CPU.",
@@ -269,16 +270,12 @@ def predict(
                           threshold=threshold, uncertain=parse_band(uncertain) if uncertain else None,
                           null=null, batch_size=batch_size)
     try:
-        code = run(opts, on_error=lambda path, msg: _say(f"cnncli: {_one_line(path)}: {msg}"))
+        code = run(opts, on_error=lambda path, msg: _say(f"cnncli: {one_line(path)}: {msg}"))
     except BrokenPipeError:  # the reader stopped early (`| head -1`): that is a normal end, not a failure
         _quiet_broken_pipe()
         raise typer.Exit(0) from None
     if code:
         raise typer.Exit(code)
-
-
-def _one_line(path):
-    return str(path).replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
 
 
 @app.command(name="eval")
@@ -316,7 +313,7 @@ def eval_(
     opts = EvalOptions(data=str(data), model=str(resolve_model(str(model) if model else None)), threshold=threshold,
                        pick_threshold=pick_threshold, save_threshold=save_threshold, errors=errors,
                        fail_under=fail_under, plot=str(plot) if plot else None, wait=wait)
-    report = run(opts, on_warn=lambda msg: _say(f"warning: {_one_line(msg)}"))
+    report = run(opts, on_warn=lambda msg: _say(f"warning: {one_line(msg)}"))
     sys.stdout.write(json.dumps(report) + "\n" if fmt == EvalFormat.json else format_table(report))
     sys.stdout.flush()
     err = gate_error(report)
@@ -345,12 +342,6 @@ def _quiet_broken_pipe():
         os.dup2(devnull, sys.stdout.fileno())
     except OSError:
         pass
-
-
-def _message_line(exc):
-    """An error message as exactly one line, whatever file names it quotes (tabs, newlines, non-UTF-8 bytes)."""
-    text = str(exc).replace("\r", "\\r").replace("\n", "\\n").replace("\t", "\\t")
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def main(argv=None):
@@ -383,9 +374,9 @@ def main(argv=None):
             traceback.print_exc()
         if isinstance(exc, UsageError):
             sub = next((a for a in args if a in command.commands), None) if hasattr(command, "commands") else None
-            _say(f"Usage error: {_message_line(exc)}\nTry 'cnncli {sub + ' ' if sub else ''}-h' for help.")
+            _say(f"Usage error: {one_line(exc)}\nTry 'cnncli {sub + ' ' if sub else ''}-h' for help.")
         else:
-            _say(f"cnncli: error: {_message_line(exc)}")
+            _say(f"cnncli: error: {one_line(exc)}")
         code = exc.exit_code
     except KeyboardInterrupt:
         _say("cnncli: interrupted")
@@ -403,7 +394,7 @@ def main(argv=None):
 
             traceback.print_exc()
         first = str(exc).splitlines()[0] if str(exc).strip() else ""
-        _say(f"cnncli: internal error: {type(exc).__name__}: {_message_line(first)} "
+        _say(f"cnncli: internal error: {type(exc).__name__}: {one_line(first)} "
              "(run again with --debug for a traceback)")
         code = EXIT_INTERNAL
     try:

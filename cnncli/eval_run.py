@@ -11,6 +11,7 @@ import numpy as np
 
 from . import folders, metrics, modelfile
 from .errors import DataError, GateError, UsageError
+from .names import one_line
 
 
 @dataclass
@@ -125,10 +126,9 @@ def _f(v):
 
 def format_table(report):
     """The report as plain text lines for a person."""
-    from .predict_run import escape
 
     classes = report["classes"]
-    out = [f"source: {escape(report['source'])} ({report['n']} images"
+    out = [f"source: {one_line(report['source'])} ({report['n']} images"
            + (f", {report['skipped_files']} unreadable skipped" if report["skipped_files"] else "") + ")",
            f"accuracy: {_f(report['accuracy'])}", f"balanced accuracy: {_f(report['balanced_accuracy'])}",
            f"macro precision / recall / F1: {_f(report['macro_precision'])} / {_f(report['macro_recall'])} / "
@@ -143,7 +143,7 @@ def format_table(report):
                    f"specificity {pt['specificity']:.4f})")
     if "saved_threshold" in report:
         out.append(f"saved threshold {report['saved_threshold']['threshold']:.6g} "
-                   f"to {escape(report['saved_threshold']['file'])}")
+                   f"to {one_line(report['saved_threshold']['file'])}")
     w = max(8, *(len(c) for c in classes))
     out += ["", f"{'class':<{w}}  precision  recall      f1  support"]
     for c in classes:
@@ -157,6 +157,6 @@ def format_table(report):
         out.append(f"{c:<{w}}  " + " ".join(f"{v:>{cw}}" for v in row))
     if report.get("errors"):
         out += ["", "most confident errors (probability, true -> predicted, file):"]
-        out += [f"{e['probability']:.4f}  {e['true']} -> {e['predicted']}  {escape(e['path'])}"
+        out += [f"{e['probability']:.4f}  {e['true']} -> {e['predicted']}  {one_line(e['path'])}"
                 for e in report["errors"]]
     return "\n".join(out) + "\n"

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import EXIT_OK, EXIT_PARTIAL, BadImageError, NoInputError, UsageError
+from .names import one_line
 
 DEFAULT_MODEL = "model.safetensors"
 MODEL_ENV = "CNNCLI_MODEL"
@@ -144,12 +145,6 @@ def _batches(entries, n):
         yield batch
 
 
-def escape(text):
-    """One-line form of a path: backslash, tab, CR and LF as \\\\ \\t \\r \\n; undecodable bytes as \\udcXX."""
-    s = str(text).replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
-    return s.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
 class Decider:
     """Turns a probability row into (label, probability of label, the other classes ranked)."""
 
@@ -203,9 +198,9 @@ class Writer:
 
     def _row(self, cells):
         if self.fmt == "tsv":
-            self.out.write("\t".join(escape(c) for c in cells) + "\n")
+            self.out.write("\t".join(one_line(c) for c in cells) + "\n")
         else:
-            self.out.write(",".join(_csv_cell(escape(c)) for c in cells) + "\n")
+            self.out.write(",".join(_csv_cell(one_line(c)) for c in cells) + "\n")
 
     def result(self, path, label, prob, others, p):
         top = others[: self.top_k - 1]
@@ -222,7 +217,7 @@ class Writer:
                 text = ", ".join(f"{v:.2f} {c}" for c, v in [(label, prob), *top])
             if self.all_probs:
                 text += "  [" + " ".join(f"{c}={float(v):.3f}" for c, v in zip(self.classes, p)) + "]"
-            self.out.write(f"{escape(text):<{self._table_width()}}  {escape(path)}\n")
+            self.out.write(f"{one_line(text):<{self._table_width()}}  {one_line(path)}\n")
         else:
             cells = [path, label, f"{prob:.6f}"]
             for i in range(self.top_k - 1):
@@ -235,7 +230,7 @@ class Writer:
         if self.fmt == "jsonl":
             self.out.write(json.dumps({"path": path, "error": message}) + "\n")
         elif self.fmt == "table":
-            self.out.write(f"{'error':<{self._table_width()}}  {escape(path)}: {escape(message)}\n")
+            self.out.write(f"{'error':<{self._table_width()}}  {one_line(path)}: {one_line(message)}\n")
         else:
             n = 2 + 2 * (self.top_k - 1) + (len(self.classes) if self.all_probs else 0)
             self._row([path] + [""] * n + [message])

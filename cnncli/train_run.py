@@ -19,7 +19,8 @@ from . import __version__, folders, kernels, modelfile, weights
 from .atomic import OutputLock, atomic_write_bytes, check_writable_target
 from .errors import DataError, FormatError, SpecError, UsageError
 from .images import channel_stats
-from .model import Model, canonical_spec
+from .model import Model
+from .names import one_line
 from .optim import make_optimizer
 from .training import TrainConfig, TrainState, class_weights_auto, evaluate, fit
 
@@ -88,13 +89,6 @@ def sidecars(output):
              ("bad", ".bad-files.tsv"))}
 
 
-def _escape(text):
-    """One line of UTF-8 for any file name: backslash, tab and newlines escaped; bytes that are not UTF-8
-    (os.fsdecode's surrogates) become \\xNN, so the line can always be written and the name recovered."""
-    text = str(text).replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
-
 def _history_csv(history):
     cols = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "time"]
     buf = io.StringIO()
@@ -113,7 +107,7 @@ def _load_split(data_root, ds, opts, report, size, color, out_paths):
         manifest = (train_items, val_items)
 
     def on_bad(path, reason):
-        report.warn(f"skipped {_escape(path)}: {_escape(reason)}")
+        report.warn(f"skipped {one_line(path)}: {one_line(reason)}")
 
     kw = dict(size=size, strict=opts.strict, on_bad=on_bad, classes=ds.classes)
     train = folders.load_images(train_items, color=color, **kw)
@@ -216,7 +210,7 @@ def _run_locked(opts, report, out, side, stop):
         folders.write_manifest(side["split"], ds.root, ds.classes, manifest[0], manifest[1], opts.seed, opts.val_split)
     if train.bad or (val and val.bad) or (test and test.bad):
         bad = train.bad + (val.bad if val else []) + (test.bad if test else [])
-        atomic_write_bytes(side["bad"], "".join(f"{_escape(p)}\t{_escape(r)}\n" for p, r in bad).encode())
+        atomic_write_bytes(side["bad"], "".join(f"{one_line(p)}\t{one_line(r)}\n" for p, r in bad).encode())
     n_bad = len(train.bad) + (len(val.bad) if val else 0) + (len(test.bad) if test else 0)
     counts = np.bincount(train.y, minlength=len(ds.classes)).tolist()
     meta_extra = {"data": str(ds.root)}

@@ -17,7 +17,8 @@ from cnncli import modelfile
 from cnncli.cli import app, main
 from cnncli.images import decode
 from cnncli.model import Model
-from cnncli.predict_run import Decider, escape, parse_band
+from cnncli.names import one_line as escape
+from cnncli.predict_run import Decider, parse_band
 
 SIZE = 16
 

@@ -118,11 +118,11 @@ _ESCAPES = {"\\": "\\", "t": "\t", "n": "\n", "r": "\r"}
 
 
 def _unescape(text):
-    """Inverse of the documented one-line escaping: \\\\ \\t \\n \\r, and \\udcXX for bytes that are not UTF-8."""
+    """Inverse of the documented one-line escaping: \\\\ \\t \\n \\r, and \\xNN for bytes that are not UTF-8."""
     def sub(m):
         tok = m.group(1)
-        return _ESCAPES[tok] if tok in _ESCAPES else chr(int(tok[1:], 16))
-    return re.sub(r"\\(udc[0-9a-f]{2}|[\\tnr])", sub, text)
+        return _ESCAPES[tok] if tok in _ESCAPES else chr(0xDC00 + int(tok[1:], 16))
+    return re.sub(r"\\(x[0-9a-f]{2}|[\\tnr])", sub, text)
 
 
 @pytest.mark.parametrize("fmt", ["tsv", "csv", "jsonl", "table"])
@@ -146,7 +146,8 @@ def test_odd_file_names_survive_every_predict_format(trained, tmp_path, fmt):
     elif fmt == "csv":
         got = [os.fsencode(_unescape(row[0])) for row in list(csv.reader(io.StringIO(text)))[1:]]
     else:
-        got = [os.fsencode(_unescape(ln.split("  ")[0])) for ln in text.splitlines()]
+        # table rows: the result column ("0.55 dog, 0.45 cat", padded), two or more spaces, then the path
+        got = [os.fsencode(_unescape(re.split(r"  +", ln, maxsplit=1)[1])) for ln in text.splitlines()]
     assert sorted(got) == expected, text
 
 

@@ -219,7 +219,7 @@ def test_file_size_limit_while_saving_is_exit_74_keeping_the_old_weights(tmp_pat
 
 # ---------------------------------------------------------------- signals and concurrent runs
 
-SIG_ARGS = ["--arch", "tiny", "--batch-size", "4", "--epochs", "40", "--seed", "3"]
+SIG_ARGS = ["--arch", "tiny", "--batch-size", "4", "--epochs", "100", "--seed", "3"]
 
 
 @pytest.fixture(scope="module")
@@ -252,6 +252,7 @@ def test_signal_leaves_a_checkpoint_and_resume_matches_an_uninterrupted_run(sig_
     target = tmp_path / "m.safetensors"
     target.write_bytes(b"the old model")
     proc, _ = _start_and_wait_for_first_epoch(["train", data, "-o", target, *SIG_ARGS, "--overwrite"], tmp_path)
+    os.kill(proc.pid, signal.SIGSTOP)  # paused, it keeps holding the lock however fast the epochs are
 
     # meanwhile, a second run aimed at the same output is refused at once, naming the holder
     t0 = time.monotonic()
@@ -266,6 +267,7 @@ def test_signal_leaves_a_checkpoint_and_resume_matches_an_uninterrupted_run(sig_
 
     assert proc.poll() is None, "training finished before the signal: make the run longer"
     proc.send_signal(sig)
+    os.kill(proc.pid, signal.SIGCONT)
     _, rest = proc.communicate(timeout=60)
     text = rest.decode()
     assert proc.returncode == code, text
