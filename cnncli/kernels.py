@@ -565,52 +565,62 @@ def maxpool_backward(dout, argmax, dx):
     _run(_maxpool_backward_chunk, dx.shape[0] * dx.shape[1], dout, argmax, dx)
 
 
+
+# Element-wise kernels slice their [lo, hi) range first and index the slices from 0: with `range(lo, hi)` numba
+# cannot prove the index non-negative, adds a wrap-around check per access, and the loop stays scalar.
+
 @njit(**JIT)
 def _relu_chunk(x, out, lo, hi):
+    xs, os_ = x[lo:hi], out[lo:hi]
     # A zero of x's own type: a bare 0.0 is float64 and would turn the select into conversions.
     zero = np.zeros(1, dtype=x.dtype)[0]
-    for i in range(lo, hi):
-        v = x[i]
-        out[i] = v if v > zero else zero
+    for i in range(hi - lo):
+        v = xs[i]
+        os_[i] = v if v > zero else zero
 
 
 @njit(**JIT)
 def _relu_backward_chunk(y, dy, dx, lo, hi):
+    ys, gs, ds = y[lo:hi], dy[lo:hi], dx[lo:hi]
     zero = np.zeros(1, dtype=dx.dtype)[0]
-    for i in range(lo, hi):
+    for i in range(hi - lo):
         # Load dy unconditionally: a load inside the select made LLVM emit a branch per element (10x slower).
-        g = dy[i]
-        dx[i] = g if y[i] > zero else zero
+        g = gs[i]
+        ds[i] = g if ys[i] > zero else zero
 
 
 @njit(**JIT)
 def _tanh_chunk(x, out, lo, hi):
-    for i in range(lo, hi):
-        out[i] = np.tanh(x[i])
+    xs, os_ = x[lo:hi], out[lo:hi]
+    for i in range(hi - lo):
+        os_[i] = np.tanh(xs[i])
 
 
 @njit(**JIT)
 def _tanh_backward_chunk(y, dy, dx, lo, hi):
-    for i in range(lo, hi):
-        dx[i] = dy[i] * (1.0 - y[i] * y[i])
+    ys, gs, ds = y[lo:hi], dy[lo:hi], dx[lo:hi]
+    for i in range(hi - lo):
+        ds[i] = gs[i] * (1.0 - ys[i] * ys[i])
 
 
 @njit(**JIT)
 def _sigmoid_chunk(x, out, lo, hi):
-    for i in range(lo, hi):
-        v = x[i]
+    xs, os_ = x[lo:hi], out[lo:hi]
+    for i in range(hi - lo):
+        v = xs[i]
         # Two branches so that exp never overflows.
         if v >= 0:
-            out[i] = 1.0 / (1.0 + np.exp(-v))
+            os_[i] = 1.0 / (1.0 + np.exp(-v))
         else:
             e = np.exp(v)
-            out[i] = e / (1.0 + e)
+            os_[i] = e / (1.0 + e)
 
 
 @njit(**JIT)
 def _sigmoid_backward_chunk(y, dy, dx, lo, hi):
-    for i in range(lo, hi):
-        dx[i] = dy[i] * y[i] * (1.0 - y[i])
+    ys, gs, ds = y[lo:hi], dy[lo:hi], dx[lo:hi]
+    for i in range(hi - lo):
+        ds[i] = gs[i] * ys[i] * (1.0 - ys[i])
 
 
 _ACTIVATIONS = {
