@@ -21,6 +21,7 @@ Design, from measurements on a 2-core machine:
 """
 
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -51,19 +52,38 @@ def _bounds(total, n_chunks):
 
 
 def _run(fn, total, *args, n_chunks=CHUNKS):
-    """Call fn(*args, lo, hi) over chunks of range(total); chunks run on the worker threads."""
+    """Call fn(*args, lo, hi) over chunks of range(total); chunks run on the worker threads.
+
+    The calling thread works too and the pool has threads - 1 workers, so exactly `threads` threads are busy
+    (a pool of `threads` workers plus the caller oversubscribed the cores). Chunks are handed out one at a time
+    to whichever thread is free; which thread runs a chunk never changes what the chunk computes.
+    """
     global _pool
     chunks = [b for b in _bounds(total, max(1, min(total, n_chunks))) if b[1] > b[0]]
-    if _threads == 1 or len(chunks) == 1:
+    helpers = min(_threads, len(chunks)) - 1
+    if helpers <= 0:
         for lo, hi in chunks:
             fn(*args, lo, hi)
         return
     if _pool is None:
-        _pool = ThreadPoolExecutor(max_workers=_threads, thread_name_prefix="cnncli-kernel")
-    futures = [_pool.submit(fn, *args, lo, hi) for lo, hi in chunks[1:]]
-    fn(*args, *chunks[0])
-    for f in futures:
-        f.result()
+        _pool = ThreadPoolExecutor(max_workers=_threads - 1, thread_name_prefix="cnncli-kernel")
+    pending = iter(chunks)
+    lock = threading.Lock()
+
+    def work():
+        while True:
+            with lock:
+                chunk = next(pending, None)
+            if chunk is None:
+                return
+            fn(*args, *chunk)
+
+    futures = [_pool.submit(work) for _ in range(helpers)]
+    try:
+        work()
+    finally:
+        for f in futures:
+            f.result()
 
 
 @njit(**JIT)
