@@ -51,6 +51,11 @@ def _take(slots, shape, dtype):
     return buf
 
 
+def _spell(prefix, pair):
+    """A (height, width) pair in spec spelling: k3 for (3, 3), k3x5 for (3, 5)."""
+    return f"{prefix}{pair[0]}" + (f"x{pair[1]}" if pair[1] != pair[0] else "")
+
+
 def _out_size(size, kernel, stride, pad):
     """(W - F + 2P) / S + 1, rounded down."""
     return (size - kernel + 2 * pad) // stride + 1
@@ -84,15 +89,10 @@ class Conv(Layer):
 
     @property
     def token(self):
-        s = f"conv{self.filters}"
-        if self.kernel is not None:  # None until shape inference picks the default filter size
-            kh, kw = self.kernel
-            s += f"k{kh}" + (f"x{kw}" if kw != kh else "")
-        if self.stride != (1, 1):
-            s += f"s{self.stride[0]}" + (f"x{self.stride[1]}" if self.stride[1] != self.stride[0] else "")
-        if self.padding != (0, 0):
-            s += f"p{self.padding[0]}" + (f"x{self.padding[1]}" if self.padding[1] != self.padding[0] else "")
-        return s
+        # The kernel is None until shape inference picks a bare conv's filter size.
+        return (f"conv{self.filters}" + (_spell("k", self.kernel) if self.kernel is not None else "")
+                + (_spell("s", self.stride) if self.stride != (1, 1) else "")
+                + (_spell("p", self.padding) if self.padding != (0, 0) else ""))
 
     def output_shape(self, in_shape):
         c, h, w = in_shape
@@ -140,12 +140,8 @@ class MaxPool(Layer):
 
     @property
     def token(self):
-        s = f"pool{self.size[0]}" + (f"x{self.size[1]}" if self.size[1] != self.size[0] else "")
-        if self.stride != self.size:
-            s += f"s{self.stride[0]}" + (f"x{self.stride[1]}" if self.stride[1] != self.stride[0] else "")
-        if self.padding != (0, 0):
-            s += f"p{self.padding[0]}" + (f"x{self.padding[1]}" if self.padding[1] != self.padding[0] else "")
-        return s
+        return (_spell("pool", self.size) + (_spell("s", self.stride) if self.stride != self.size else "")
+                + (_spell("p", self.padding) if self.padding != (0, 0) else ""))
 
     def output_shape(self, in_shape):
         c, h, w = in_shape
