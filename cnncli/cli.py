@@ -127,9 +127,11 @@ def train(
     arch: Annotated[str, typer.Option(help="Architecture spec or preset (tiny, m1, default).")] = "default",
     size: Annotated[Optional[int], typer.Option(help="Input size in pixels (square). Default: from the data.")] = None,
     color: Annotated[Color, typer.Option(help="auto: gray only if every training image is gray.")] = Color.auto,
-    epochs: Annotated[int, typer.Option(help="Passes over the training images.")] = 10,
+    epochs: Annotated[Optional[int], typer.Option(
+        help="Passes over the training images (default: auto, about 4,500 gradient steps, 3 to 50 epochs).",
+        show_default=False)] = None,
     batch_size: Annotated[int, typer.Option(help="Images per gradient step.")] = 64,
-    lr: Annotated[float, typer.Option(help="Peak learning rate (cosine decay).")] = 1e-3,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (cosine decay).")] = 2e-3,
     optimizer: Annotated[OptimizerName, typer.Option(help="adam or sgd (momentum 0.9).")] = OptimizerName.adam,
     weight_decay: Annotated[float, typer.Option(help="Weight decay (L2 for sgd, decoupled for adam).")] = 0.0,
     val_split: Annotated[float, typer.Option(help="Fraction held out for validation when there is no val/ folder.")] = 0.2,
@@ -148,7 +150,7 @@ def train(
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Only warnings and errors on stderr.")] = False,
 ):
     """Train a classifier on a labeled image folder and write a weight file."""
-    _require(epochs >= 1, "--epochs", f"must be at least 1, got {epochs}")
+    _require(epochs is None or epochs >= 1, "--epochs", f"must be at least 1, got {epochs}")
     _require(batch_size >= 1, "--batch-size", f"must be at least 1, got {batch_size}")
     _positive_finite(lr, "--lr")
     _positive_finite(weight_decay, "--weight-decay", allow_zero=True)

@@ -12,8 +12,10 @@ Design, from measurements on a 2-core machine:
 - Stride-1 convolutions work in "wide" coordinates (see _pad_image below): every filter tap is one contiguous
   shift of the padded image, so inner loops are long, unit-stride and vectorized. With 1-3 input channels the
   forward pass is direct (3 x 3 filters unrolled); otherwise, and for every backward pass, im2col (one row copy
-  per tap) + one GEMM per chunk of images. BLAS itself is single-threaded (see cnncli.config), so exactly one
-  thread pool is busy at any time. Other strides use the older general loops.
+  per tap) + one GEMM per chunk of images. Other strides use the older general loops.
+- The GEMMs are numpy's matmul, called between compiled steps: numba never binds BLAS itself, so no process
+  imports scipy (0.3-0.5 s here). BLAS is single-threaded (see cnncli.config) and releases the GIL, so
+  exactly one thread pool is busy at any time.
 - Inner loops index arrays with the bare loop variable (views carry the offsets): numba adds a wrap-around check
   to any index it cannot prove non-negative, and that check alone stops LLVM from vectorizing the loop.
 - Chunk boundaries depend only on the array shapes (config.CHUNKS), never on the thread count, and
@@ -146,20 +148,30 @@ def _col2im_add(cols, col0, kh, kw, sh, sw, ph, pw, oh, ow, img):
 
 
 @njit(**JIT)
-def _conv_gemm_chunk(x, w2, b, sh, sw, ph, pw, KH, KW, out3, OH, OW, lo, hi):
-    ohw = OH * OW
-    F = w2.shape[0]
-    cols = np.empty((w2.shape[1], (hi - lo) * ohw), dtype=x.dtype)
+def _strided_cols(x, KH, KW, sh, sw, ph, pw, OH, OW, cols, lo, hi):
+    """im2col of images [lo, hi) into cols (C*KH*KW, (hi - lo) * OH*OW)."""
     for n in range(lo, hi):
-        _im2col(x[n], KH, KW, sh, sw, ph, pw, OH, OW, cols, (n - lo) * ohw)
-    res = np.dot(w2, cols)
+        _im2col(x[n], KH, KW, sh, sw, ph, pw, OH, OW, cols, (n - lo) * OH * OW)
+
+
+@njit(**JIT)
+def _bias_scatter(res, b, out3, lo, hi):
+    """out3[n, f, :] = res[f, (n - lo) * P : (n - lo + 1) * P] + b[f] for images [lo, hi); out3 is (N, F, P)."""
+    F, P = out3.shape[1], out3.shape[2]
     for n in range(lo, hi):
-        off = (n - lo) * ohw
+        off = (n - lo) * P
         for f in range(F):
             bf = b[f]
             dst = out3[n, f]
-            for p in range(ohw):
-                dst[p] = res[f, off + p] + bf
+            src = res[f, off:]
+            for p in range(P):
+                dst[p] = src[p] + bf
+
+
+def _conv_gemm_chunk(x, w2, b, sh, sw, ph, pw, KH, KW, out3, OH, OW, lo, hi):
+    cols = np.empty((w2.shape[1], (hi - lo) * OH * OW), dtype=x.dtype)
+    _strided_cols(x, KH, KW, sh, sw, ph, pw, OH, OW, cols, lo, hi)
+    _bias_scatter(w2 @ cols, b, out3, lo, hi)
 
 
 @njit(**JIT)
@@ -279,33 +291,43 @@ def _wide_im2col(src, KH, KW, Wp, L, cols, col0):
 
 
 @njit(**JIT)
-def _wide_forward_gemm(x, w2, b, KH, KW, ph, pw, out, lo, hi):
-    """im2col + GEMM stride-1 convolution for images [lo, hi)."""
-    N, C, H, W = x.shape
-    F = w2.shape[0]
-    OH, OW = out.shape[2], out.shape[3]
-    Hp, Wp = H + 2 * ph, W + 2 * pw
-    L = (OH - 1) * Wp + OW
-    cols = np.empty((w2.shape[1], (hi - lo) * L), dtype=x.dtype)
-    padded = ph > 0 or pw > 0
-    xp = np.empty((C, Hp * Wp), dtype=x.dtype)
-    for n in range(lo, hi):
-        if padded:
+def _wide_cols(x, KH, KW, ph, pw, L, cols, lo, hi):
+    """Wide-coordinate im2col of images [lo, hi) into cols (C*KH*KW, (hi - lo) * L)."""
+    C, H, W = x.shape[1], x.shape[2], x.shape[3]
+    Wp = W + 2 * pw
+    if ph > 0 or pw > 0:
+        xp = np.empty((C, (H + 2 * ph) * Wp), dtype=x.dtype)
+        for n in range(lo, hi):
             _pad_image(x[n], ph, pw, xp)
             _wide_im2col(xp, KH, KW, Wp, L, cols, (n - lo) * L)
-        else:
+    else:
+        for n in range(lo, hi):
             _wide_im2col(x[n].reshape(C, H * W), KH, KW, Wp, L, cols, (n - lo) * L)
-    res = np.dot(w2, cols)
+
+
+@njit(**JIT)
+def _wide_bias_scatter(res, b, Wp, L, out, lo, hi):
+    """out[n, f, y, x] = res[f, (n - lo) * L + y * Wp + x] + b[f]: drops the garbage columns."""
+    F, OH, OW = out.shape[1], out.shape[2], out.shape[3]
     for n in range(lo, hi):
         col0 = (n - lo) * L
         for f in range(F):
             bf = b[f]
             o = out[n, f]
             for y in range(OH):
-                r = res[f, col0 + y * Wp:col0 + y * Wp + OW]
+                r = res[f, col0 + y * Wp:]
                 o_row = o[y]
                 for xx in range(OW):
                     o_row[xx] = r[xx] + bf
+
+
+def _wide_forward_gemm(x, w2, b, KH, KW, ph, pw, out, lo, hi):
+    """im2col + GEMM stride-1 convolution for images [lo, hi)."""
+    Wp = x.shape[3] + 2 * pw
+    L = (out.shape[2] - 1) * Wp + out.shape[3]
+    cols = np.empty((w2.shape[1], (hi - lo) * L), dtype=x.dtype)
+    _wide_cols(x, KH, KW, ph, pw, L, cols, lo, hi)
+    _wide_bias_scatter(w2 @ cols, b, Wp, L, out, lo, hi)
 
 
 @njit(**JIT)
@@ -347,34 +369,36 @@ def _wide_col2im_crop(dcols, col0, KH, KW, ph, pw, H, W, L, dxp, dx_n):
 
 
 @njit(**JIT)
+def _wide_douts(dout, Wp, L, dmat, lo, hi):
+    """dmat (F, (hi - lo) * L) = dout of images [lo, hi) in wide coordinates."""
+    for n in range(lo, hi):
+        for f in range(dout.shape[1]):
+            _wide_dout(dout[n, f], Wp, L, dmat[f], (n - lo) * L)
+
+
+@njit(**JIT)
+def _wide_col2ims(dcols, KH, KW, ph, pw, L, dx, lo, hi):
+    """dx[n] for images [lo, hi) from the wide-coordinate column gradients dcols."""
+    C, H, W = dx.shape[1], dx.shape[2], dx.shape[3]
+    dxp = np.empty((C, (H + 2 * ph) * (W + 2 * pw)), dtype=dx.dtype)
+    for n in range(lo, hi):
+        _wide_col2im_crop(dcols, (n - lo) * L, KH, KW, ph, pw, H, W, L, dxp, dx[n])
+
+
 def _wide_backward_gemm(x, w2t, dout, KH, KW, ph, pw, need_dx, dx, dw_parts, db_parts, lo, hi):
     """Weight, bias and (when need_dx) input gradients of a stride-1 convolution for images [lo, hi)."""
-    N, C, H, W = x.shape
-    F, OH, OW = dout.shape[1], dout.shape[2], dout.shape[3]
-    Hp, Wp = H + 2 * ph, W + 2 * pw
-    L = (OH - 1) * Wp + OW
+    Wp = x.shape[3] + 2 * pw
+    L = (dout.shape[2] - 1) * Wp + dout.shape[3]
     width = (hi - lo) * L
     cols = np.empty((w2t.shape[0], width), dtype=x.dtype)
-    dmat = np.empty((F, width), dtype=x.dtype)
-    xp = np.empty((C, Hp * Wp), dtype=x.dtype)
-    padded = ph > 0 or pw > 0
-    for n in range(lo, hi):
-        col0 = (n - lo) * L
-        if padded:
-            _pad_image(x[n], ph, pw, xp)
-            _wide_im2col(xp, KH, KW, Wp, L, cols, col0)
-        else:
-            _wide_im2col(x[n].reshape(C, H * W), KH, KW, Wp, L, cols, col0)
-        for f in range(F):
-            _wide_dout(dout[n, f], Wp, L, dmat[f], col0)
+    dmat = np.empty((dout.shape[1], width), dtype=x.dtype)
+    _wide_cols(x, KH, KW, ph, pw, L, cols, lo, hi)
+    _wide_douts(dout, Wp, L, dmat, lo, hi)
     # Partials are indexed by the chunk's first image, so each chunk owns its slot.
-    dw_parts[lo] = np.dot(dmat, cols.T)
-    for f in range(F):
-        db_parts[lo, f] = _sum_lanes(dmat[f], width)
+    np.matmul(dmat, cols.T, out=dw_parts[lo])
+    _row_sums(dmat, db_parts[lo])
     if need_dx:
-        dcols = np.dot(w2t, dmat)
-        for n in range(lo, hi):
-            _wide_col2im_crop(dcols, (n - lo) * L, KH, KW, ph, pw, H, W, L, xp, dx[n])
+        _wide_col2ims(w2t @ dmat, KH, KW, ph, pw, L, dx, lo, hi)
 
 
 _LANES = 16
@@ -395,6 +419,13 @@ def _sum_lanes(v, n):
     for l in range(1, _LANES):
         s += acc[l]
     return s
+
+
+@njit(**JIT)
+def _row_sums(m, out):
+    """out[r] = the sum of row r of m (R, K), in a fixed order."""
+    for r in range(m.shape[0]):
+        out[r] = _sum_lanes(m[r], m.shape[1])
 
 
 def _gemm_chunks(n_images, k_rows, cols_per_image):
@@ -426,25 +457,21 @@ def conv2d_forward(x, w, b, stride, padding, out):
 
 
 @njit(**JIT)
-def _conv_backward_chunk(x, w2t, dout3, sh, sw, ph, pw, KH, KW, OH, OW, need_dx, dx, dw_parts, db_parts, lo, hi):
-    F = dout3.shape[1]
-    ohw = OH * OW
-    width = (hi - lo) * ohw
-    cols = np.empty((w2t.shape[0], width), dtype=x.dtype)
-    dmat = np.empty((F, width), dtype=x.dtype)
+def _strided_col2ims(dcols, KH, KW, sh, sw, ph, pw, OH, OW, dx, lo, hi):
     for n in range(lo, hi):
-        _im2col(x[n], KH, KW, sh, sw, ph, pw, OH, OW, cols, (n - lo) * ohw)
-        for f in range(F):
-            dmat[f, (n - lo) * ohw:(n - lo + 1) * ohw] = dout3[n, f]
-    # Partials are indexed by the chunk's first image, so each chunk owns its slot.
-    dw_parts[lo] = np.dot(dmat, cols.T)
-    for f in range(F):
-        db_parts[lo, f] = dmat[f].sum()
+        dx[n] = 0.0
+        _col2im_add(dcols, (n - lo) * OH * OW, KH, KW, sh, sw, ph, pw, OH, OW, dx[n])
+
+
+def _conv_backward_chunk(x, w2t, dout3, sh, sw, ph, pw, KH, KW, OH, OW, need_dx, dx, dw_parts, db_parts, lo, hi):
+    cols = np.empty((w2t.shape[0], (hi - lo) * OH * OW), dtype=x.dtype)
+    _strided_cols(x, KH, KW, sh, sw, ph, pw, OH, OW, cols, lo, hi)
+    # (F, images * OH*OW): each image's gradient block side by side, matching the columns of cols.
+    dmat = np.ascontiguousarray(dout3[lo:hi].transpose(1, 0, 2)).reshape(dout3.shape[1], -1)
+    np.matmul(dmat, cols.T, out=dw_parts[lo])
+    _row_sums(dmat, db_parts[lo])
     if need_dx:
-        dcols = np.dot(w2t, dmat)
-        for n in range(lo, hi):
-            dx[n] = 0.0
-            _col2im_add(dcols, (n - lo) * ohw, KH, KW, sh, sw, ph, pw, OH, OW, dx[n])
+        _strided_col2ims(w2t @ dmat, KH, KW, sh, sw, ph, pw, OH, OW, dx, lo, hi)
 
 
 def conv2d_backward(x, w, dout, stride, padding, dx=None):
