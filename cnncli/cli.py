@@ -14,7 +14,7 @@ from typing import Annotated, Optional
 import typer
 
 from . import __version__
-from .errors import EXIT_INTERNAL, EXIT_SIGINT, EXIT_USAGE, CnnError, UsageError
+from .errors import EXIT_INTERNAL, EXIT_SIGINT, CnnError, UsageError
 from .names import one_line
 
 app = typer.Typer(

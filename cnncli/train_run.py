@@ -7,7 +7,6 @@ object with the methods info, warn, epoch_start, batch, epoch_end (see cli.py).
 import csv
 import io
 import math
-import os
 import signal
 import time
 from dataclasses import asdict, dataclass
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, folders, kernels, modelfile, weights
+from . import folders, kernels, modelfile, weights
 from .atomic import OutputLock, atomic_write_bytes, check_writable_target
 from .errors import DataError, FormatError, SpecError, UsageError
 from .images import channel_stats

@@ -1,7 +1,6 @@
 """Weight files: bit-exact round trips, and a crafted file for every refusal."""
 
 import json
-import os
 import pickle  # tests only: to craft a malicious file that cnncli must refuse without running it
 import random
 
