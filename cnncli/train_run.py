@@ -93,6 +93,7 @@ class StopRequest:
 
 
 def sidecars(output):
+    """The files kept beside a weight file, by role."""
     return {name: modelfile.default_sidecar(output, suffix) for name, suffix in
             (("checkpoint", ".ckpt.safetensors"), ("history", ".history.csv"), ("split", ".split.json"),
              ("bad", ".bad-files.tsv"))}
@@ -108,8 +109,10 @@ def _history_csv(history):
     return buf.getvalue().encode()
 
 
-def _load_split(data_root, ds, opts, report, size, color, out_paths):
-    """Decode train / val / test images; returns dict of Loaded parts and the manifest (or None)."""
+def _load_split(ds, opts, report, size, color):
+    """Decode the train / val / test parts of dataset ds (holding out a validation split when it has no val
+    folder); returns (train, val | None, test | None) as folders.Loaded, the colour used, and the split made
+    as (train items, val items), or None."""
     train_items, val_items, manifest = ds.train, ds.val, None
     if not val_items and opts.val_split > 0:
         train_items, val_items = folders.stratified_split(ds.train, opts.val_split, opts.seed)
@@ -192,7 +195,7 @@ def _run_locked(opts, report, out, side, stop):
     color = resumed[0].color if resumed else opts.color
     report.info(f"reading {len(ds.train)} training images in {len(ds.classes)} classes from {ds.root} "
                 f"(input {size}x{size})")
-    train, val, test, color, manifest = _load_split(opts.data, ds, opts, report, size, color, side)
+    train, val, test, color, manifest = _load_split(ds, opts, report, size, color)
     channels = train.channels
     if resumed:
         clf, state, cfg, opt_state, _ = resumed
