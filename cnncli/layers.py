@@ -13,8 +13,31 @@ import sys
 
 import numpy as np
 
-from . import kernels
+from . import kernels_np
 from .errors import SpecError
+
+# Batches of at most this many images use the numpy kernels when not training (see _forward_kernels).
+SMALL_BATCH = 8
+_kernels = None
+
+
+def _numba():
+    """cnncli.kernels, imported on first use: numba's import and its first cached-kernel load cost ~0.9 s."""
+    global _kernels
+    if _kernels is None:
+        from . import kernels
+        _kernels = kernels
+    return _kernels
+
+
+def _forward_kernels(x, training):
+    """The kernel module for a forward pass over x (N, C, H, W): the one place that chooses.
+
+    A small inference batch (a `cnncli predict` of a few images) costs milliseconds in numpy but about a second
+    in numba's start-up, so it runs in numpy and such a process never imports numba. Training and larger batches,
+    where the compiled kernels win, use numba. The two agree to float rounding; backward passes are numba only.
+    """
+    return kernels_np if not training and x.shape[0] <= SMALL_BATCH else _numba()
 
 
 def _refs(buf):
@@ -118,14 +141,14 @@ class Conv(Layer):
         n, _, h, wd = x.shape
         _, oh, ow = self.output_shape(x.shape[1:])
         out = _take(self._fwd_slots, (n, self.filters, oh, ow), x.dtype)
-        kernels.conv2d_forward(x, w, self.params["bias"], self.stride, self.padding, out)
+        _forward_kernels(x, training).conv2d_forward(x, w, self.params["bias"], self.stride, self.padding, out)
         self.x = x
         return out
 
     def backward(self, dy, need_dx=True):
         dx = _take(self._bwd_slots, self.x.shape, self.x.dtype) if need_dx else None
-        dw, db = kernels.conv2d_backward(self.x, self.params["weight"], np.ascontiguousarray(dy),
-                                         self.stride, self.padding, dx)
+        dw, db = _numba().conv2d_backward(self.x, self.params["weight"], np.ascontiguousarray(dy),
+                                          self.stride, self.padding, dx)
         self.grads = {"weight": dw, "bias": db}
         return dx
 
@@ -158,13 +181,13 @@ class MaxPool(Layer):
         out = _take(self._fwd_slots, (x.shape[0], x.shape[1], oh, ow), x.dtype)
         self.argmax = None
         self.argmax = _take(self._arg_slots, out.shape, np.dtype(np.int32))
-        kernels.maxpool_forward(x, self.size, self.stride, self.padding, out, self.argmax)
+        _forward_kernels(x, training).maxpool_forward(x, self.size, self.stride, self.padding, out, self.argmax)
         self.in_shape = x.shape
         return out
 
     def backward(self, dy, need_dx=True):
         dx = _take(self._bwd_slots, self.in_shape, dy.dtype)
-        kernels.maxpool_backward(np.ascontiguousarray(dy), self.argmax, dx)
+        _numba().maxpool_backward(np.ascontiguousarray(dy), self.argmax, dx)
         return dx
 
 
@@ -182,13 +205,13 @@ class Activation(Layer):
     def forward(self, x, training=False):
         self.y = None  # drop this layer's own hold on the previous output so its buffer can be reused
         out = _take(self._fwd_slots, x.shape, x.dtype)
-        kernels.activation_forward(self.kind, x, out)
+        _forward_kernels(x, training).activation_forward(self.kind, x, out)
         self.y = out
         return out
 
     def backward(self, dy, need_dx=True):
         dx = _take(self._bwd_slots, self.y.shape, self.y.dtype)
-        kernels.activation_backward(self.kind, self.y, np.ascontiguousarray(dy), dx)
+        _numba().activation_backward(self.kind, self.y, np.ascontiguousarray(dy), dx)
         return dx
 
 
