@@ -2,15 +2,14 @@
 
 Importing this module sets up the process before numba or a BLAS library loads:
 - a writable numba cache directory (the package directory may be read-only; NUMBA_CACHE_DIR wins),
-- single-threaded BLAS, because the kernels run BLAS calls inside numba's own thread pool and two
-  pools busy-waiting against each other on a small machine stretch every call to several ms.
+- single-threaded BLAS, because the kernels run their GEMMs inside cnncli's own thread pool (one chunk of
+  images per thread), and two pools busy-waiting against each other on a small machine stretch every call
+  to several ms.
 """
 
 import os
 import sys
 from pathlib import Path
-
-DTYPE = "float32"
 
 # JIT flags for every kernel. fastmath stays off so results are reproducible bit for bit.
 JIT = {"cache": True, "nogil": True, "fastmath": False}
