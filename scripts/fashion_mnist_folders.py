@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+# Where Debian's dataset-fashion-mnist package puts the IDX files (`apt-get install dataset-fashion-mnist`).
 DEFAULT_SRC = "/usr/share/datasets/fashion-mnist"
 CLASSES = ["t-shirt_top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle_boot"]
 PARTS = {"train": "train", "test": "t10k"}
