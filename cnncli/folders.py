@@ -99,14 +99,14 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     return [p for _, p in found]
 
 
-def _scan_part(part: Path, classes: list[str], what: str, require_each: bool) -> list[Item]:
-    """Items of the class folders under `part`, labelled by index in `classes`."""
+def _scan_part(part: Path, classes: list[str], known_to: str, require_each: bool) -> list[Item]:
+    """Items of the class folders under `part`, labelled by index in `classes` (the classes `known_to` has)."""
     index = {c: i for i, c in enumerate(classes)}
     names = _subdirs(part)
     unknown = [n for n in names if n not in index]
     if unknown:
         raise DataError(
-            f"{part}: {what} has class folders the training data does not: {', '.join(unknown)} "
+            f"{part}: class folders not known to {known_to}: {', '.join(unknown)} "
             f"(known: {', '.join(classes)})"
         )
     items: list[Item] = []
@@ -148,14 +148,14 @@ def scan_dataset(root: str | os.PathLike) -> Dataset:
     if len(classes) < 2:
         found = f"only '{classes[0]}'" if classes else "none"
         raise DataError(f"{train_dir}: need at least two class folders (<class>/image files), found {found}")
-    train = _scan_part(train_dir, classes, "training data", require_each=True)
+    train = _scan_part(train_dir, classes, "the training data", require_each=True)
     ds = Dataset(root=root, layout=layout, classes=classes, train=train)
     if layout == "split":
         for n in VAL_NAMES:
             if n in top:
-                ds.val = _scan_part(root / n, classes, "validation data", require_each=False)
+                ds.val = _scan_part(root / n, classes, "the training data", require_each=False)
         if "test" in top:
-            ds.test = _scan_part(root / "test", classes, "test data", require_each=False)
+            ds.test = _scan_part(root / "test", classes, "the training data", require_each=False)
     return ds
 
 
@@ -184,16 +184,7 @@ def scan_labeled(root: str | os.PathLike, classes: Sequence[str]) -> list[Item]:
     the unknown and known names; no image files at all raises DataError.
     """
     folder = labeled_dir(root)
-    classes = list(classes)
-    index = {c: i for i, c in enumerate(classes)}
-    names = _subdirs(folder)
-    unknown = [n for n in names if n not in index]
-    if unknown:
-        raise DataError(
-            f"{folder}: class folders not known to the model: {', '.join(unknown)} (model classes: "
-            f"{', '.join(classes)})"
-        )
-    items = [(p, index[n]) for n in names for p in list_images(folder / n)]
+    items = _scan_part(folder, list(classes), "the model", require_each=False)
     if not items:
         raise DataError(f"{folder}: no image files in class folders (expected {folder}/<class>/<image>)")
     return items

@@ -7,7 +7,7 @@ generic over float32 (production) and float64 (gradient checks).
 Design, from measurements on a 2-core machine:
 - Each compiled kernel is serial and works on a range [lo, hi) of images, channels or elements; the
   public functions split the work into chunks and run them on a small pool of Python threads (the
-  kernels release the GIL). Serial kernels compile in about a second where numba `parallel=True`
+  kernels release the GIL). Serial kernels compile in about a second where numba's parallel mode
   kernels took 4-17 s each, which matters for a cold first `cnncli predict`.
 - Stride-1 convolutions work in "wide" coordinates (see _pad_image below): every filter tap is one contiguous
   shift of the padded image, so inner loops are long, unit-stride and vectorized. With 1-3 input channels the

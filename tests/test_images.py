@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, PngImagePlugin
+from PIL import Image
+from badfiles import BAD_FILES
 
 from cnncli import images
 from cnncli.errors import BadImageError
@@ -240,47 +241,6 @@ def test_read_size_is_width_height(tmp_path):
 
 
 # ---------------------------------------------------------------- bad files
-
-
-def _jpeg_bytes():
-    buf = io.BytesIO()
-    rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buf, "JPEG", quality=90)
-    return buf.getvalue()
-
-
-def _png_bytes():
-    buf = io.BytesIO()
-    rng = np.random.default_rng(1)
-    Image.fromarray(rng.integers(0, 255, (64, 64), dtype=np.uint8)).save(buf, "PNG")
-    return buf.getvalue()
-
-
-def _ztxt_bomb():
-    info = PngImagePlugin.PngInfo()
-    info.add_text("comment", "a" * (4 * 1024 * 1024), zip=True)
-    buf = io.BytesIO()
-    Image.new("L", (8, 8)).save(buf, "PNG", pnginfo=info)
-    return buf.getvalue()
-
-
-def _saved(fmt, mode="RGB", size=(10, 10)):
-    buf = io.BytesIO()
-    Image.new(mode, size).save(buf, fmt)
-    return buf.getvalue()
-
-
-BAD_FILES = {
-    "text.jpg": (lambda: b"hello, this is not an image\n" * 10, "not an image"),
-    "empty.png": (lambda: b"", "empty file"),
-    "half.jpg": (lambda: _jpeg_bytes()[: len(_jpeg_bytes()) // 2], "truncated"),
-    "half.png": (lambda: _png_bytes()[: len(_png_bytes()) // 2], "truncated"),
-    "ztxt.png": (_ztxt_bomb, "decompression bomb"),
-    "one.png": (lambda: _saved("PNG", "L", (1, 1)), "image too small (1x1"),
-    "thin.png": (lambda: _saved("PNG", "L", (3, 50)), "image too small (3x50"),
-    "eps.png": (lambda: _saved("EPS"), "not an image"),
-    "pdf.png": (lambda: _saved("PDF"), "not an image"),
-}
 
 
 @pytest.mark.parametrize("name", sorted(BAD_FILES))
