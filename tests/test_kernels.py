@@ -240,9 +240,12 @@ def test_sigmoid_and_tanh_saturate_without_overflow(dtype):
 
 @pytest.mark.parametrize("kind", ["relu", "tanh", "sigmoid"])
 def test_activations_on_large_arrays_are_bit_identical_for_one_and_two_threads(kind, threads):
-    # Large enough (> 2 * 32768 elements) that the element-wise work is split across threads.
-    x = np.random.default_rng(2).standard_normal(70001).astype(np.float32)
-    dy = np.random.default_rng(3).standard_normal(70001).astype(np.float32)
+    # Large enough that the element-wise work is split across threads.
+    size = 2 * kernels._MIN_ELEMENTWISE_CHUNK + 7
+    threads(2)
+    assert kernels._elementwise_chunks(size) == 2
+    x = np.random.default_rng(2).standard_normal(size).astype(np.float32)
+    dy = np.random.default_rng(3).standard_normal(size).astype(np.float32)
     results = []
     for n in (1, 2):
         threads(n)
