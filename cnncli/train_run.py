@@ -168,6 +168,14 @@ def _read_checkpoint(path):
     return clf, state, cfg, parts.get("opt", {}), meta
 
 
+def _build(opts, channels, size, n_classes):
+    """The model --arch describes for this input, or a usage error naming the layer that does not fit."""
+    try:
+        return Model(opts.arch, (channels, size, size), n_classes, seed=opts.seed)
+    except SpecError as exc:
+        raise UsageError(f"--arch: {exc}") from None
+
+
 def run(opts, report):
     """Train as the options say; returns a summary dict. Raises CnnError subclasses for user-facing failures."""
     out = Path(opts.output)
@@ -193,6 +201,8 @@ def _run_locked(opts, report, out, side, stop):
     ds = folders.scan_dataset(opts.data)
     size = opts.size or (resumed[0].size if resumed else folders.choose_size([p for p, _ in ds.train], seed=opts.seed))
     color = resumed[0].color if resumed else opts.color
+    if not resumed:
+        _build(opts, 3 if color == "rgb" else 1, size, len(ds.classes))  # a bad --arch fails before any decoding
     report.info(f"reading {len(ds.train)} training images in {len(ds.classes)} classes from {ds.root} "
                 f"(input {size}x{size})")
     train, val, test, color, manifest = _load_split(ds, opts, report, size, color)
@@ -206,10 +216,7 @@ def _run_locked(opts, report, out, side, stop):
         optimizer = make_optimizer(cfg.optimizer, cfg.weight_decay)
         optimizer.state = {"step": resumed[4]["optimizer_step"], **opt_state}
     else:
-        try:
-            model = Model(opts.arch, (channels, size, size), len(ds.classes), seed=opts.seed)
-        except SpecError as exc:
-            raise UsageError(f"--arch: {exc}") from None
+        model = _build(opts, channels, size, len(ds.classes))
         mean, std = channel_stats(train.x)
         clf = modelfile.Classifier(model, ds.classes, color, mean, std)
         weights_by_class = (class_weights_auto(train.y, len(ds.classes)) if opts.class_weights == "auto" else None)

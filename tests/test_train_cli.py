@@ -111,3 +111,12 @@ def test_max_time_stops_early_and_still_writes_the_best_weights(tmp_path, capsys
     assert code == 0, err
     _, meta = weights.load(tmp_path / "m.safetensors")
     assert meta["train"]["stop_reason"] == "time-limit" and meta["train"]["epochs"] < 500
+
+
+def test_an_arch_that_does_not_fit_fails_before_any_image_is_decoded(tmp_path, capsys):
+    data = make_image_folder(tmp_path / "d", n_per_class=4, size=28)
+    code, out, err = run_main(["train", data, "-o", tmp_path / "m.safetensors", "--arch", "conv8k3-pool2-conv8k15"],
+                              capsys)
+    assert code == 2 and out == ""
+    assert "layer 3 conv8k15: a 15x15 filter does not fit a 13x13 input" in err
+    assert "reading" not in err and not (tmp_path / "m.safetensors").exists()
