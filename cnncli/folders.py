@@ -118,6 +118,15 @@ def _scan_part(part: Path, classes: list[str], known_to: str, require_each: bool
     return items
 
 
+def _folder(root: str | os.PathLike) -> Path:
+    root = Path(root)
+    if not root.exists():
+        raise NoInputError(f"{root}: no such folder")
+    if not root.is_dir():
+        raise NoInputError(f"{root}: not a folder (expected DATA/<class>/ or DATA/train/<class>/)")
+    return root
+
+
 def scan_dataset(root: str | os.PathLike) -> Dataset:
     """Find the classes and image files of a labeled folder (layouts in the module docstring).
 
@@ -125,11 +134,7 @@ def scan_dataset(root: str | os.PathLike) -> Dataset:
     class folders, if a training class folder has no image files, if a val/test folder has a class the
     training part does not, or if the split layout has unexpected extra folders.
     """
-    root = Path(root)
-    if not root.exists():
-        raise NoInputError(f"{root}: no such folder")
-    if not root.is_dir():
-        raise NoInputError(f"{root}: not a folder (expected DATA/<class>/ or DATA/train/<class>/)")
+    root = _folder(root)
     top = _subdirs(root)
     if "train" not in top:
         train_dir, layout = root, "flat"
@@ -162,11 +167,7 @@ def scan_dataset(root: str | os.PathLike) -> Dataset:
 def labeled_dir(root: str | os.PathLike) -> Path:
     """The folder `eval` reads class folders from: DATA/test/ if DATA has train/ and test/, else its
     val/ (valid/, validation/) part, else DATA itself. Raises NoInputError / DataError."""
-    root = Path(root)
-    if not root.exists():
-        raise NoInputError(f"{root}: no such folder")
-    if not root.is_dir():
-        raise NoInputError(f"{root}: not a folder")
+    root = _folder(root)
     top = _subdirs(root)
     if "train" not in top:
         return root
