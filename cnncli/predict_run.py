@@ -9,6 +9,7 @@ import glob
 import json
 import os
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -242,6 +243,32 @@ def _csv_cell(text):
     return text
 
 
+def _in_background(fn):
+    """Start fn() on a daemon thread; returns a function that waits for its result (or re-raises its error).
+
+    A daemon thread, not an executor: it may sit blocked reading stdin when the run ends early (a closed pipe,
+    Ctrl-C), and executors join their threads at exit, which would hang the process.
+    """
+    box = {}
+
+    def target():
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+
+    def result():
+        thread.join()
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
+
+    return result
+
+
 def run(opts, on_error=None, out=None):
     """Classify every input in opts.inputs, writing rows to `out` (default sys.stdout) as each batch finishes.
 
@@ -273,11 +300,16 @@ def run(opts, on_error=None, out=None):
 
     with bombs_are_errors(), ThreadPoolExecutor(max(1, opts.workers)) as pool:
         batches = _batches(iter_inputs(opts.inputs, opts.null), opts.batch_size)
-        current = next(batches, None)
-        pending = decode_batch(pool, current) if current else None
+
+        def read_ahead():
+            batch = next(batches, None)
+            return batch, (decode_batch(pool, batch) if batch else None)
+
+        current, pending = read_ahead()
         while current is not None:
-            nxt = next(batches, None)
-            nxt_pending = decode_batch(pool, nxt) if nxt else None  # decode ahead while this batch runs
+            # The next batch is read (and its decoding started) on another thread while this one is classified,
+            # so a batch's rows go out as soon as it is done even when more paths are slow to arrive on stdin.
+            upcoming = _in_background(read_ahead)
             decoded = [r if isinstance(r, str) else r.result() for r in pending]
             good = [i for i, r in enumerate(decoded) if not isinstance(r, str)]
             proba = clf.proba(np.stack([decoded[i] for i in good])) if good else None
@@ -294,7 +326,7 @@ def run(opts, on_error=None, out=None):
                     if on_error is not None:
                         on_error(path, decoded[i])
             out.flush()
-            current, pending = nxt, nxt_pending
+            current, pending = upcoming()
     if seen == 0:
         raise NoInputError("no input images (give files, folders, glob patterns or - for stdin)")
     return EXIT_PARTIAL if failed else EXIT_OK

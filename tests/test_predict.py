@@ -5,6 +5,7 @@ import csv
 import io
 import json
 import os
+import select
 import subprocess
 import sys
 
@@ -214,11 +215,14 @@ def test_head_ends_quietly_and_output_streams(setup):
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         imgs = sorted(data.rglob("*.png"))
-        proc.stdin.write(f"{imgs[0]}\n{imgs[1]}\n".encode())
+        proc.stdin.write(f"{imgs[0]}\n".encode())  # one path, and stdin stays open
         proc.stdin.flush()
+        # The row must come without more input: wait for it with a deadline rather than block forever.
+        assert select.select([proc.stdout], [], [], 60)[0], "no output while stdin is open"
         assert proc.stdout.readline().startswith(b"path")
         assert proc.stdout.readline().startswith(str(imgs[0]).encode())
         assert proc.poll() is None  # still waiting for more input
+        proc.stdin.write(f"{imgs[1]}\n".encode())
         proc.stdin.close()
         rest = proc.stdout.read()
         assert rest.count(b"\n") == 1 and proc.wait(30) == 0
