@@ -1,3 +1,5 @@
 from .cli import main
 
-main()
+# Guarded: worker processes started with "spawn" import this module again and must not run the CLI.
+if __name__ == "__main__":
+    main()

@@ -5,12 +5,15 @@ No typer or rich here, and nothing heavy at import time: the command line import
 are written and flushed after every batch, so memory stays flat however many inputs there are.
 """
 
+import contextlib
 import glob
 import json
+import multiprocessing
 import os
+import signal
 import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -243,6 +246,41 @@ def _csv_cell(text):
     return text
 
 
+def _decode_many(paths, size, rgb):
+    """Decode a chunk of paths: each entry an array (C, size, size) uint8 or an error message."""
+    return [_decode_one(p, size, rgb) for p in paths]
+
+
+def _worker_init():
+    # Ctrl-C reaches the whole process group: the parent reports it, workers just stop quietly.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from .images import bombs_are_errors
+
+    bombs_are_errors().__enter__()  # for the worker's whole life: it only ever decodes
+
+
+def _process_pool(workers):
+    # spawn, not fork: the parent already runs threads (kernels, the input reader), which fork would copy mid-state.
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init)
+
+
+def _submit_decodes(pool, batch, size, rgb, workers):
+    """Start decoding batch [(path, error or None)] in chunks; returns [(indices, future)] for _gather."""
+    todo = [i for i, (_, err) in enumerate(batch) if err is None]
+    step = max(1, -(-len(todo) // (2 * max(1, workers))))  # two chunks per worker keeps both busy
+    return [(todo[k:k + step], pool.submit(_decode_many, [batch[i][0] for i in todo[k:k + step]], size, rgb))
+            for k in range(0, len(todo), step)]
+
+
+def _gather(batch, jobs):
+    """Per input of batch: its decoded array, or an error message."""
+    decoded = [err for _, err in batch]
+    for indices, future in jobs:
+        for i, result in zip(indices, future.result()):
+            decoded[i] = result
+    return decoded
+
+
 def _in_background(fn):
     """Start fn() on a daemon thread; returns a function that waits for its result (or re-raises its error).
 
@@ -295,22 +333,25 @@ def run(opts, on_error=None, out=None):
 
     import numpy as np
 
-    def decode_batch(pool, batch):
-        return [pool.submit(_decode_one, p, size, rgb) if err is None else err for p, err in batch]
-
-    with bombs_are_errors(), ThreadPoolExecutor(max(1, opts.workers)) as pool:
+    with bombs_are_errors(), contextlib.ExitStack() as stack:
         batches = _batches(iter_inputs(opts.inputs, opts.null), opts.batch_size)
+        current = next(batches, None)
+        # A full first batch means a long run: decode in worker processes, since decoding small images is
+        # mostly Python work that holds the GIL, and threads would share one core. Short runs keep threads,
+        # which start at once.
+        full = current is not None and len(current) >= opts.batch_size and opts.workers > 1
+        pool = stack.enter_context(_process_pool(opts.workers) if full else ThreadPoolExecutor(max(1, opts.workers)))
 
         def read_ahead():
             batch = next(batches, None)
-            return batch, (decode_batch(pool, batch) if batch else None)
+            return batch, (_submit_decodes(pool, batch, size, rgb, opts.workers) if batch else None)
 
-        current, pending = read_ahead()
+        pending = _submit_decodes(pool, current, size, rgb, opts.workers) if current else None
         while current is not None:
             # The next batch is read (and its decoding started) on another thread while this one is classified,
             # so a batch's rows go out as soon as it is done even when more paths are slow to arrive on stdin.
             upcoming = _in_background(read_ahead)
-            decoded = [r if isinstance(r, str) else r.result() for r in pending]
+            decoded = _gather(current, pending)
             good = [i for i, r in enumerate(decoded) if not isinstance(r, str)]
             proba = clf.proba(np.stack([decoded[i] for i in good])) if good else None
             rows = dict(zip(good, range(len(good))))
