@@ -257,3 +257,19 @@ def test_table_rows_line_up_and_show_uncertain(setup):
     assert lines[k].startswith("uncertain (") and sum(ln.startswith("uncertain") for ln in lines) == 1
     want = f"{max(p1[0], 1 - p1[0]):.2f} {'dog' if p1[0] >= 0.5 else 'cat'}" if k != 0 else "uncertain"
     assert lines[0].startswith(want)
+
+
+def test_long_runs_decode_in_worker_processes_with_the_same_results(setup, tmp_path):
+    """A full first batch switches decoding to spawned worker processes (via `python -m cnncli`, whose entry
+    point must not run again in the workers); rows, errors and order match the threaded path exactly."""
+    root, data, clf, model, _ = setup
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    inputs = [str(data), str(tmp_path / "bad.png")]
+    runs = {}
+    for batch in ("2", "1000"):  # 2: the first batch is full (processes); 1000: it is not (threads)
+        res = subprocess.run([sys.executable, "-m", "cnncli", "predict", *inputs, "-m", str(model),
+                              "--batch-size", batch, "--all-probs"], capture_output=True, timeout=120)
+        assert res.returncode == 1, res.stderr  # the bad file makes it a partial success
+        runs[batch] = res.stdout
+    assert runs["2"] == runs["1000"]
+    assert runs["2"].count(b"\n") == 1 + 6 + 1 and b"not an image" in runs["2"]
