@@ -14,7 +14,7 @@ from typing import Annotated, Optional
 import typer
 
 from . import __version__
-from .errors import EXIT_INTERNAL, EXIT_SIGINT, CnnError, UsageError
+from .errors import EXIT_INTERNAL, EXIT_SIGINT, EXIT_SIGTERM, CnnError, UsageError
 from .names import one_line
 
 app = typer.Typer(
@@ -175,7 +175,7 @@ def train(
     finally:
         reporter.close()
     if "interrupted" in summary:
-        _say(f"interrupted: checkpoint saved to {summary['checkpoint']} (epoch {summary['epoch'] + 1}, "
+        _say(f"cnncli: checkpoint saved to {summary['checkpoint']} (epoch {summary['epoch'] + 1}, "
              f"batch {summary['batch'] + 1}); continue with: cnncli train {data} -o {output} --resume")
         raise typer.Exit(128 + summary["interrupted"])
     if not quiet:
@@ -367,7 +367,6 @@ def main(argv=None):
         exc.show(file=sys.stderr)
         code = exc.exit_code
     except typer.Abort:
-        _say("cnncli: interrupted")
         code = EXIT_SIGINT
     except CnnError as exc:
         if debug:
@@ -381,15 +380,12 @@ def main(argv=None):
             _say(f"cnncli: error: {one_line(exc)}")
         code = exc.exit_code
     except KeyboardInterrupt:
-        _say("cnncli: interrupted")
         code = EXIT_SIGINT
     except BrokenPipeError:
         _quiet_broken_pipe()
         code = 0
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
-        if code == 143:
-            _say("cnncli: terminated")
     except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, no locals
         if debug:
             import traceback
@@ -399,6 +395,9 @@ def main(argv=None):
         _say(f"cnncli: internal error: {type(exc).__name__}: {one_line(first)} "
              "(run again with --debug for a traceback)")
         code = EXIT_INTERNAL
+    # typer turns Ctrl-C into a bare exit status 130, so the reason is said here, once, however the run ended.
+    if code in (EXIT_SIGINT, EXIT_SIGTERM):
+        _say("cnncli: interrupted" if code == EXIT_SIGINT else "cnncli: terminated")
     try:
         sys.stdout.flush()
     except BrokenPipeError:

@@ -120,3 +120,15 @@ def test_an_arch_that_does_not_fit_fails_before_any_image_is_decoded(tmp_path, c
     assert code == 2 and out == ""
     assert "layer 3 conv8k15: a 15x15 filter does not fit a 13x13 input" in err
     assert "reading" not in err and not (tmp_path / "m.safetensors").exists()
+
+
+def test_ctrl_c_in_any_command_says_interrupted_and_exits_130(tmp_path, capsys, monkeypatch):
+    """typer turns KeyboardInterrupt into a bare exit status; the one-line reason must still be printed."""
+    from cnncli import predict_run
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(predict_run, "run", interrupted)
+    code, out, err = run_main(["predict", tmp_path / "x.png", "-m", tmp_path / "m.safetensors"], capsys)
+    assert code == 130 and out == "" and err.strip() == "cnncli: interrupted"
