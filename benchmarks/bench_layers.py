@@ -13,8 +13,8 @@ import numpy as np
 
 from _common import import_torch, interleaved, load_average
 
-import cnncli.kernels as kernels
-from cnncli.layers import Activation, Conv, MaxPool
+import cnncli.engine.kernels as kernels
+from cnncli.engine.layers import Activation, Conv, MaxPool
 
 # (group, label, layer spec, batch, input (C, H, W), need_dx in training, target ratio numba/torch)
 CONV_CASES = [

@@ -88,8 +88,8 @@ def med(samples, i=0):
 
 def make_model(path, classes):
     """Save an M1 classifier for 28x28 gray images (random weights: speed does not depend on them)."""
-    from cnncli import modelfile
-    from cnncli.model import Model
+    from cnncli.store import modelfile
+    from cnncli.engine.model import Model
 
     clf = modelfile.Classifier(Model("m1", (1, 28, 28), len(classes), seed=0), classes, "gray", [0.286], [0.353])
     modelfile.save(path, clf)
@@ -110,7 +110,7 @@ def main():
     make_model(model, sorted(p.name for p in test.iterdir() if p.is_dir() and not p.name.startswith(".")))
     torch_script = work / "torch_predict.py"
     torch_script.write_text(TORCH_SCRIPT)
-    from cnncli.folders import list_images
+    from cnncli.data.folders import list_images
 
     files = [str(p) for p in list_images(test)]
     listing = work / "files.txt"

@@ -15,10 +15,10 @@ import numpy as np
 
 from _common import import_torch, load_average
 
-import cnncli.kernels as kernels
-from cnncli.model import Model, parse_spec
-from cnncli.layers import Activation, Conv, Dense, Dropout, MaxPool
-from cnncli.optim import SGD
+import cnncli.engine.kernels as kernels
+from cnncli.engine.model import Model, parse_spec
+from cnncli.engine.layers import Activation, Conv, Dense, Dropout, MaxPool
+from cnncli.engine.optim import SGD
 
 MODELS = {
     # name: (spec, input (C, H, W), classes)

@@ -14,8 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cnncli import atomic, weights
-from cnncli.atomic import OutputLock, atomic_write_bytes, check_writable_target
+from cnncli.store import atomic
+
+from cnncli.store import weights
+from cnncli.store.atomic import OutputLock, atomic_write_bytes, check_writable_target
 from cnncli.errors import LockedError, OutputError, WriteError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -103,7 +105,7 @@ def test_file_size_limit_keeps_previous_weights(tmp_path):
         """
         import resource, signal, sys
         import numpy as np
-        from cnncli import weights
+        from cnncli.store import weights
         from cnncli.errors import WriteError
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, resource.RLIM_INFINITY))
@@ -127,7 +129,7 @@ def test_file_size_limit_keeps_previous_weights(tmp_path):
 SAVER = """
 import sys
 import numpy as np
-from cnncli import weights
+from cnncli.store import weights
 path = sys.argv[1]
 i = 0
 print("ready", flush=True)
@@ -224,7 +226,7 @@ def test_check_target_unwritable_directory_even_as_root():
 
 HOLDER = """
 import sys
-from cnncli.atomic import OutputLock
+from cnncli.store.atomic import OutputLock
 with OutputLock(sys.argv[1]):
     print("locked", flush=True)
     sys.stdin.readline()
@@ -233,7 +235,7 @@ print("released", flush=True)
 
 WAITER = """
 import sys, time
-from cnncli.atomic import OutputLock
+from cnncli.store.atomic import OutputLock
 from cnncli.errors import LockedError
 start = time.monotonic()
 try:

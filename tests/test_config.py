@@ -10,7 +10,7 @@ REPO = Path(__file__).resolve().parents[1]
 PROBE = """
 import os, numpy as np
 import cnncli
-from cnncli import kernels
+from cnncli.engine import kernels
 x = np.ones((1, 1, 4, 4), np.float32)
 out = np.empty((1, 1, 2, 2), np.float32)
 kernels.conv2d_forward(x, np.ones((1, 1, 3, 3), np.float32), np.zeros(1, np.float32), (1, 1), (0, 0), out)

@@ -10,10 +10,16 @@ import pytest
 from conftest import make_image_folder
 from PIL import Image
 
-from cnncli import folders, metrics, modelfile, weights
-from cnncli.images import decode
-from cnncli.cli import main
-from cnncli.model import Model
+from cnncli.data import folders
+
+from cnncli.report import metrics
+
+from cnncli.store import modelfile
+
+from cnncli.store import weights
+from cnncli.data.images import decode
+from cnncli.commands.cli import main
+from cnncli.engine.model import Model
 
 SIZE = 16
 
@@ -32,7 +38,7 @@ class _Result:
 
 
 def _main(args):
-    """cnncli.cli.main in this process (exit-code mapping included; compiled kernels are reused)."""
+    """cnncli.commands.cli.main in this process (exit-code mapping included; compiled kernels are reused)."""
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), pytest.raises(SystemExit) as exc:
         main(list(args))

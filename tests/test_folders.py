@@ -1,4 +1,4 @@
-"""Tests for cnncli.folders: layouts, class discovery, splitting, manifest, bulk loading."""
+"""Tests for cnncli.data.folders: layouts, class discovery, splitting, manifest, bulk loading."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from PIL import Image
 
 from conftest import class_pattern, make_image_folder
 from cnncli.errors import BadImageError, DataError, FormatError, NoInputError
-from cnncli.folders import (
+from cnncli.data.folders import (
     choose_size,
     labeled_dir,
     list_images,
@@ -24,7 +24,7 @@ from cnncli.folders import (
     stratified_split,
     write_manifest,
 )
-from cnncli.images import decode
+from cnncli.data.images import decode
 
 
 def test_flat_layout_sorted_classes(tmp_path):

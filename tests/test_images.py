@@ -1,4 +1,4 @@
-"""Tests for cnncli.images: every accepted format and mode, every kind of bad file, and a mutation fuzz."""
+"""Tests for cnncli.data.images: every accepted format and mode, every kind of bad file, and a mutation fuzz."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 from badfiles import BAD_FILES
 
-from cnncli import images
+from cnncli.data import images
 from cnncli.errors import BadImageError
-from cnncli.images import channel_stats, decode, decode_with_info, has_image_extension, normalize, read_size
+from cnncli.data.images import channel_stats, decode, decode_with_info, has_image_extension, normalize, read_size
 
 
 def solid(mode, size, colour):

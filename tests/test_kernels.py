@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import naive
-from cnncli import kernels
+from cnncli.engine import kernels
 from cnncli.config import CHUNKS
 
 DTYPES = [np.float32, np.float64]

@@ -1,6 +1,6 @@
-"""The numpy inference kernels (cnncli.kernels_np) against the plain-loop twins and the numba kernels.
+"""The numpy inference kernels (cnncli.engine.kernels_np) against the plain-loop twins and the numba kernels.
 
-Also checks the backend choice in cnncli.layers: small inference batches run in numpy and give the numba path's
+Also checks the backend choice in cnncli.engine.layers: small inference batches run in numpy and give the numba path's
 probabilities to float rounding, and a one-image `cnncli predict` process never imports numba while a larger
 batch does.
 """
@@ -14,8 +14,11 @@ import pytest
 from PIL import Image
 
 import naive
-from cnncli import kernels, kernels_np, layers, modelfile
-from cnncli.model import Model
+from cnncli.engine import kernels
+from cnncli.engine import kernels_np
+from cnncli.engine import layers
+from cnncli.store import modelfile
+from cnncli.engine.model import Model
 from test_kernels import CONV_CASES, POOL_CASES, case_arrays, random_conv_case, tol
 
 DTYPES = [np.float32, np.float64]
@@ -135,7 +138,7 @@ WRAPPER = r"""
 import atexit, sys
 atexit.register(lambda: sys.stderr.write("\nNUMBA-LOADED=%s\n" % ("numba" in sys.modules)))
 sys.argv = ["cnncli"] + sys.argv[1:]
-from cnncli.cli import main
+from cnncli.commands.cli import main
 main()
 """
 

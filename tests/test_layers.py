@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import naive
-from cnncli.layers import Activation, Conv, Dense, Dropout, MaxPool, softmax, softmax_cross_entropy
+from cnncli.engine.layers import Activation, Conv, Dense, Dropout, MaxPool, softmax, softmax_cross_entropy
 from gradcheck import numerical_gradient, rel_error
 
 TOL = 1e-6  # float64 central differences with h = 1e-5 land around 1e-8 .. 1e-10 for correct gradients

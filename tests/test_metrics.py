@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cnncli import metrics as m
+from cnncli.report import metrics as m
 from cnncli.errors import DataError, UsageError
 
 

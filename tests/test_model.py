@@ -5,8 +5,8 @@ import pytest
 
 import naive
 from cnncli.errors import SpecError
-from cnncli.layers import Activation, Conv, Dense, Dropout, MaxPool, softmax_cross_entropy
-from cnncli.model import MAX_LAYERS, MAX_SPEC_LENGTH, PRESETS, Model, canonical_spec, parse_spec
+from cnncli.engine.layers import Activation, Conv, Dense, Dropout, MaxPool, softmax_cross_entropy
+from cnncli.engine.model import MAX_LAYERS, MAX_SPEC_LENGTH, PRESETS, Model, canonical_spec, parse_spec
 from gradcheck import numerical_gradient, rel_error
 
 

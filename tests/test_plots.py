@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cnncli import metrics, plots
+from cnncli.report import metrics
+
+from cnncli.report import plots
 from cnncli.errors import CnnError
 
 

@@ -14,12 +14,12 @@ import pytest
 from conftest import make_image_folder
 from typer.testing import CliRunner
 
-from cnncli import modelfile
-from cnncli.cli import app, main
-from cnncli.images import decode
-from cnncli.model import Model
-from cnncli.names import one_line as escape
-from cnncli.predict_run import Decider, parse_band
+from cnncli.store import modelfile
+from cnncli.commands.cli import app, main
+from cnncli.data.images import decode
+from cnncli.engine.model import Model
+from cnncli.errors import one_line as escape
+from cnncli.commands.predict import Decider, parse_band
 
 SIZE = 16
 
@@ -47,7 +47,7 @@ class _Result:
 
 
 def _cli(args, cwd=None, env=None):
-    """cnncli.cli.main in this process (exit-code mapping included; compiled kernels are reused)."""
+    """cnncli.commands.cli.main in this process (exit-code mapping included; compiled kernels are reused)."""
     out, err = io.StringIO(), io.StringIO()
     saved_cwd, saved_env = os.getcwd(), dict(os.environ)
     try:
@@ -234,9 +234,9 @@ def test_head_ends_quietly_and_output_streams(setup):
 def test_predict_does_not_import_rich_or_plots(setup):
     root, data, clf, model, _ = setup
     img = str(next(data.rglob("*.png")))
-    code = ("import sys\nfrom cnncli.cli import main\n"
+    code = ("import sys\nfrom cnncli.commands.cli import main\n"
             f"try:\n    main(['predict', {img!r}, '-m', {str(model)!r}])\nexcept SystemExit as e:\n    code = e.code\n"
-            "heavy = [m for m in ('rich', 'scipy.stats', 'cnncli.metrics', 'cnncli.plots') if m in sys.modules]\n"
+            "heavy = [m for m in ('rich', 'scipy.stats', 'cnncli.report.metrics', 'cnncli.report.plots') if m in sys.modules]\n"
             "print(code, heavy, file=sys.stderr)")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
     assert res.stderr.decode().strip().endswith("0 []"), res.stderr

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from cnncli.cli import main
+from cnncli.commands.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -19,7 +19,7 @@ FAST = ["--arch", "tiny", "--batch-size", "8"]
 
 
 def run_main(argv, capsys):
-    """Run cnncli.cli.main(argv) (exit-code mapping included); returns (exit code, stdout, stderr)."""
+    """Run cnncli.commands.cli.main(argv) (exit-code mapping included); returns (exit code, stdout, stderr)."""
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
         main([str(a) if isinstance(a, Path) else a for a in argv])

@@ -1,6 +1,6 @@
 """Command-level robustness: bad options, internal errors, damaged weight files, unwritable outputs, no escapes.
 
-Each test drives the real entry point (cnncli.cli.main, which maps outcomes to exit codes) or a
+Each test drives the real entry point (cnncli.commands.cli.main, which maps outcomes to exit codes) or a
 `python -m cnncli` child. The library-level refusals are tested in test_weights.py / test_atomic.py; here we
 check what a user sees: the exit code, one line on stderr, nothing on stdout.
 """
@@ -16,8 +16,10 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
-from cnncli import modelfile, weights
-from cnncli.model import Model
+from cnncli.store import modelfile
+
+from cnncli.store import weights
+from cnncli.engine.model import Model
 from conftest import make_image_folder
 from test_robust_helpers import FAST, child_env, run_main
 
@@ -63,7 +65,7 @@ def test_option_error_names_the_option_and_value(tmp_path, capsys):
 
 def test_internal_error_is_one_line_without_traceback_or_locals(tmp_path, capsys, monkeypatch):
     """A bug (here: a RuntimeError from inside the train job) is exit 70 and one line suggesting --debug."""
-    from cnncli import train_run
+    from cnncli.commands import train as train_run
 
     def broken(opts, report):
         secret_local = "hunter2-local-value"  # noqa: F841 - must never be shown

@@ -1,6 +1,6 @@
 """`cnncli train` under faults: bad images, strict mode, divergence, write failures, signals, concurrent runs.
 
-Each test runs the real command (`python -m cnncli` children, or cnncli.cli.main in-process where no
+Each test runs the real command (`python -m cnncli` children, or cnncli.commands.cli.main in-process where no
 signal or resource limit is involved) on tiny generated folders, and checks what the issue promises.
 """
 
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cnncli import weights
+from cnncli.store import weights
 from badfiles import BAD_FILES as BAD_IMAGES
 from badfiles import png_bytes as _png
 from conftest import make_image_folder

@@ -9,7 +9,7 @@ from PIL import Image
 from conftest import class_pattern, make_image_folder
 from test_robust_helpers import FAST, run_main
 
-from cnncli import weights
+from cnncli.store import weights
 
 
 def _variants(k, size=24):
@@ -124,7 +124,7 @@ def test_an_arch_that_does_not_fit_fails_before_any_image_is_decoded(tmp_path, c
 
 def test_ctrl_c_in_any_command_says_interrupted_and_exits_130(tmp_path, capsys, monkeypatch):
     """typer turns KeyboardInterrupt into a bare exit status; the one-line reason must still be printed."""
-    from cnncli import predict_run
+    from cnncli.commands import predict as predict_run
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from cnncli.errors import DivergedError
-from cnncli.folders import load_images, scan_dataset
-from cnncli.images import channel_stats, normalize
-from cnncli.model import Model
-from cnncli.optim import SGD, Adam, clip_by_global_norm, learning_rate
-from cnncli.training import TrainConfig, TrainState, evaluate, fit
+from cnncli.data.folders import load_images, scan_dataset
+from cnncli.data.images import channel_stats, normalize
+from cnncli.engine.model import Model
+from cnncli.engine.optim import SGD, Adam, clip_by_global_norm, learning_rate
+from cnncli.engine.training import TrainConfig, TrainState, evaluate, fit
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 

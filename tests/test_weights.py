@@ -10,7 +10,7 @@ import safetensors.numpy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cnncli import weights
+from cnncli.store import weights
 from cnncli.errors import FormatError, NoInputError
 
 

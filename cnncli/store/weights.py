@@ -27,8 +27,8 @@ import numpy as np
 import safetensors
 import safetensors.numpy
 
-from .atomic import atomic_write_bytes
-from .errors import FormatError, NoInputError, WriteError
+from cnncli.store.atomic import atomic_write_bytes
+from cnncli.errors import FormatError, NoInputError, WriteError
 
 FORMAT_NAME = "cnncli"
 FORMAT_VERSION = 1
@@ -70,7 +70,7 @@ def _encode_metadata(metadata: Mapping[str, Any]) -> dict[str, str]:
 
 
 def save(path: str | os.PathLike, tensors: Mapping[str, np.ndarray], metadata: Mapping[str, Any]) -> None:
-    """Write a weight file atomically (see cnncli.atomic): the old file survives any failure or crash.
+    """Write a weight file atomically (see cnncli.store.atomic): the old file survives any failure or crash.
 
     tensors: name -> float32 ndarray of any shape (e.g. "layers.0.weight" (16, 3, 3, 3)); all must be finite.
     metadata: key -> JSON-serialisable value (no NaN/Inf floats); reserved keys are ignored and recomputed.

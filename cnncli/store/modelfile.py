@@ -9,10 +9,12 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, weights
-from .errors import FormatError, SpecError
-from .images import normalize
-from .model import Model
+from cnncli import __version__
+
+from cnncli.store import weights
+from cnncli.errors import FormatError, SpecError
+from cnncli.data.images import normalize
+from cnncli.engine.model import Model
 
 MAX_CLASSES = 10000
 RESIZE_RULE = "shorter-side-then-center-crop"

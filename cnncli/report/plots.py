@@ -81,7 +81,7 @@ def _write_png(path, img: Image.Image) -> None:
     img.save(buf, format="PNG")
     data = buf.getvalue()
     try:
-        from cnncli.atomic import atomic_write_bytes  # shared atomic writer, when present
+        from cnncli.store.atomic import atomic_write_bytes  # shared atomic writer, when present
     except ImportError:
         atomic_write_bytes = None
     if atomic_write_bytes is not None:

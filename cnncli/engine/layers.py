@@ -13,8 +13,8 @@ import sys
 
 import numpy as np
 
-from . import kernels_np
-from .errors import SpecError
+from cnncli.engine import kernels_np
+from cnncli.errors import SpecError
 
 # Batches of at most this many images use the numpy kernels when not training (see _forward_kernels).
 SMALL_BATCH = 8
@@ -22,10 +22,10 @@ _kernels = None
 
 
 def _numba():
-    """cnncli.kernels, imported on first use: numba's import and its first cached-kernel load cost ~0.9 s."""
+    """cnncli.engine.kernels, imported on first use: numba's import and its first cached-kernel load cost ~0.9 s."""
     global _kernels
     if _kernels is None:
-        from . import kernels
+        from cnncli.engine import kernels
         _kernels = kernels
     return _kernels
 

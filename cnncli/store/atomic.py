@@ -20,7 +20,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .errors import LockedError, OutputError, WriteError
+from cnncli.errors import LockedError, OutputError, WriteError
 
 _REASONS = {
     errno.ENOSPC: "disk full",

@@ -17,8 +17,7 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import EXIT_OK, EXIT_PARTIAL, BadImageError, NoInputError, UsageError
-from .names import one_line
+from cnncli.errors import EXIT_OK, EXIT_PARTIAL, BadImageError, NoInputError, UsageError, one_line
 
 DEFAULT_MODEL = "model.safetensors"
 MODEL_ENV = "CNNCLI_MODEL"
@@ -94,7 +93,7 @@ def iter_inputs(args, null=False):
     "-" reads paths from stdin. Anything else yields an error entry ("no such file").
     """
     def list_images(folder):  # folders (and what it imports) load only when a folder is given
-        from .folders import list_images as scan
+        from cnncli.data.folders import list_images as scan
 
         return scan(folder)
 
@@ -126,7 +125,7 @@ def iter_inputs(args, null=False):
 
 
 def _decode_one(path, size, rgb):
-    from .images import _decode, to_chw
+    from cnncli.data.images import _decode, to_chw
 
     try:
         arr, _ = _decode(path, size, rgb)
@@ -254,7 +253,7 @@ def _decode_many(paths, size, rgb):
 def _worker_init():
     # Ctrl-C reaches the whole process group: the parent reports it, workers just stop quietly.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from .images import bombs_are_errors
+    from cnncli.data.images import bombs_are_errors
 
     bombs_are_errors().__enter__()  # for the worker's whole life: it only ever decodes
 
@@ -314,8 +313,8 @@ def run(opts, on_error=None, out=None):
     classified, EXIT_PARTIAL when some failed. Raises NoInputError when there were no inputs at all, and what
     modelfile.load raises for a bad weight file.
     """
-    from . import modelfile  # numpy and the kernels load here, not at import
-    from .images import bombs_are_errors
+    from cnncli.store import modelfile  # numpy and the kernels load here, not at import
+    from cnncli.data.images import bombs_are_errors
 
     out = sys.stdout if out is None else out
     clf = modelfile.load(resolve_model(opts.model))

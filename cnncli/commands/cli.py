@@ -13,9 +13,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import __version__
-from .errors import EXIT_INTERNAL, EXIT_SIGINT, EXIT_SIGTERM, CnnError, UsageError
-from .names import one_line
+from cnncli import __version__
+from cnncli.errors import EXIT_INTERNAL, EXIT_SIGINT, EXIT_SIGTERM, CnnError, UsageError, one_line
 
 app = typer.Typer(
     help="Train, evaluate and run convolutional image classifiers on a CPU.",
@@ -161,7 +160,7 @@ def train(
     _positive_finite(clip_norm, "--clip-norm")
     _require(threads is None or 1 <= threads <= 1024, "--threads", f"must be at least 1, got {threads}")
     _require(math.isfinite(wait) and wait >= 0, "--wait", f"must be a finite number >= 0, got {wait}")
-    from .train_run import TrainOptions, run
+    from cnncli.commands.train import TrainOptions, run
 
     opts = TrainOptions(data=str(data), output=str(output), arch=arch, size=size, color=color.value, epochs=epochs,
                         batch_size=batch_size, lr=lr, optimizer=optimizer.value, weight_decay=weight_decay,
@@ -200,7 +199,7 @@ def info(
     """Show a weight file's architecture, layer shapes, classes, input and training summary."""
     import json
 
-    from . import modelfile
+    from cnncli.store import modelfile
 
     clf = modelfile.load(model)
     m = clf.model
@@ -265,7 +264,7 @@ def predict(
     _require(1 <= batch_size <= 65536, "--batch-size", f"must be between 1 and 65536, got {batch_size}")
     _require(threshold is None or (math.isfinite(threshold) and 0 <= threshold <= 1), "--threshold",
              f"must be a number in [0, 1], got {threshold}")
-    from .predict_run import PredictOptions, parse_band, run
+    from cnncli.commands.predict import PredictOptions, parse_band, run
 
     opts = PredictOptions(inputs=list(inputs), model=str(model) if model else None,
                           format=fmt.value if fmt else None, top_k=top_k, all_probs=all_probs,
@@ -309,8 +308,8 @@ def eval_(
              f"must be a number in [0, 1], got {threshold}")
     _require(threshold is None or pick_threshold is None, "--threshold", "cannot be combined with --pick-threshold")
     _require(math.isfinite(wait) and wait >= 0, "--wait", f"must be a finite number >= 0, got {wait}")
-    from .eval_run import EvalOptions, format_table, gate_error, run
-    from .predict_run import resolve_model
+    from cnncli.commands.evaluate import EvalOptions, format_table, gate_error, run
+    from cnncli.commands.predict import resolve_model
 
     opts = EvalOptions(data=str(data), model=str(resolve_model(str(model) if model else None)), threshold=threshold,
                        pick_threshold=pick_threshold, save_threshold=save_threshold, errors=errors,

@@ -14,14 +14,19 @@ from pathlib import Path
 
 import numpy as np
 
-from . import folders, kernels, modelfile, weights
-from .atomic import OutputLock, atomic_write_bytes, check_writable_target
-from .errors import DataError, FormatError, SpecError, UsageError
-from .images import channel_stats
-from .model import Model
-from .names import one_line
-from .optim import make_optimizer
-from .training import TrainConfig, TrainState, class_weights_auto, evaluate, fit
+from cnncli.data import folders
+
+from cnncli.engine import kernels
+
+from cnncli.store import modelfile
+
+from cnncli.store import weights
+from cnncli.store.atomic import OutputLock, atomic_write_bytes, check_writable_target
+from cnncli.errors import DataError, FormatError, SpecError, UsageError, one_line
+from cnncli.data.images import channel_stats
+from cnncli.engine.model import Model
+from cnncli.engine.optim import make_optimizer
+from cnncli.engine.training import TrainConfig, TrainState, class_weights_auto, evaluate, fit
 
 CHECKPOINT_KIND = "checkpoint"
 
@@ -279,7 +284,7 @@ def _run_locked(opts, report, out, side, stop):
                  "stop_reason": state.stop_reason, "data": str(ds.root)}
     modelfile.save(out, clf)
     if opts.plot:
-        from . import plots  # Pillow drawing only when asked for
+        from cnncli.report import plots  # Pillow drawing only when asked for
 
         plots.plot_history(opts.plot, state.history)
     side["checkpoint"].unlink(missing_ok=True)

@@ -12,8 +12,8 @@ import re
 
 import numpy as np
 
-from .errors import SpecError
-from .layers import Activation, Conv, Dense, Dropout, MaxPool, softmax, softmax_cross_entropy
+from cnncli.errors import SpecError
+from cnncli.engine.layers import Activation, Conv, Dense, Dropout, MaxPool, softmax, softmax_cross_entropy
 
 PRESETS = {
     # For tests and smoke runs: compiles and trains in seconds.

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import DivergedError
-from .optim import clip_by_global_norm, learning_rate, make_optimizer
+from cnncli.errors import DivergedError
+from cnncli.engine.optim import clip_by_global_norm, learning_rate, make_optimizer
 
 
 @dataclass

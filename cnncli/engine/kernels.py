@@ -1,7 +1,7 @@
 """Numba kernels: convolution, max pooling and element-wise activations on NCHW arrays.
 
 Arrays and integers in, arrays out: no validation, no I/O, no Python objects. The layers in
-`cnncli.layers` check shapes, allocate outputs and call the public functions here. Every kernel is
+`cnncli.engine.layers` check shapes, allocate outputs and call the public functions here. Every kernel is
 generic over float32 (production) and float64 (gradient checks).
 
 Design, from measurements on a 2-core machine:
@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from numba import njit
 
-from .config import CHUNKS, JIT
+from cnncli.config import CHUNKS, JIT
 
 _pool = None
 _threads = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))

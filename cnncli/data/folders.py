@@ -27,9 +27,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .atomic import atomic_write_bytes
-from .errors import BadImageError, DataError, FormatError, NoInputError
-from .images import _decode, bombs_are_errors, has_image_extension, read_size
+from cnncli.store.atomic import atomic_write_bytes
+from cnncli.errors import BadImageError, DataError, FormatError, NoInputError
+from cnncli.data.images import _decode, bombs_are_errors, has_image_extension, read_size
 
 Item = tuple[Path, int]
 VAL_NAMES = ("val", "valid", "validation")

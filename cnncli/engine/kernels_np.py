@@ -1,8 +1,8 @@
 """Numpy twins of the inference kernels: conv2d_forward, maxpool_forward and activation_forward.
 
-Same signatures and results (to float rounding) as the numba kernels in `cnncli.kernels`, forward only and
+Same signatures and results (to float rounding) as the numba kernels in `cnncli.engine.kernels`, forward only and
 without numba: importing numba and loading its cached machine code costs about 0.9 s per process, far more than
-the arithmetic of one small inference batch, so `cnncli.layers` uses these for small batches outside training.
+the arithmetic of one small inference batch, so `cnncli.engine.layers` uses these for small batches outside training.
 Every function writes into the `out` arrays it is given; any float dtype, any stride, padding and shape.
 """
 

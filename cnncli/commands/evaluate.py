@@ -9,9 +9,12 @@ from pathlib import Path
 
 import numpy as np
 
-from . import folders, metrics, modelfile
-from .errors import DataError, GateError, UsageError
-from .names import one_line
+from cnncli.data import folders
+
+from cnncli.report import metrics
+
+from cnncli.store import modelfile
+from cnncli.errors import DataError, GateError, UsageError, one_line
 
 
 @dataclass
@@ -92,8 +95,8 @@ def run(opts, on_warn=None):
     if picked:
         report["picked_threshold"] = picked
     if opts.save_threshold:
-        from . import weights
-        from .atomic import OutputLock
+        from cnncli.store import weights
+        from cnncli.store.atomic import OutputLock
 
         with OutputLock(model_path, wait=opts.wait):
             weights.update_metadata(model_path, {"threshold": float(threshold)})
@@ -104,7 +107,7 @@ def run(opts, on_warn=None):
         report["errors"] = [{"path": p, "true": clf.classes[t], "predicted": clf.classes[k], "probability": v}
                             for p, t, k, v in wrong]
     if opts.plot:
-        from . import plots
+        from cnncli.report import plots
 
         roc = None
         if binary and 0 < int((loaded.y == 1).sum()) < len(loaded.y):
