@@ -122,7 +122,7 @@ class TrainReporter:
 def train(
     data: Annotated[Path, typer.Argument(metavar="DATA", help="Labeled image folder: DATA/<class>/ or DATA/train/<class>/ "
                                               "(+ val/, test/).", show_default=False)],
-    output: Annotated[Path, typer.Option("-o", "--output", help="Weight file to write.")] = Path("model.safetensors"),
+    output: Annotated[str, typer.Option("-o", "--output", help="Weight file to write.")] = "model.safetensors",
     arch: Annotated[str, typer.Option(help="Architecture spec or preset (tiny, m1, default).")] = "default",
     size: Annotated[Optional[int], typer.Option(help="Input size in pixels (square). Default: from the data.")] = None,
     color: Annotated[Color, typer.Option(help="auto: gray only if every training image is gray.")] = Color.auto,
@@ -149,6 +149,7 @@ def train(
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Only warnings and errors on stderr.")] = False,
 ):
     """Train a classifier on a labeled image folder and write a weight file."""
+    _require(output != "", "--output", "the file name is empty")
     _require(epochs is None or epochs >= 1, "--epochs", f"must be at least 1, got {epochs}")
     _require(batch_size >= 1, "--batch-size", f"must be at least 1, got {batch_size}")
     _positive_finite(lr, "--lr")

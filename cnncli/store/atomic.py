@@ -33,7 +33,29 @@ _REASONS = {
     errno.ENOTDIR: "a path component is not a directory",
     errno.EISDIR: "is a directory",
     errno.EIO: "I/O error",
+    errno.ELOOP: "is a symbolic link",
 }
+
+_KINDS = {stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device", stat.S_IFIFO: "a named pipe (FIFO)",
+          stat.S_IFSOCK: "a socket", stat.S_IFDIR: "a directory"}
+
+
+def _not_replaceable(path: Path) -> str | None:
+    """Why `path` must not be replaced by a file (a device, FIFO, socket or directory), or None.
+
+    A regular file or a symlink (the link itself is replaced, never its target) may be replaced; so may a
+    path that does not exist. Replacing /dev/null or a FIFO another program reads would break far more than
+    cnncli's own output.
+    """
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return _reason(exc)
+    if stat.S_ISREG(mode) or stat.S_ISLNK(mode):
+        return None
+    return f"is {_KINDS.get(stat.S_IFMT(mode), 'not a regular file')}, not a regular file; refusing to replace it"
 
 
 def _reason(exc: BaseException) -> str:
@@ -76,9 +98,13 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     writing, so it cannot be truncated or damaged. If `path` is a symlink, the link itself is replaced.
 
     Raises WriteError("<path>: cannot write: <reason>") on any failure, after removing the temp file.
-    KeyboardInterrupt/SystemExit also remove the temp file but propagate unchanged.
+    KeyboardInterrupt/SystemExit also remove the temp file but propagate unchanged. Raises OutputError (exit 73)
+    without writing anything if `path` is a device, FIFO, socket or directory.
     """
     path = Path(path)
+    why = _not_replaceable(path)
+    if why is not None:
+        raise OutputError(f"{path}: {why}")
     directory = path.parent
     tmp: str | None = None
     try:
@@ -105,16 +131,22 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 def check_writable_target(path: str | os.PathLike, overwrite: bool) -> None:
     """Fail fast, before long work starts, if `path` cannot be created as an output file.
 
-    Checks that `path` is not a directory, its parent directory exists, `path` does not already exist unless
+    Checks that `path` is not empty, a directory or another non-regular file (device, FIFO, socket: never
+    replaced, even with `overwrite`), its parent directory exists, `path` does not already exist unless
     `overwrite`, and that a file can really be created in the directory (a temp file is created and removed,
     which also catches read-only mounts and works when running as root, where permission bits are ignored).
 
     Raises OutputError (exit 73) with a one-line message naming the path.
     """
+    if not os.fspath(path):
+        raise OutputError("the output file name is empty")
     path = Path(path)
     parent = path.parent
     if path.is_dir():
         raise OutputError(f"{path}: is a directory (expected a file name)")
+    why = _not_replaceable(path)
+    if why is not None:
+        raise OutputError(f"{path}: {why}")
     if not parent.exists():
         raise OutputError(f"{path}: directory does not exist: {parent}")
     if not parent.is_dir():
@@ -150,6 +182,11 @@ class OutputLock:
     The lock file is removed on release. That is safe only because acquiring re-checks, after the flock
     succeeds, that the locked inode is still the one at the lock path; a process that locked an unlinked
     file retries on the new one. flock is advisory and may not work across hosts on NFS.
+
+    The lock file is opened with O_NOFOLLOW and must be a regular file with a single link: anyone who can
+    write the output folder could otherwise plant `OUT.lock` as a symlink or hard link to another file
+    (notes.txt, /etc/passwd) and have a cron run truncate it. Such a lock file is refused (OutputError,
+    exit 73) and left untouched.
     """
 
     POLL_SECONDS = 0.1
@@ -164,10 +201,7 @@ class OutputLock:
         """Take the lock or raise LockedError after `wait` seconds; OutputError if the lock file cannot be made."""
         deadline = time.monotonic() + self.wait
         while True:
-            try:
-                fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-            except OSError as exc:
-                raise OutputError(f"{self.lock_path}: cannot create lock file: {_reason(exc)}") from exc
+            fd = self._open()
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -199,6 +233,26 @@ class OutputLock:
             pass  # the holder description is a courtesy; the flock is what excludes
         return self
 
+    def _open(self) -> int:
+        """A descriptor for the lock file, created if missing; never through a symlink, never a non-file."""
+        # O_NONBLOCK: opening a planted FIFO must not hang; it is refused below anyway.
+        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+        try:
+            fd = os.open(self.lock_path, flags, 0o644)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise OutputError(f"{self.lock_path}: lock file is a symbolic link; refusing to use it "
+                                  "(remove it if no cnncli run is active)") from None
+            raise OutputError(f"{self.lock_path}: cannot create lock file: {_reason(exc)}") from exc
+        st = os.fstat(fd)
+        # st_nlink 0 is a lock file its holder just removed on release: acquire() notices and starts over.
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:
+            os.close(fd)
+            what = "is not a regular file" if not stat.S_ISREG(st.st_mode) else "has other hard links"
+            raise OutputError(f"{self.lock_path}: lock file {what}; refusing to use it "
+                              "(remove it if no cnncli run is active)")
+        return fd
+
     def _still_linked(self, fd: int) -> bool:
         try:
             st = os.stat(self.lock_path)
@@ -209,10 +263,15 @@ class OutputLock:
 
     def _holder(self) -> str:
         try:
-            with open(self.lock_path, encoding="utf-8", errors="replace") as f:
-                return _describe_holder(f.read(4096))
+            fd = os.open(self.lock_path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
         except OSError:
             return "pid unknown"
+        try:
+            return _describe_holder(os.read(fd, 4096).decode("utf-8", "replace"))
+        except OSError:
+            return "pid unknown"
+        finally:
+            os.close(fd)
 
     def release(self) -> None:
         """Remove the lock file (while still holding it) and drop the lock. Safe to call twice."""
