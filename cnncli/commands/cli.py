@@ -231,6 +231,13 @@ class PredictFormat(str, Enum):
     jsonl = "jsonl"
 
 
+class EvalSplit(str, Enum):
+    train = "train"
+    val = "val"
+    test = "test"
+    all = "all"
+
+
 class EvalFormat(str, Enum):
     table = "table"
     json = "json"
@@ -283,19 +290,23 @@ def predict(
 @app.command(name="eval")
 def eval_(
     data: Annotated[Path, typer.Argument(
-        help="Labeled folder: DATA/test/ is used, else DATA/val/, else the held-out part recorded at training "
+        help="Labeled folder: DATA/test/ is scored, else DATA/val/, else the held-out part recorded at training "
              "time, else DATA/<class>/.", show_default=False)],
+    split: Annotated[Optional[EvalSplit], typer.Option(
+        help="Score this part of DATA (and pick thresholds on it). Default: score test/ (else val/), pick on "
+             "the validation part, never on test/.", show_default=False)] = None,
     model: Annotated[Optional[Path], typer.Option("-m", "--model", help=_MODEL_HELP, show_default=False)] = None,
     fmt: Annotated[EvalFormat, typer.Option("--format", help="table or json.")] = EvalFormat.table,
     threshold: Annotated[Optional[float], typer.Option(
         help="Two-class models: decision threshold (default: the model's, else 0.5).", show_default=False)] = None,
     pick_threshold: Annotated[Optional[str], typer.Option(
-        metavar="RULE", help="Choose the threshold on this data: sensitivity=X, specificity=X or youden.",
+        metavar="RULE", help="Choose the threshold on the validation part: sensitivity=X, specificity=X or youden.",
         show_default=False)] = None,
     save_threshold: Annotated[bool, typer.Option(help="Write the picked threshold into the weight file.")] = False,
     errors: Annotated[int, typer.Option(help="List the N most confidently wrong files.", metavar="N")] = 0,
     fail_under: Annotated[Optional[list[str]], typer.Option(
-        metavar="METRIC=BAR", help="Exit 3 when a metric is below the bar, e.g. accuracy=0.9 (repeatable).",
+        metavar="METRIC=BAR", help="Exit 3 when a metric is below the bar, e.g. accuracy=0.9 or "
+                                   "sensitivity.lo=0.9 (95% lower bound) (repeatable).",
         show_default=False)] = None,
     plot: Annotated[Optional[Path], typer.Option(
         help="Draw the confusion matrix (and ROC curve for two classes) into this PNG.", show_default=False)] = None,
@@ -314,7 +325,8 @@ def eval_(
 
     opts = EvalOptions(data=str(data), model=str(resolve_model(str(model) if model else None)), threshold=threshold,
                        pick_threshold=pick_threshold, save_threshold=save_threshold, errors=errors,
-                       fail_under=fail_under, plot=str(plot) if plot else None, wait=wait)
+                       fail_under=fail_under, plot=str(plot) if plot else None, wait=wait,
+                       split=split.value if split else None)
     report = run(opts, on_warn=lambda msg: _say(f"warning: {one_line(msg)}"))
     sys.stdout.write(json.dumps(report) + "\n" if fmt == EvalFormat.json else format_table(report))
     sys.stdout.flush()

@@ -3,18 +3,16 @@
 No typer or rich here. `run` returns a JSON-able report; `format_table` renders it for people.
 """
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from cnncli.commands import eval_splits
 from cnncli.data import folders
-
-from cnncli.report import metrics
-
-from cnncli.store import modelfile
 from cnncli.errors import DataError, GateError, UsageError, one_line
+from cnncli.report import metrics, thresholds
+from cnncli.store import modelfile
 
 
 @dataclass
@@ -28,40 +26,48 @@ class EvalOptions:
     fail_under: list | None = None
     plot: str | None = None
     wait: float = 0.0
+    split: str | None = None  # train, val, test, all; None: see eval_splits.Splits.scored / tuning
 
 
-def _manifest_items(data, model_path, clf):
-    """Held-out items from the training split manifest beside the weights, if DATA is that training folder."""
-    side = modelfile.default_sidecar(model_path, ".split.json")
-    if not side.exists():
-        return None
-    doc = folders.read_manifest(side)
-    if doc["classes"] != list(clf.classes) or not doc["val"]:
-        return None
-    trained_on = clf.train.get("data")
-    same = trained_on is not None and os.path.realpath(trained_on) == os.path.realpath(data)
-    items = folders.resolve_items(doc["val"], data)
-    if not same and not all(p.exists() for p, _ in items):
-        return None
-    return items, str(side)
+def _load(part, clf, on_warn):
+    """Decode a Part's images; returns (folders.Loaded, proba float32 (N, K)). DataError when none decode."""
+    def on_bad(path, reason):
+        if on_warn is not None:
+            on_warn(f"skipped {path}: {reason}")
+
+    loaded = folders.load_images(part.items, clf.size, color=clf.color, on_bad=on_bad, classes=clf.classes)
+    if len(loaded.y) == 0:
+        raise DataError(f"{part.source}: no readable images")
+    return loaded, clf.proba(loaded.x)
 
 
-def select_items(data, model_path, clf):
-    """(items, source description): DATA/test/, else DATA/val/, else the training manifest's held-out files
-    when DATA is the training folder, else DATA as a plain class folder."""
-    folder = folders.labeled_dir(data)
-    if Path(folder) == Path(data):
-        found = _manifest_items(data, model_path, clf)
-        if found:
-            return found[0], f"held-out split recorded in {found[1]}"
-    return folders.scan_labeled(data, clf.classes), str(folder)
+def _pick(opts, splits, scored, scored_data, clf, on_warn):
+    """Pick the threshold on the tuning part (reusing scored_data = (loaded, proba) when that part is the
+    scored one); returns (threshold, picked dict)."""
+    tune = splits.tuning(opts.split)
+    warn = on_warn or (lambda msg: None)
+    if tune.split in ("test", "all") and splits.has_test:
+        warn(f"threshold picked on the test images ({tune.source}): their figures are no longer unbiased")
+    elif tune.source == scored.source:
+        warn(f"threshold picked on the images it is scored on ({tune.source}): expect lower figures on new "
+             "images; score a separate test/ folder")
+    loaded, proba = scored_data if tune.source == scored.source else _load(tune, clf, on_warn)
+    y01 = (loaded.y == 1).astype(np.int64)
+    if y01.min() == y01.max():
+        raise DataError(f"{tune.source}: --pick-threshold needs images of both classes")
+    threshold, picked = thresholds.pick_threshold(y01, proba[:, 1], opts.pick_threshold)
+    picked["source"] = tune.source
+    if picked.get("warning"):
+        warn(f"{tune.source}: {picked['warning']}")
+    return threshold, picked
 
 
 def run(opts, on_warn=None):
-    """Evaluate; returns the report dict (metrics.classification_report keys plus "source", "model",
+    """Evaluate; returns the report dict (metrics.classification_report keys plus "source", "split", "model",
     "skipped_files", "gate_failures", and optional "picked_threshold", "saved_threshold", "errors").
     Missed --fail-under bars are listed in report["gate_failures"]; the caller turns them into an exit code
-    (see gate_error) after printing the report."""
+    (see gate_error) after printing the report. on_warn(message) receives warnings (skipped files, a threshold
+    tuned on test images, too few examples for a target)."""
     model_path = Path(opts.model)
     clf = modelfile.load(model_path)
     binary = len(clf.classes) == 2
@@ -70,28 +76,21 @@ def run(opts, on_warn=None):
                          f"this one has {len(clf.classes)} classes")
     if opts.save_threshold and not opts.pick_threshold:
         raise UsageError("--save-threshold: needs --pick-threshold RULE")
+    if opts.split is not None and opts.split not in eval_splits.SPLITS:
+        raise UsageError(f"--split: must be one of {', '.join(eval_splits.SPLITS)}, got {opts.split!r}")
     gates = metrics.parse_gate(opts.fail_under, clf.classes) if opts.fail_under else []
     if opts.pick_threshold:  # validate the rule before decoding anything
-        metrics.pick_threshold([0, 1], [0.0, 1.0], opts.pick_threshold)
-    items, source = select_items(opts.data, model_path, clf)
-
-    def on_bad(path, reason):
-        if on_warn is not None:
-            on_warn(f"skipped {path}: {reason}")
-
-    loaded = folders.load_images(items, clf.size, color=clf.color, on_bad=on_bad, classes=clf.classes)
-    if len(loaded.y) == 0:
-        raise DataError(f"{source}: no readable images")
-    proba = clf.proba(loaded.x)
+        thresholds.parse_rule(opts.pick_threshold)
+    splits = eval_splits.Splits(opts.data, model_path, clf)
+    scored = splits.scored(opts.split)
     threshold = opts.threshold if opts.threshold is not None else clf.threshold
     picked = None
+    loaded, proba = _load(scored, clf, on_warn)
     if opts.pick_threshold:
-        y01 = (loaded.y == 1).astype(np.int64)
-        if y01.min() == y01.max():
-            raise DataError(f"{source}: --pick-threshold needs images of both classes")
-        threshold, picked = metrics.pick_threshold(y01, proba[:, 1], opts.pick_threshold)
+        threshold, picked = _pick(opts, splits, scored, (loaded, proba), clf, on_warn)
     report = metrics.classification_report(loaded.y, proba, clf.classes, threshold if binary else None)
-    report.update({"source": source, "model": str(model_path), "skipped_files": len(loaded.bad)})
+    report.update({"source": scored.source, "split": scored.split, "model": str(model_path),
+                   "skipped_files": len(loaded.bad)})
     if picked:
         report["picked_threshold"] = picked
     if opts.save_threshold:
@@ -127,31 +126,51 @@ def _f(v):
     return "n/a" if v is None else f"{v:.4f}"
 
 
+def _ci(ci):
+    """' [lo, hi]' for an interval dict, '' when there is none."""
+    return "" if not ci else f" [{ci['lo']:.4f}, {ci['hi']:.4f}]"
+
+
+def _with_ci(report, key):
+    return _f(report[key]) + _ci(report.get("ci", {}).get(key))
+
+
 def format_table(report):
     """The report as plain text lines for a person."""
 
     classes = report["classes"]
     out = [f"source: {one_line(report['source'])} ({report['n']} images"
            + (f", {report['skipped_files']} unreadable skipped" if report["skipped_files"] else "") + ")",
-           f"accuracy: {_f(report['accuracy'])}", f"balanced accuracy: {_f(report['balanced_accuracy'])}",
+           f"accuracy: {_with_ci(report, 'accuracy')}", f"balanced accuracy: {_f(report['balanced_accuracy'])}",
            f"macro precision / recall / F1: {_f(report['macro_precision'])} / {_f(report['macro_recall'])} / "
-           f"{_f(report['macro_f1'])}"]
+           f"{_f(report['macro_f1'])}"
+           + (f" (over the classes present; absent: {', '.join(report['absent_classes'])})"
+              if report.get("absent_classes") else "")]
     if "threshold" in report:
-        out.append(f"positive class: {report['positive_class']}; threshold {report['threshold']:.6g}; "
-                   f"sensitivity {_f(report['sensitivity'])}; specificity {_f(report['specificity'])}; "
-                   f"ROC AUC {_f(report['roc_auc'])}")
+        out += [f"positive class: {report['positive_class']}; threshold {report['threshold']:.6g}",
+                f"sensitivity: {_with_ci(report, 'sensitivity')}", f"specificity: {_with_ci(report, 'specificity')}",
+                f"ROC AUC: {_with_ci(report, 'roc_auc')}"]
     if "picked_threshold" in report:
         pt = report["picked_threshold"]
-        out.append(f"picked threshold ({pt['rule']}): {pt['threshold']:.6g} (sensitivity {pt['sensitivity']:.4f}, "
-                   f"specificity {pt['specificity']:.4f})")
+        line = (f"picked threshold ({pt['rule']}) on {one_line(pt['source'])}: {pt['threshold']:.6g}, there "
+                f"sensitivity {pt['sensitivity']:.4f}, specificity {pt['specificity']:.4f}")
+        if "target_lo" in pt:
+            line += f"; 95% lower bound of the achieved {pt['rule'].split('=')[0]}: {pt['target_lo']:.4f}"
+        out.append(line)
     if "saved_threshold" in report:
         out.append(f"saved threshold {report['saved_threshold']['threshold']:.6g} "
                    f"to {one_line(report['saved_threshold']['file'])}")
     w = max(8, *(len(c) for c in classes))
-    out += ["", f"{'class':<{w}}  precision  recall      f1  support"]
+    cw_ = 25 if "ci" in report else 9
+    out += ["", f"{'class':<{w}}  {'precision':<{cw_}}  {'recall':<{cw_}}  f1      support"]
     for c in classes:
         r = report["per_class"][c]
-        out.append(f"{c:<{w}}  {r['precision']:9.4f}  {r['recall']:6.4f}  {r['f1']:6.4f}  {r['support']:7d}")
+        ci = r.get("ci", {})
+        prec, rec = f"{r['precision']:.4f}{_ci(ci.get('precision'))}", f"{r['recall']:.4f}{_ci(ci.get('recall'))}"
+        out.append(f"{c:<{w}}  {prec:<{cw_}}  {rec:<{cw_}}  {r['f1']:.4f}  {r['support']:7d}")
+    if "ci_method" in report:
+        out.append(f"[lo, hi]: 95% intervals; rates: {report['ci_method']['rates']}; "
+                   f"ROC AUC: {report['ci_method']['roc_auc']}")
     m = report["confusion_matrix"]["matrix"]
     cw = max(5, *(len(str(v)) for row in m for v in row), *(len(c) for c in classes))
     out += ["", "confusion matrix (rows: true, columns: predicted)",

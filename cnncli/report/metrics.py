@@ -1,4 +1,6 @@
-"""Evaluation metrics: confusion matrix, classification report, ROC, threshold rules, quality gates.
+"""Evaluation metrics: confusion matrix, classification report, ROC, quality gates.
+
+Threshold rules live in report/thresholds.py, confidence intervals in report/intervals.py.
 
 Pure numpy and exact (no sampling, no interpolation). Conventions used throughout:
 
@@ -36,6 +38,8 @@ TOP_LEVEL_METRICS = (
 )
 PER_CLASS_METRICS = ("precision", "recall", "f1")
 BINARY_ONLY_METRICS = ("roc_auc", "sensitivity", "specificity")
+# Metrics with a confidence interval; a gate can name its bounds as METRIC.lo / METRIC.hi.
+INTERVAL_METRICS = ("accuracy", "sensitivity", "specificity", "roc_auc", "precision", "recall")
 
 
 # --------------------------------------------------------------------------- basics
@@ -51,7 +55,7 @@ def _as_labels(y, name: str) -> np.ndarray:
     return a.astype(np.int64, copy=False)
 
 
-def _as_binary(y_true01, score) -> tuple[np.ndarray, np.ndarray]:
+def check_binary(y_true01, score) -> tuple[np.ndarray, np.ndarray]:
     y = _as_labels(y_true01, "y_true01")
     s = np.asarray(score, dtype=np.float64)
     if s.shape != y.shape:
@@ -121,7 +125,7 @@ def roc_auc(y_true01, score) -> float | None:
     ``y_true01``: int ``(N,)`` of 0/1; ``score``: float ``(N,)``, higher = more positive.
     Returns None when either class is absent.
     """
-    y, s = _as_binary(y_true01, score)
+    y, s = check_binary(y_true01, score)
     n_pos = int(y.sum())
     n_neg = y.size - n_pos
     if n_pos == 0 or n_neg == 0:
@@ -138,7 +142,7 @@ def roc_curve(y_true01, score) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     rate of examples with ``score >= thresholds[i]``, so the curve runs from (0, 0) to (1, 1).
     Raises DataError when ``y_true01`` holds only one class (the curve is undefined).
     """
-    y, s = _as_binary(y_true01, score)
+    y, s = check_binary(y_true01, score)
     n_pos = int(y.sum())
     n_neg = y.size - n_pos
     if n_pos == 0 or n_neg == 0:
@@ -155,69 +159,11 @@ def roc_curve(y_true01, score) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return fpr, tpr, thresholds
 
 
-_RULE_RE = re.compile(r"^\s*(sensitivity|specificity)\s*=\s*(\S+)\s*$")
-
-
-def pick_threshold(y_true01, score, rule: str) -> tuple[float, dict]:
-    """Choose a decision threshold on ``score`` (float ``(N,)``) for labels ``y_true01`` (0/1, ``(N,)``).
-
-    Rules (candidates are the observed scores, plus one value just above the largest score,
-    which predicts nothing positive):
-
-    * ``sensitivity=X`` - the highest threshold whose sensitivity (TPR) is >= X;
-    * ``specificity=X`` - the lowest threshold whose specificity (1 - FPR) is >= X;
-    * ``youden`` - maximises sensitivity + specificity - 1 (ties: the highest threshold).
-
-    X must lie in (0, 1]. Every such target is reachable (the lowest score gives sensitivity 1, a
-    threshold above every score gives specificity 1), so the rule always succeeds; the returned dict
-    tells what it achieved: ``{"rule", "threshold", "sensitivity", "specificity", "youden"}``.
-    Returns ``(threshold, achieved)``; the threshold is always finite.
-    Bad rule -> UsageError; a single-class ``y_true01`` -> DataError.
-    """
-    text = str(rule).strip()
-    m = _RULE_RE.match(text)
-    if text.lower() == "youden":
-        kind, target = "youden", None
-    elif m:
-        kind = m.group(1)
-        try:
-            target = float(m.group(2))
-        except ValueError:
-            target = math.nan
-        if not (0.0 < target <= 1.0):
-            raise UsageError(f"threshold rule {text!r}: the target must be a number in (0, 1]")
-    else:
-        raise UsageError(
-            f"unknown threshold rule {text!r}; use sensitivity=X, specificity=X (0 < X <= 1) or youden"
-        )
-    fpr, tpr, thr = roc_curve(y_true01, score)
-    spec = 1.0 - fpr
-    if kind == "sensitivity":
-        # tpr is non-decreasing along descending thresholds: first hit is the highest threshold.
-        i = int(np.flatnonzero(tpr >= target - 1e-12)[0])
-    elif kind == "specificity":
-        # specificity is non-increasing: last hit is the lowest threshold.
-        i = int(np.flatnonzero(spec >= target - 1e-12)[-1])
-    else:
-        i = int(np.argmax(tpr - fpr))  # argmax returns the first, i.e. highest, of ties
-    t = float(thr[i])
-    if not math.isfinite(t):
-        # Smallest float above every score: same predictions as +inf, but JSON-able.
-        t = float(np.nextafter(thr[1], np.inf))
-    achieved = {
-        "rule": text if kind != "youden" else "youden",
-        "threshold": t,
-        "sensitivity": float(tpr[i]),
-        "specificity": float(spec[i]),
-        "youden": float(tpr[i] - fpr[i]),
-    }
-    return t, achieved
-
-
 # --------------------------------------------------------------------------- report
 
 
-def classification_report(y_true, proba, classes: Sequence[str], threshold: float | None = None) -> dict:
+def classification_report(y_true, proba, classes: Sequence[str], threshold: float | None = None,
+                          intervals: bool = True) -> dict:
     """Summary metrics as a JSON-able dict.
 
     ``y_true``: int ``(N,)`` in ``0 .. K-1``; ``proba``: float ``(N, K)``; ``classes``: K names.
@@ -225,11 +171,17 @@ def classification_report(y_true, proba, classes: Sequence[str], threshold: floa
     predictions behind every count-based metric.
 
     Keys: ``n``, ``classes``, ``accuracy``, ``balanced_accuracy`` (mean recall over the classes that
-    occur in ``y_true``), ``macro_precision``/``macro_recall``/``macro_f1`` (unweighted mean over all K
-    classes), ``per_class`` {name: {precision, recall, f1, support}}, ``confusion_matrix``
-    {"classes", "rows": "true", "columns": "predicted", "matrix"}; for K == 2 also ``positive_class``,
-    ``threshold``, ``roc_auc``, ``sensitivity``, ``specificity`` (None when undefined).
+    occur in ``y_true``), ``macro_precision``/``macro_recall``/``macro_f1`` (unweighted mean over the classes
+    present in the labels or the predictions, as scikit-learn averages), ``absent_classes`` (names of the
+    classes in neither, left out of the macro averages), ``per_class`` {name: {precision, recall, f1,
+    support}}, ``confusion_matrix`` {"classes", "rows": "true", "columns": "predicted", "matrix"}; for K == 2
+    also ``positive_class``, ``threshold``, ``roc_auc``, ``sensitivity``, ``specificity`` (None when
+    undefined). With ``intervals``: ``ci`` {metric: {"lo", "hi"} or None} for accuracy, sensitivity,
+    specificity (Wilson 95%) and roc_auc (report.intervals.bootstrap_auc), each per-class entry's ``ci``
+    {"precision", "recall"}, and ``ci_method`` describing both.
     """
+    from cnncli.report import intervals as iv
+
     classes = [str(c) for c in classes]
     p = np.asarray(proba, dtype=np.float64)
     t = _as_labels(y_true, "y_true")
@@ -245,7 +197,7 @@ def classification_report(y_true, proba, classes: Sequence[str], threshold: floa
     pred = predict_labels(p, threshold)
     cm = confusion_matrix(t, pred, k)
 
-    tp = np.diag(cm).astype(np.float64)
+    tp = np.diag(cm)
     support = cm.sum(axis=1)
     predicted = cm.sum(axis=0)
     per_class = {}
@@ -255,18 +207,23 @@ def classification_report(y_true, proba, classes: Sequence[str], threshold: floa
         rec = _ratio(tp[i], support[i])
         f1 = _ratio(2 * prec * rec, prec + rec)
         per_class[name] = {"precision": prec, "recall": rec, "f1": f1, "support": int(support[i])}
+        if intervals:
+            per_class[name]["ci"] = {"precision": iv.interval(tp[i], predicted[i]),
+                                     "recall": iv.interval(tp[i], support[i])}
         precisions.append(prec)
         recalls.append(rec)
         f1s.append(f1)
-    present = support > 0
+    in_labels = support > 0
+    present = in_labels | (predicted > 0)
     report: dict = {
         "n": int(t.size),
         "classes": classes,
         "accuracy": float(tp.sum() / t.size),
-        "balanced_accuracy": float(np.mean(np.asarray(recalls)[present])),
-        "macro_precision": float(np.mean(precisions)),
-        "macro_recall": float(np.mean(recalls)),
-        "macro_f1": float(np.mean(f1s)),
+        "balanced_accuracy": float(np.mean(np.asarray(recalls)[in_labels])),
+        "macro_precision": float(np.mean(np.asarray(precisions)[present])),
+        "macro_recall": float(np.mean(np.asarray(recalls)[present])),
+        "macro_f1": float(np.mean(np.asarray(f1s)[present])),
+        "absent_classes": [c for c, here in zip(classes, present) if not here],
         "per_class": per_class,
         "confusion_matrix": {
             "classes": classes,
@@ -276,22 +233,37 @@ def classification_report(y_true, proba, classes: Sequence[str], threshold: floa
         },
     }
     if k == 2:
+        y01 = (t == 1).astype(np.int64)
         report["positive_class"] = classes[1]
         report["threshold"] = DEFAULT_THRESHOLD if threshold is None else float(threshold)
-        report["roc_auc"] = roc_auc((t == 1).astype(np.int64), p[:, 1])
+        report["roc_auc"] = roc_auc(y01, p[:, 1])
         report["sensitivity"] = float(recalls[1]) if support[1] else None
         report["specificity"] = float(recalls[0]) if support[0] else None
+    if intervals:
+        ci = {"accuracy": iv.interval(tp.sum(), t.size)}
+        if k == 2:
+            ci["sensitivity"] = iv.interval(tp[1], support[1])
+            ci["specificity"] = iv.interval(tp[0], support[0])
+            auc = iv.bootstrap_auc(y01, p[:, 1])
+            ci["roc_auc"] = None if auc is None else {"lo": auc[0], "hi": auc[1]}
+        report["ci"] = ci
+        report["ci_method"] = {
+            "rates": "Wilson score interval, 95%",
+            "roc_auc": f"stratified percentile bootstrap, 95%, {iv.BOOTSTRAP_RESAMPLES} resamples, "
+                       f"seed {iv.BOOTSTRAP_SEED}",
+        }
     return report
 
 
 # --------------------------------------------------------------------------- gates
 
 
-_GATE_NAME_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(?:\[(.*)\])?$")
+_GATE_NAME_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(?:\[(.*)\])?(?:\.(lo|hi))?$")
 
 
 def _valid_names() -> str:
-    return ", ".join([*TOP_LEVEL_METRICS, *(f"{m}[CLASS]" for m in PER_CLASS_METRICS)])
+    return (", ".join([*TOP_LEVEL_METRICS, *(f"{m}[CLASS]" for m in PER_CLASS_METRICS)])
+            + "; add .lo or .hi for an interval bound of " + ", ".join(INTERVAL_METRICS))
 
 
 def _split_top_level(text: str) -> list[str]:
@@ -317,7 +289,9 @@ def parse_gate(text: str | Sequence[str], classes: Sequence[str] | None = None) 
     ``text`` is one string or a list of strings (a repeated option), each ``metric=bar[,metric=bar...]``.
     A metric is a top-level name (accuracy, balanced_accuracy, macro_precision, macro_recall,
     macro_f1, roc_auc, sensitivity, specificity) or per-class ``precision[CLASS]``, ``recall[CLASS]``,
-    ``f1[CLASS]``. Bars are numbers in [0, 1]. When ``classes`` is given, CLASS must be one of them.
+    ``f1[CLASS]``; any of INTERVAL_METRICS may end in ``.lo`` / ``.hi`` to gate on the bound of its 95%
+    interval (``sensitivity.lo``, ``recall[CLASS].lo``). Bars are numbers in [0, 1]. When ``classes`` is
+    given, CLASS must be one of them.
     Anything else -> UsageError naming the valid metrics.
     """
     items = [text] if isinstance(text, str) else list(text)
@@ -334,7 +308,9 @@ def parse_gate(text: str | Sequence[str], classes: Sequence[str] | None = None) 
             m = _GATE_NAME_RE.match(name)
             base = m.group(1).lower() if m else ""
             cls = m.group(2) if m else None
-            if cls is None and base not in TOP_LEVEL_METRICS or cls is not None and base not in PER_CLASS_METRICS:
+            bound = m.group(3) if m else None
+            if (cls is None and base not in TOP_LEVEL_METRICS or cls is not None and base not in PER_CLASS_METRICS
+                    or bound is not None and base not in INTERVAL_METRICS):
                 raise UsageError(f"--fail-under: unknown metric {name!r}; valid: {_valid_names()}")
             if cls is not None:
                 if classes is not None and cls not in classes:
@@ -344,6 +320,7 @@ def parse_gate(text: str | Sequence[str], classes: Sequence[str] | None = None) 
                 name = f"{base}[{cls}]"
             else:
                 name = base
+            name += f".{bound}" if bound else ""
             try:
                 bar = float(bar_text)
             except ValueError:
@@ -358,13 +335,16 @@ def parse_gate(text: str | Sequence[str], classes: Sequence[str] | None = None) 
 
 def _gate_value(report: dict, metric: str):
     m = _GATE_NAME_RE.match(metric)
-    base, cls = (m.group(1), m.group(2)) if m else (metric, None)
+    base, cls, bound = (m.group(1), m.group(2), m.group(3)) if m else (metric, None, None)
     if cls is not None:
         per_class = report.get("per_class", {})
         if cls not in per_class:
             raise UsageError(
                 f"--fail-under: unknown class {cls!r} in {metric!r}; classes: {', '.join(per_class)}"
             )
+        if bound:
+            ci = per_class[cls].get("ci", {}).get(base)
+            return None if ci is None else ci[bound]
         return per_class[cls][base]
     if base not in report:
         if base in BINARY_ONLY_METRICS:
@@ -372,6 +352,9 @@ def _gate_value(report: dict, metric: str):
                 f"--fail-under: {base} needs exactly two classes, the data has {len(report.get('classes', []))}"
             )
         raise UsageError(f"--fail-under: unknown metric {metric!r}; valid: {_valid_names()}")
+    if bound:
+        ci = report.get("ci", {}).get(base)
+        return None if ci is None else ci[bound]
     return report[base]
 
 
@@ -394,7 +377,7 @@ def check_gate(report: dict, gates: Sequence[tuple[str, float]]) -> list[str]:
     for metric, bar in gates:
         value = _gate_value(report, metric)
         if value is None:
-            failures.append(f"{metric} is undefined (the data holds only one class), needs >= {bar:g}")
+            failures.append(f"{metric} is undefined (nothing to compute it from), needs >= {bar:g}")
         elif not value >= bar:
             a, b = _fmt_pair(float(value), float(bar))
             failures.append(f"{metric} {a} < {b}")
