@@ -81,6 +81,11 @@ def run(opts, on_warn=None):
     gates = metrics.parse_gate(opts.fail_under, clf.classes) if opts.fail_under else []
     if opts.pick_threshold:  # validate the rule before decoding anything
         thresholds.parse_rule(opts.pick_threshold)
+    if opts.plot:  # a picture that cannot be drawn fails before decoding, not after
+        from cnncli.report import charts, eval_chart
+
+        charts.chart_format(opts.plot)
+        eval_chart.check_plottable(len(clf.classes))
     splits = eval_splits.Splits(opts.data, model_path, clf)
     scored = splits.scored(opts.split)
     threshold = opts.threshold if opts.threshold is not None else clf.threshold
@@ -106,12 +111,9 @@ def run(opts, on_warn=None):
         report["errors"] = [{"path": p, "true": clf.classes[t], "predicted": clf.classes[k], "probability": v}
                             for p, t, k, v in wrong]
     if opts.plot:
-        from cnncli.report import plots
-
-        roc = None
-        if binary and 0 < int((loaded.y == 1).sum()) < len(loaded.y):
-            roc = metrics.roc_curve((loaded.y == 1).astype(np.int64), proba[:, 1])
-        plots.plot_eval(opts.plot, report, roc)
+        # Hook: a report that carries calibration also gets a reliability diagram.
+        calibration = eval_chart.reliability_bins(loaded.y, proba) if "calibration" in report else None
+        eval_chart.plot_eval(opts.plot, report, loaded.y, proba, calibration)
     report["gate_failures"] = metrics.check_gate(report, gates) if gates else []
     return report
 

@@ -186,6 +186,10 @@ def run(opts, report):
     out = Path(opts.output)
     side = sidecars(out)
     check_writable_target(out, overwrite=opts.overwrite or opts.resume)
+    if opts.plot:
+        from cnncli.report.charts import chart_format
+
+        chart_format(opts.plot)  # an unknown picture suffix fails now, not after training
     if opts.threads:
         kernels.set_threads(opts.threads)
     with OutputLock(out, wait=opts.wait), StopRequest() as stop:
@@ -284,9 +288,10 @@ def _run_locked(opts, report, out, side, stop):
                  "stop_reason": state.stop_reason, "data": str(ds.root)}
     modelfile.save(out, clf)
     if opts.plot:
-        from cnncli.report import plots  # Pillow drawing only when asked for
+        from cnncli.report import training_chart  # matplotlib only when a picture is asked for
 
-        plots.plot_history(opts.plot, state.history)
+        training_chart.plot_history(opts.plot, state.history, state.best_epoch,
+                                    f"{model.spec} on {ds.root} ({clf.size}x{clf.size} {clf.color})")
     side["checkpoint"].unlink(missing_ok=True)
     summary["history"] = str(side["history"])
     if manifest:
