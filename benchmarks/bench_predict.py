@@ -2,6 +2,8 @@
 
     python benchmarks/bench_predict.py --data FM_PNG_ROOT [--torch-python PYTHON] [--runs 5]
 
+PYTHON defaults to $CNNCLI_BENCH_TORCH_PYTHON; the PyTorch script runs without any variable cnncli sets.
+
 FM_PNG_ROOT is Fashion-MNIST as PNG folders (FM_PNG_ROOT/test/<class>/*.png, from
 scripts/fashion_mnist_folders.py). PYTHON is an interpreter with torch, pillow and safetensors installed
 (a separate venv; cnncli itself never imports torch). Both sides use the same M1 network
@@ -25,6 +27,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from run import envs
 
 TORCH_SCRIPT = r'''
 import sys
@@ -74,11 +78,13 @@ def timed(cmd, env=None):
 
 
 def interleaved(cmds, runs, env=None):
-    """{name: [(wall, cpu), ...]} running each command once per round, round after round."""
+    """{name: [(wall, cpu), ...]} running each command once per round, round after round.
+
+    The "torch" command runs in the environment minus every variable cnncli sets (as run.py does)."""
     out = {name: [] for name in cmds}
     for _ in range(runs):
         for name, cmd in cmds.items():
-            out[name].append(timed(cmd, env))
+            out[name].append(timed(cmd, envs()[1] if name == "torch" else env))
     return out
 
 
@@ -98,7 +104,8 @@ def make_model(path, classes):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True, help="Fashion-MNIST PNG root (with test/<class>/)")
-    ap.add_argument("--torch-python", default=None, help="Python with torch (skip the PyTorch side if not given)")
+    ap.add_argument("--torch-python", default=os.environ.get("CNNCLI_BENCH_TORCH_PYTHON"),
+                    help="Python with torch (default $CNNCLI_BENCH_TORCH_PYTHON; the PyTorch side is skipped without one)")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--batch-runs", type=int, default=3)
     ap.add_argument("--skip", default="", help="comma list of parts to skip: startup,cold,batch,eval")

@@ -1,4 +1,4 @@
-"""The one place where JIT flags, numeric types and thread settings are spelled.
+"""The one place where the kernels' JIT flags, chunking and the process's thread settings are spelled.
 
 Importing this module sets up the process before numba or a BLAS library loads:
 - a writable numba cache directory (the package directory may be read-only; NUMBA_CACHE_DIR wins),
@@ -14,8 +14,9 @@ from pathlib import Path
 # JIT flags for every kernel. fastmath stays off so results are reproducible bit for bit.
 JIT = {"cache": True, "nogil": True, "fastmath": False}
 
-# Images per parallel chunk group: results depend on how a batch is split, never on the thread count,
-# so training is bit-identical whatever --threads says.
+# How many chunks a batch is split into (at least) where chunks' partial results are added together: the split
+# depends on this count and the shapes, never on the thread count, so training is bit-identical whatever
+# --threads says. 8 chunks keep 2-8 threads busy.
 CHUNKS = 8
 
 def _user_cache_dir() -> Path:

@@ -16,9 +16,9 @@ def numerical_gradient(f, x, dy=None, h=1e-5):
         ix = it.multi_index
         old = x[ix]
         x[ix] = old + h
-        plus = f()
+        plus = np.array(f(), np.float64)  # a copy: a layer's output is valid only until its next forward
         x[ix] = old - h
-        minus = f()
+        minus = np.array(f(), np.float64)
         x[ix] = old
         if dy is None:
             grad[ix] = (float(plus) - float(minus)) / (2 * h)

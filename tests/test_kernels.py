@@ -1,6 +1,6 @@
 """Every kernel against its plain-loop twin in tests/naive.py, on randomized shapes, in float32 and float64.
 
-Covers both convolution paths (direct for C <= 3, im2col + GEMM for C >= 4), strides > 1 (also different
+Covers both convolution paths (direct for stride 1 and C <= 3, im2col + GEMM otherwise), strides > 1 (also different
 in height and width), padding, non-square filters and images, N = 1, C = 1, batches that span several
 work chunks, and bit-identical results (forward and weight gradients) for 1 and 2 threads.
 """
@@ -46,13 +46,13 @@ def random_conv_case(seed, c_in=None):
     return x, wt, b, (sh, sw), (ph, pw)
 
 
-# Hand-picked cases: (N, C, H, W, F, KH, KW, stride, padding). C <= 3 -> direct path, C >= 4 -> im2col.
+# Hand-picked cases: (N, C, H, W, F, KH, KW, stride, padding). Stride 1 and C <= 3 -> direct path, else im2col.
 CONV_CASES = [
     (1, 1, 5, 5, 1, 3, 3, (1, 1), (0, 0)),  # N = 1, C = 1, F = 1
     (2, 1, 6, 6, 2, 3, 3, (1, 1), (0, 0)),
     (2, 2, 7, 5, 3, 2, 3, (1, 1), (1, 1)),  # non-square image and filter, padding
     (1, 3, 6, 6, 2, 3, 3, (1, 1), (0, 0)),  # the article's 6x6x3 image with two 3x3x3 filters
-    (3, 3, 9, 8, 4, 3, 2, (2, 1), (1, 0)),  # non-square stride and padding, direct path
+    (3, 3, 9, 8, 4, 3, 2, (2, 1), (1, 0)),  # non-square stride and padding, 3 channels: im2col
     (1, 4, 6, 6, 2, 3, 3, (1, 1), (0, 0)),  # smallest im2col case
     (2, 5, 8, 7, 3, 3, 2, (2, 3), (1, 2)),  # im2col with non-square stride and padding
     (2, 6, 5, 9, 4, 1, 1, (1, 1), (0, 0)),  # 1x1 filters
@@ -264,3 +264,57 @@ def test_set_threads_is_reported_and_floors_at_one(threads):
     assert kernels.get_threads() == 2
     threads(0)
     assert kernels.get_threads() == 1
+
+
+def _conv_args(dtype=np.float32):
+    x = np.ones((2, 4, 6, 6), dtype)
+    w = np.ones((3, 4, 3, 3), dtype)
+    return x, w, np.zeros(3, dtype), np.empty((2, 3, 4, 4), dtype)
+
+
+@pytest.mark.parametrize("bad", ["out_shape", "out_dtype", "w_channels", "bias", "x_strided", "dx_shape"])
+def test_public_conv_wrappers_refuse_wrong_shapes_dtypes_and_layouts(bad):
+    # The compiled cores run without bounds checks: each of these would read or write outside an array.
+    x, w, b, out = _conv_args()
+    dx = None
+    if bad == "out_shape":
+        out = np.empty((2, 3, 5, 4), np.float32)
+    elif bad == "out_dtype":
+        out = out.astype(np.float64)
+    elif bad == "w_channels":
+        w = np.ones((3, 5, 3, 3), np.float32)
+    elif bad == "bias":
+        b = np.zeros(4, np.float32)
+    elif bad == "x_strided":
+        x = np.ones((2, 4, 6, 12), np.float32)[..., ::2]
+    else:
+        dx = np.empty((2, 4, 6, 5), np.float32)
+    with pytest.raises(ValueError):
+        if bad == "dx_shape":
+            kernels.conv2d_backward(x, w, np.ones((2, 3, 4, 4), np.float32), (1, 1), (0, 0), dx)
+        else:
+            kernels.conv2d_forward(x, w, b, (1, 1), (0, 0), out)
+    if bad in ("out_shape", "out_dtype"):
+        with pytest.raises(ValueError):
+            kernels.conv2d_backward(x, w, out, (1, 1), (0, 0))
+
+
+def test_public_pool_and_activation_wrappers_refuse_mismatched_arrays():
+    x = np.ones((2, 3, 6, 6), np.float32)
+    with pytest.raises(ValueError):
+        kernels.maxpool_forward(x, (2, 2), (2, 2), (0, 0), np.empty((2, 3, 3, 3), np.float32),
+                                np.empty((2, 3, 3, 3), np.int64))
+    with pytest.raises(ValueError):
+        kernels.maxpool_forward(x, (2, 2), (2, 2), (0, 0), np.empty((2, 3, 4, 3), np.float32),
+                                np.empty((2, 3, 4, 3), np.int32))
+    with pytest.raises(ValueError):
+        kernels.maxpool_backward(np.ones((2, 3, 3, 3), np.float32), np.zeros((2, 3, 3, 2), np.int32),
+                                 np.empty((2, 3, 6, 6), np.float32))
+    with pytest.raises(ValueError):
+        kernels.activation_forward("relu", x, np.empty((2, 3, 6, 5), np.float32))
+    with pytest.raises(ValueError):
+        kernels.activation_backward("relu", x, x.astype(np.float64), np.empty_like(x))
+    # The same calls with matching arrays go through.
+    out, arg = np.empty((2, 3, 3, 3), np.float32), np.empty((2, 3, 3, 3), np.int32)
+    kernels.maxpool_forward(x, (2, 2), (2, 2), (0, 0), out, arg)
+    kernels.activation_backward("relu", x, x, np.empty_like(x))

@@ -228,3 +228,25 @@ def test_layer_output_shapes():
     assert Dense(10).output_shape((3, 4, 4)) == (10, 1, 1)
     for layer in (Activation("relu"), Dropout(0.5)):
         assert layer.output_shape((3, 4, 5)) == (3, 4, 5)
+
+
+def test_layers_reuse_their_buffers_and_model_outputs_never_change_under_the_caller():
+    # Explicit ownership: a layer writes its output (and its input gradient) into the same array on every call,
+    # so a training step allocates no activation buffers; what Model returns is never such a buffer.
+    from cnncli.engine.model import Model
+
+    rng = np.random.default_rng(0)
+    model = Model("conv4k3p1-relu-pool2-fc", (2, 8, 8), 3, seed=0)
+    x1, x2 = (rng.standard_normal((9, 2, 8, 8)).astype(np.float32) for _ in range(2))
+    labels = np.array([0, 1, 2] * 3)
+    conv, relu, pool = model.layers[:3]
+    model.loss_and_grads(x1, labels)
+    held = [conv.forward(x1, True), relu.forward(conv.forward(x1, True), True)]
+    first = model.forward(x1)
+    kept = first.copy()
+    model.loss_and_grads(x2, labels)
+    probs = model.predict_proba(x2)
+    assert conv.forward(x2, True) is held[0] and relu.forward(held[0], True) is held[1]
+    assert np.array_equal(first, kept)  # logits stay the caller's
+    assert not np.array_equal(model.forward(x2), kept)
+    np.testing.assert_array_equal(model.predict_proba(x2), probs)

@@ -89,7 +89,7 @@ def test_translation_equivariance(channels, axis):
     dst = [slice(None)] * 4
     src[axis], dst[axis] = slice(0, -1), slice(1, None)
     shifted[tuple(dst)] = x[tuple(src)]  # the whole image moves by one pixel (down or right)
-    out = conv.forward(x)
+    out = conv.forward(x).copy()  # a layer's output is valid until its next forward
     out_shifted = conv.forward(shifted)
     # Away from the border the feature map moves by exactly the same pixel.
     np.testing.assert_allclose(out_shifted[tuple(dst)], out[tuple(src)], rtol=1e-5, atol=1e-6)

@@ -1,8 +1,8 @@
 """Numba kernels: convolution, max pooling and element-wise activations on NCHW arrays.
 
-Arrays and integers in, arrays out: no validation, no I/O, no Python objects. The layers in
-`cnncli.engine.layers` check shapes, allocate outputs and call the public functions here. Every kernel is
-generic over float32 (production) and float64 (gradient checks).
+Arrays and integers in, arrays out, no I/O. The public functions check their arguments' shapes, dtypes and
+layout (ValueError) and then call private compiled cores that trust them; the layers in `cnncli.engine.layers`
+allocate the outputs. Every kernel is generic over float32 (production) and float64 (gradient checks).
 
 Design, from measurements on a 2-core machine:
 - Each compiled kernel is serial and works on a range [lo, hi) of images, channels or elements; the
@@ -18,8 +18,10 @@ Design, from measurements on a 2-core machine:
   exactly one thread pool is busy at any time.
 - Inner loops index arrays with the bare loop variable (views carry the offsets): numba adds a wrap-around check
   to any index it cannot prove non-negative, and that check alone stops LLVM from vectorizing the loop.
-- Chunk boundaries depend only on the array shapes (config.CHUNKS), never on the thread count, and
-  weight-gradient partial sums are added in chunk order: results are bit-identical for any --threads.
+- Results are bit-identical for any --threads: where chunks' results are added together (weight and bias
+  gradients), chunk boundaries depend only on the array shapes and the partial sums are added in chunk order.
+  Kernels whose work items are independent (the direct forward pass: one (image, filter) pair each) may split
+  by the thread count, since no item's arithmetic depends on which chunk it is in.
 """
 
 import os
@@ -86,6 +88,46 @@ def _run(fn, total, *args, n_chunks=CHUNKS):
     finally:
         for f in futures:
             f.result()
+
+
+# Cheap checks in the public wrappers: the compiled cores run without bounds checks, so an array of the wrong
+# shape, dtype or layout would make them read or write outside its memory instead of failing.
+
+def _expect(what, a, shape, dtype):
+    """Raise ValueError unless a is a C-contiguous array of exactly this shape and dtype."""
+    if not isinstance(a, np.ndarray) or a.shape != tuple(shape) or a.dtype != dtype or not a.flags.c_contiguous:
+        got = f"{a.dtype} {a.shape}" + ("" if a.flags.c_contiguous else " (not C-contiguous)") \
+            if isinstance(a, np.ndarray) else type(a).__name__
+        raise ValueError(f"{what}: expected a C-contiguous {np.dtype(dtype)} array of shape {tuple(shape)}, got {got}")
+
+
+def _input(what, x, ndim):
+    if not isinstance(x, np.ndarray) or x.ndim != ndim or x.dtype not in (np.float32, np.float64) \
+            or not x.flags.c_contiguous:
+        raise ValueError(f"{what}: expected a C-contiguous float32 or float64 array with {ndim} dimensions")
+
+
+def _out_shape(x_shape, kernel, stride, padding):
+    """(OH, OW) of a window of size kernel (kh, kw) sliding over x_shape's last two axes; ValueError if < 1."""
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    if min(sh, sw) < 1 or min(ph, pw) < 0:
+        raise ValueError(f"stride {stride} must be >= 1 and padding {padding} >= 0")
+    oh, ow = (x_shape[-2] + 2 * ph - kh) // sh + 1, (x_shape[-1] + 2 * pw - kw) // sw + 1
+    if oh < 1 or ow < 1:
+        raise ValueError(f"a {kh}x{kw} window does not fit a {x_shape[-2]}x{x_shape[-1]} input with padding {padding}")
+    return oh, ow
+
+
+def _check_conv(x, w, b, stride, padding, out, name):
+    """Check conv2d arguments: x (N, C, H, W), w (F, C, KH, KW), b (F,) unless None, out (N, F, OH, OW)."""
+    _input("x", x, 4)
+    _input("w", w, 4)
+    if w.dtype != x.dtype or w.shape[1] != x.shape[1]:
+        raise ValueError(f"w: {w.dtype} {w.shape} does not fit x {x.dtype} {x.shape} (same dtype, w[1] == x[1])")
+    if b is not None:
+        _expect("b", b, (w.shape[0],), x.dtype)
+    oh, ow = _out_shape(x.shape, w.shape[2:], stride, padding)
+    _expect(name, out, (x.shape[0], w.shape[0], oh, ow), x.dtype)
 
 
 @njit(**JIT)
@@ -172,34 +214,6 @@ def _conv_gemm_chunk(x, w2, b, sh, sw, ph, pw, KH, KW, out3, OH, OW, lo, hi):
     cols = np.empty((w2.shape[1], (hi - lo) * OH * OW), dtype=x.dtype)
     _strided_cols(x, KH, KW, sh, sw, ph, pw, OH, OW, cols, lo, hi)
     _bias_scatter(w2 @ cols, b, out3, lo, hi)
-
-
-@njit(**JIT)
-def _conv_direct_chunk(x, w, b, sh, sw, ph, pw, out, lo, hi):
-    # One (image, filter) pair per step, so a single image still splits across threads.
-    C, W = x.shape[1], x.shape[3]
-    H = x.shape[2]
-    F, _, KH, KW = w.shape
-    OH, OW = out.shape[2], out.shape[3]
-    for nf in range(lo, hi):
-        n = nf // F
-        f = nf % F
-        o = out[n, f]
-        o[:, :] = b[f]
-        for c in range(C):
-            img = x[n, c]
-            for i in range(KH):
-                for j in range(KW):
-                    wv = w[f, c, i, j]
-                    x_lo, x_hi = _valid_range(OW, sw, j - pw, W)
-                    for y in range(OH):
-                        src = y * sh + i - ph
-                        if src < 0 or src >= H:
-                            continue
-                        orow = o[y]
-                        irow = img[src]
-                        for xo in range(x_lo, x_hi):
-                            orow[xo] += wv * irow[xo * sw + j - pw]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -385,7 +399,7 @@ def _wide_col2ims(dcols, KH, KW, ph, pw, L, dx, lo, hi):
         _wide_col2im_crop(dcols, (n - lo) * L, KH, KW, ph, pw, H, W, L, dxp, dx[n])
 
 
-def _wide_backward_gemm(x, w2t, dout, KH, KW, ph, pw, need_dx, dx, dw_parts, db_parts, lo, hi):
+def _wide_backward_gemm(x, w2t, dout, KH, KW, ph, pw, need_dx, dx, dw_parts, db_parts, slot, lo, hi):
     """Weight, bias and (when need_dx) input gradients of a stride-1 convolution for images [lo, hi)."""
     Wp = x.shape[3] + 2 * pw
     L = (dout.shape[2] - 1) * Wp + dout.shape[3]
@@ -394,9 +408,8 @@ def _wide_backward_gemm(x, w2t, dout, KH, KW, ph, pw, need_dx, dx, dw_parts, db_
     dmat = np.empty((dout.shape[1], width), dtype=x.dtype)
     _wide_cols(x, KH, KW, ph, pw, L, cols, lo, hi)
     _wide_douts(dout, Wp, L, dmat, lo, hi)
-    # Partials are indexed by the chunk's first image, so each chunk owns its slot.
-    np.matmul(dmat, cols.T, out=dw_parts[lo])
-    _row_sums(dmat, db_parts[lo])
+    np.matmul(dmat, cols.T, out=dw_parts[slot[lo]])
+    _row_sums(dmat, db_parts[slot[lo]])
     if need_dx:
         _wide_col2ims(w2t @ dmat, KH, KW, ph, pw, L, dx, lo, hi)
 
@@ -437,8 +450,9 @@ def _gemm_chunks(n_images, k_rows, cols_per_image):
 def conv2d_forward(x, w, b, stride, padding, out):
     """out (N, F, OH, OW) = cross-correlation of x (N, C, H, W) with w (F, C, KH, KW), plus b (F,).
 
-    stride and padding are (sh, sw) and (ph, pw); padding is zeros. All arrays C-contiguous, one dtype.
+    stride and padding are (sh, sw) and (ph, pw); padding is zeros. All arrays C-contiguous, one float dtype.
     """
+    _check_conv(x, w, b, stride, padding, out, "out")
     N, C = x.shape[:2]
     F, _, KH, KW = w.shape
     (sh, sw), (ph, pw) = stride, padding
@@ -449,8 +463,6 @@ def conv2d_forward(x, w, b, stride, padding, out):
         else:
             _run(_wide_forward_gemm, N, x, w.reshape(F, C * KH * KW), b, KH, KW, ph, pw, out,
                  n_chunks=_gemm_chunks(N, C * KH * KW, (OH - 1) * (x.shape[3] + 2 * pw) + OW))
-    elif C <= 3:
-        _run(_conv_direct_chunk, N * F, x, w, b, sh, sw, ph, pw, out, n_chunks=2 * _threads)
     else:
         w2 = w.reshape(F, C * KH * KW)
         _run(_conv_gemm_chunk, N, x, w2, b, sh, sw, ph, pw, KH, KW, out.reshape(N, F, OH * OW), OH, OW)
@@ -463,55 +475,50 @@ def _strided_col2ims(dcols, KH, KW, sh, sw, ph, pw, OH, OW, dx, lo, hi):
         _col2im_add(dcols, (n - lo) * OH * OW, KH, KW, sh, sw, ph, pw, OH, OW, dx[n])
 
 
-def _conv_backward_chunk(x, w2t, dout3, sh, sw, ph, pw, KH, KW, OH, OW, need_dx, dx, dw_parts, db_parts, lo, hi):
+def _conv_backward_chunk(x, w2t, dout3, sh, sw, ph, pw, KH, KW, OH, OW, need_dx, dx, dw_parts, db_parts, slot,
+                         lo, hi):
+    """The gradients of conv2d_backward for images [lo, hi), any stride (im2col + GEMM)."""
     cols = np.empty((w2t.shape[0], (hi - lo) * OH * OW), dtype=x.dtype)
     _strided_cols(x, KH, KW, sh, sw, ph, pw, OH, OW, cols, lo, hi)
     # (F, images * OH*OW): each image's gradient block side by side, matching the columns of cols.
     dmat = np.ascontiguousarray(dout3[lo:hi].transpose(1, 0, 2)).reshape(dout3.shape[1], -1)
-    np.matmul(dmat, cols.T, out=dw_parts[lo])
-    _row_sums(dmat, db_parts[lo])
+    np.matmul(dmat, cols.T, out=dw_parts[slot[lo]])
+    _row_sums(dmat, db_parts[slot[lo]])
     if need_dx:
         _strided_col2ims(w2t @ dmat, KH, KW, sh, sw, ph, pw, OH, OW, dx, lo, hi)
 
 
 def conv2d_backward(x, w, dout, stride, padding, dx=None):
-    """Gradients of conv2d_forward given dout (N, F, OH, OW).
+    """Gradients of conv2d_forward given dout (N, F, OH, OW), all of x's float dtype and C-contiguous.
 
-    Returns (dw (F, C, KH, KW), db (F,)); fills dx (N, C, H, W) when one is given.
+    Returns (dw (F, C, KH, KW), db (F,)); fills dx (N, C, H, W) when one is given. Each chunk of images writes
+    its own partial dw and db; the partials are then added in chunk order, and chunk boundaries depend on the
+    shapes only, so the sums are the same bit for bit for any thread count.
     """
+    _check_conv(x, w, None, stride, padding, dout, "dout")
+    if dx is not None:
+        _expect("dx", dx, x.shape, x.dtype)
     N, C = x.shape[:2]
     F, _, KH, KW = w.shape
     (sh, sw), (ph, pw) = stride, padding
     OH, OW = dout.shape[2], dout.shape[3]
-    need_dx = dx is not None
     w2t = np.ascontiguousarray(w.reshape(F, C * KH * KW).T)
     if sh == 1 and sw == 1:
-        L = (OH - 1) * (x.shape[3] + 2 * pw) + OW
-        n_chunks = _gemm_chunks(N, C * KH * KW, L)
-        starts = [lo for lo, hi in _bounds(N, min(N, n_chunks)) if hi > lo]
-        dw_parts = np.empty((N, F, C * KH * KW), dtype=x.dtype)
-        db_parts = np.empty((N, F), dtype=x.dtype)
-        dx_arg = dx if need_dx else np.empty((1, 1, 1, 1), dtype=x.dtype)
-        _run(_wide_backward_gemm, N, x, w2t, dout, KH, KW, ph, pw, need_dx, dx_arg, dw_parts, db_parts,
-             n_chunks=n_chunks)
-        dw = dw_parts[starts[0]].copy()
-        db = db_parts[starts[0]].copy()
-        for s in starts[1:]:
-            dw += dw_parts[s]
-            db += db_parts[s]
-        return dw.reshape(w.shape), db
-    starts = [lo for lo, hi in _bounds(N, min(N, CHUNKS)) if hi > lo]
-    # One partial slot per possible chunk start; only the slots at chunk starts are written and read.
-    dw_parts = np.empty((N, F, C * KH * KW), dtype=x.dtype)
-    db_parts = np.empty((N, F), dtype=x.dtype)
-    dx_arg = dx if need_dx else np.empty((1, 1, 1, 1), dtype=x.dtype)
-    _run(_conv_backward_chunk, N, x, w2t, dout.reshape(N, F, OH * OW), sh, sw, ph, pw, KH, KW, OH, OW,
-         need_dx, dx_arg, dw_parts, db_parts)
-    dw = dw_parts[starts[0]].copy()
-    db = db_parts[starts[0]].copy()
-    for s in starts[1:]:
-        dw += dw_parts[s]
-        db += db_parts[s]
+        n_chunks = _gemm_chunks(N, C * KH * KW, (OH - 1) * (x.shape[3] + 2 * pw) + OW)
+        fn, args = _wide_backward_gemm, (x, w2t, dout, KH, KW, ph, pw)
+    else:
+        n_chunks = CHUNKS
+        fn, args = _conv_backward_chunk, (x, w2t, dout.reshape(N, F, OH * OW), sh, sw, ph, pw, KH, KW, OH, OW)
+    starts = [lo for lo, hi in _bounds(N, min(N, n_chunks)) if hi > lo]
+    slot = {lo: k for k, lo in enumerate(starts)}  # a chunk's partial sums go to the slot of its first image
+    dw_parts = np.empty((len(starts), F, C * KH * KW), dtype=x.dtype)
+    db_parts = np.empty((len(starts), F), dtype=x.dtype)
+    dx_arg = dx if dx is not None else np.empty((1, 1, 1, 1), dtype=x.dtype)
+    _run(fn, N, *args, dx is not None, dx_arg, dw_parts, db_parts, slot, n_chunks=n_chunks)
+    dw, db = dw_parts[0].copy(), db_parts[0].copy()
+    for k in range(1, len(starts)):
+        dw += dw_parts[k]
+        db += db_parts[k]
     return dw.reshape(w.shape), db
 
 
@@ -583,6 +590,12 @@ def maxpool_forward(x, size, stride, padding, out, argmax):
 
     size, stride, padding are (h, w) pairs; padding counts as -inf.
     """
+    _input("x", x, 4)
+    if padding[0] > size[0] // 2 or padding[1] > size[1] // 2:
+        raise ValueError(f"padding {padding} may be at most half the window {size}")
+    shape = (*x.shape[:2], *_out_shape(x.shape, size, stride, padding))
+    _expect("out", out, shape, x.dtype)
+    _expect("argmax", argmax, shape, np.int32)
     N, C = x.shape[:2]
     if tuple(size) == (2, 2) and tuple(stride) == (2, 2) and tuple(padding) == (0, 0):
         _run(_maxpool2_forward_chunk, N * C, x, out, argmax)
@@ -608,7 +621,13 @@ def _maxpool_backward_chunk(dout, argmax, dx, lo, hi):
 
 
 def maxpool_backward(dout, argmax, dx):
-    """Overwrite dx (N, C, H, W) with dout (N, C, OH, OW) routed to each window's maximum."""
+    """Overwrite dx (N, C, H, W) with dout (N, C, OH, OW) routed to each window's maximum.
+
+    argmax (int32, dout's shape) must come from maxpool_forward on an input of dx's shape: its values index dx.
+    """
+    _input("dx", dx, 4)
+    _expect("dout", dout, (*dx.shape[:2], *dout.shape[2:]), dx.dtype)
+    _expect("argmax", argmax, dout.shape, np.int32)
     _run(_maxpool_backward_chunk, dx.shape[0] * dx.shape[1], dout, argmax, dx)
 
 
@@ -685,14 +704,25 @@ def _elementwise_chunks(size):
     return max(1, min(_threads, size // _MIN_ELEMENTWISE_CHUNK))
 
 
+def _check_elementwise(kind, x, **others):
+    if kind not in _ACTIVATIONS:
+        raise ValueError(f"unknown activation {kind!r} (known: {', '.join(_ACTIVATIONS)})")
+    if not isinstance(x, np.ndarray) or x.dtype not in (np.float32, np.float64) or not x.flags.c_contiguous:
+        raise ValueError("activation input: expected a C-contiguous float32 or float64 array")
+    for name, a in others.items():
+        _expect(name, a, x.shape, x.dtype)
+
+
 def activation_forward(kind, x, out):
     """out = f(x) element-wise for kind in relu | tanh | sigmoid; x and out C-contiguous, any shape."""
+    _check_elementwise(kind, x, out=out)
     flat = x.reshape(-1)
     _run(_ACTIVATIONS[kind][0], flat.size, flat, out.reshape(-1), n_chunks=_elementwise_chunks(flat.size))
 
 
 def activation_backward(kind, y, dy, dx):
     """dx = dy * f'(.) expressed through the activation's output y; all C-contiguous, same shape."""
+    _check_elementwise(kind, y, dy=dy, dx=dx)
     flat = y.reshape(-1)
     _run(_ACTIVATIONS[kind][1], flat.size, flat, dy.reshape(-1), dx.reshape(-1),
          n_chunks=_elementwise_chunks(flat.size))

@@ -9,7 +9,6 @@ Float32 in production; float64 works too (the gradient checks use it).
 """
 
 import math
-import sys
 
 import numpy as np
 
@@ -40,38 +39,20 @@ def _forward_kernels(x, training):
     return kernels_np if not training and x.shape[0] <= SMALL_BATCH else _numba()
 
 
-def _refs(buf):
-    return sys.getrefcount(buf)
+def _take(slot, shape, dtype):
+    """The array held in `slot` (a one-element list) if it has this shape and dtype, else a new one put there.
 
-
-def _free_refs():
-    # References that a buffer nobody else holds shows inside _take (the slot list, the loop variable, the call):
-    # measured once rather than assumed, since the interpreter's own counting differs between Python versions.
-    slots = [np.empty(1)]
-    for buf in slots:
-        return _refs(buf)
-
-
-_FREE = _free_refs()
-_MAX_SLOTS = 3
-
-
-def _take(slots, shape, dtype):
-    """An uninitialised C-contiguous array (shape, dtype) that no one outside `slots` references.
-
-    Large fresh arrays cost page faults on every call; layers therefore keep their recent outputs and gradients
-    in `slots` and hand one out again only when its reference count shows that nobody (caller, another layer,
-    a view) still holds it, so a caller can never see an array it kept change under it.
+    Explicit ownership: a layer keeps one buffer per purpose (its output, its input gradient, ...) and writes it
+    again on every call, so training allocates no activation buffers per step. An array a layer returns is
+    therefore valid until that layer's next forward (for forward outputs) or backward (for gradients); copy it
+    to keep it longer. Model.forward's logits come from the last Dense layer, which allocates them afresh.
     """
     shape = tuple(shape)
-    for buf in slots:
-        if buf.shape == shape and buf.dtype == dtype and _refs(buf) <= _FREE:
-            return buf
-    buf = np.empty(shape, dtype)
-    slots.append(buf)
-    if len(slots) > _MAX_SLOTS:
-        del slots[0]
-    return buf
+    if slot and slot[0].shape == shape and slot[0].dtype == dtype:
+        return slot[0]
+    slot.clear()  # drop the old buffer before allocating: photo-sized maps are hundreds of MB
+    slot.append(np.empty(shape, dtype))
+    return slot[0]
 
 
 def _spell(prefix, pair):
@@ -91,7 +72,7 @@ class Layer:
 
     def __init__(self):
         self.params, self.grads = {}, {}
-        self._fwd_slots, self._bwd_slots = [], []
+        self._fwd_slot, self._bwd_slot = [], []  # see _take: the forward output and the input gradient
 
     def output_shape(self, in_shape):
         return in_shape
@@ -140,13 +121,13 @@ class Conv(Layer):
         w = self.params["weight"]
         n, _, h, wd = x.shape
         _, oh, ow = self.output_shape(x.shape[1:])
-        out = _take(self._fwd_slots, (n, self.filters, oh, ow), x.dtype)
+        out = _take(self._fwd_slot, (n, self.filters, oh, ow), x.dtype)
         _forward_kernels(x, training).conv2d_forward(x, w, self.params["bias"], self.stride, self.padding, out)
         self.x = x
         return out
 
     def backward(self, dy, need_dx=True):
-        dx = _take(self._bwd_slots, self.x.shape, self.x.dtype) if need_dx else None
+        dx = _take(self._bwd_slot, self.x.shape, self.x.dtype) if need_dx else None
         dw, db = _numba().conv2d_backward(self.x, self.params["weight"], np.ascontiguousarray(dy),
                                           self.stride, self.padding, dx)
         self.grads = {"weight": dw, "bias": db}
@@ -159,7 +140,7 @@ class MaxPool(Layer):
     def __init__(self, size, stride=None, padding=(0, 0)):
         super().__init__()
         self.size, self.stride, self.padding = size, stride or size, padding
-        self._arg_slots = []
+        self._arg_slot = []
 
     @property
     def token(self):
@@ -178,15 +159,14 @@ class MaxPool(Layer):
 
     def forward(self, x, training=False):
         _, oh, ow = self.output_shape(x.shape[1:])
-        out = _take(self._fwd_slots, (x.shape[0], x.shape[1], oh, ow), x.dtype)
-        self.argmax = None
-        self.argmax = _take(self._arg_slots, out.shape, np.dtype(np.int32))
+        out = _take(self._fwd_slot, (x.shape[0], x.shape[1], oh, ow), x.dtype)
+        self.argmax = _take(self._arg_slot, out.shape, np.dtype(np.int32))
         _forward_kernels(x, training).maxpool_forward(x, self.size, self.stride, self.padding, out, self.argmax)
         self.in_shape = x.shape
         return out
 
     def backward(self, dy, need_dx=True):
-        dx = _take(self._bwd_slots, self.in_shape, dy.dtype)
+        dx = _take(self._bwd_slot, self.in_shape, dy.dtype)
         _numba().maxpool_backward(np.ascontiguousarray(dy), self.argmax, dx)
         return dx
 
@@ -203,14 +183,13 @@ class Activation(Layer):
         return self.kind
 
     def forward(self, x, training=False):
-        self.y = None  # drop this layer's own hold on the previous output so its buffer can be reused
-        out = _take(self._fwd_slots, x.shape, x.dtype)
+        out = _take(self._fwd_slot, x.shape, x.dtype)
         _forward_kernels(x, training).activation_forward(self.kind, x, out)
         self.y = out
         return out
 
     def backward(self, dy, need_dx=True):
-        dx = _take(self._bwd_slots, self.y.shape, self.y.dtype)
+        dx = _take(self._bwd_slot, self.y.shape, self.y.dtype)
         _numba().activation_backward(self.kind, self.y, np.ascontiguousarray(dy), dx)
         return dx
 

@@ -1,0 +1,81 @@
+"""Per-layer profile of one cnncli training step: ms per layer, forward and backward.
+
+    python benchmarks/profile_step.py [--net default28] [--threads N] [--steps 10]
+
+NET is a key of nets.NETS. Runs the steps of Model.loss_and_grads and SGD layer by layer, timing each call;
+prints the median wall and CPU (process time, all threads) ms per layer over --steps steps after 3 warm-up
+steps, for the loss and the optimizer step too, and for the whole step. On a busy machine the CPU column with
+--threads 1 is the steadiest figure; wall time is what a user waits.
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import cnncli.config  # noqa: E402,F401  (as the cnncli command: before numpy work starts)
+from cnncli.engine import kernels  # noqa: E402
+from cnncli.engine.layers import softmax_cross_entropy  # noqa: E402
+from cnncli.engine.model import Model  # noqa: E402
+from cnncli.engine.optim import SGD  # noqa: E402
+from nets import NETS, data  # noqa: E402
+
+
+def profile(model, opt, x, y, steps):
+    """{row name: [(wall ms, CPU ms) per step]}, with a row for the whole step."""
+    layers = model.layers
+    rows = {}
+
+    def rec(name, t0, c0=None):
+        rows.setdefault(name, []).append(((time.perf_counter() - t0) * 1e3, (time.process_time() - c0) * 1e3))
+
+    for _ in range(steps):
+        step_wall, step_cpu = time.perf_counter(), time.process_time()
+        h = x
+        for i, layer in enumerate(layers):
+            t0, c0 = time.perf_counter(), time.process_time()
+            h = layer.forward(h, True)
+            rec(f"{i:2d} {layer.token} fwd", t0, c0)
+        t0, c0 = time.perf_counter(), time.process_time()
+        _, d = softmax_cross_entropy(h.reshape(len(x), -1), y)
+        rec("   loss", t0, c0)
+        d = d.reshape(d.shape[0], -1, 1, 1)
+        for i in range(len(layers) - 1, -1, -1):
+            t0, c0 = time.perf_counter(), time.process_time()
+            d = layers[i].backward(d, need_dx=i > 0)
+            rec(f"{i:2d} {layers[i].token} bwd", t0, c0)
+        t0, c1 = time.perf_counter(), time.process_time()
+        opt.step(model.named(), model.named("grads"), 0.01)
+        rec("   sgd step", t0, c1)
+        rec("   whole step", step_wall, step_cpu)
+    return rows
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--net", default="default28", choices=sorted(NETS))
+    ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    ap.add_argument("--steps", type=int, default=10)
+    args = ap.parse_args()
+    kernels.set_threads(args.threads)
+    spec, shape, classes, bs, _ = NETS[args.net]
+    model, opt = Model(spec, shape, classes, seed=0), SGD(momentum=0.9)
+    x, y, source = data(args.net, bs)
+    profile(model, opt, x, y, 3)
+    rows = profile(model, opt, x, y, args.steps)
+    total = statistics.median(w for w, _ in rows["   whole step"])
+    total_cpu = statistics.median(c for _, c in rows["   whole step"])
+    print(f"{args.net}: {spec} on {'x'.join(map(str, shape))} ({source}), batch {bs}, {args.threads} threads, "
+          f"median of {args.steps} steps; load average {os.getloadavg()[0]:.2f}")
+    print(f"{'layer':<28} {'wall ms':>8} {'CPU ms':>8} {'CPU share':>9}")
+    for name, v in rows.items():
+        ms, cpu = statistics.median(w for w, _ in v), statistics.median(c for _, c in v)
+        print(f"{name:<28} {ms:8.2f} {cpu:8.2f} {100 * cpu / total_cpu:8.1f}%")
+    print(f"throughput {bs / total * 1e3:,.0f} img/s wall, {bs / total_cpu * 1e3:,.0f} img/s per CPU second")
+
+
+if __name__ == "__main__":
+    main()
