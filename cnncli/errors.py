@@ -73,7 +73,13 @@ class GateError(CnnError):
 
 
 def one_line(text) -> str:
-    """str(text) with backslash, tab, CR and LF written as \\\\ \\t \\r \\n, and bytes that are not UTF-8
-    (os.fsdecode's surrogates) as \\xNN: always one line of valid UTF-8, from which the name can be recovered."""
+    """str(text) with backslash, tab, CR and LF written as \\\\ \\t \\r \\n, other control characters (NUL,
+    ESC, DEL ...) and bytes that are not UTF-8 (os.fsdecode's surrogates) as \\xNN: always one line of valid
+    UTF-8 without terminal escapes, from which the name can be recovered."""
     s = str(text).replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+    s = s.translate(_CONTROL)
     return s.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+# Control characters left after the named escapes: written \xNN, never raw (a NUL or ESC on stdout).
+_CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F] if chr(c) not in "\t\n\r"}

@@ -132,9 +132,9 @@ def test_stdin_nul_separated_names_with_newlines_and_tabs(setup, tmp_path):
     lines = res.stdout.splitlines()
     assert len(lines) == 1 + len(names)
     assert [ln.split("\t")[0] for ln in lines[1:]] == [escape(n) for n in names]
-    # Same names through csv and jsonl: one record per line, names recoverable.
+    # Same names through csv and jsonl: one record per line, the same escaped text in every format.
     res = _invoke(["predict", "--null", "-", "-m", str(model), "--format", "jsonl"], input=stdin)
-    assert [json.loads(ln)["path"] for ln in res.stdout.splitlines()] == [str(n) for n in names]
+    assert [json.loads(ln)["path"] for ln in res.stdout.splitlines()] == [escape(n) for n in names]
     res = _invoke(["predict", "-0", "-", "-m", str(model), "--format", "csv"], input=stdin)
     assert len(res.stdout.splitlines()) == 1 + len(names)
     assert [r["path"] for r in csv.DictReader(io.StringIO(res.stdout))] == [escape(n) for n in names]
@@ -160,7 +160,7 @@ def test_threshold_uncertain_and_all_probs(setup):
     docs = [json.loads(ln) for ln in res.stdout.splitlines()]
     assert [d["label"] for d in docs] == ["dog" if v >= t else "cat" for v in p1]
     assert [d["probabilities"]["dog"] for d in docs] == pytest.approx(p1, abs=1e-5)
-    lo, hi = float(p1.min()), float(np.median(p1))
+    lo, hi = min(float(p1.min()), 0.5), max(float(np.median(p1)), 0.5)  # the band holds the threshold
     res = _invoke(["predict", str(data), "-m", str(model), "--uncertain", f"{lo}:{hi}", "--format", "jsonl"])
     labels = [json.loads(ln)["label"] for ln in res.stdout.splitlines()]
     assert labels.count("uncertain") == int(((p1 >= lo) & (p1 <= hi)).sum()) > 0
@@ -180,8 +180,8 @@ def test_stored_threshold_is_the_default(setup, tmp_path):
 
 
 def test_decider_and_band_parsing():
-    d = Decider(["neg", "pos"], threshold=0.3, band=(0.2, 0.25))
-    assert d.decide([0.65, 0.35])[:2] == ("pos", 0.35)
+    d = Decider(["neg", "pos"], threshold=0.3, band=(0.2, 0.35))
+    assert d.decide([0.6, 0.4])[:2] == ("pos", 0.4)
     assert d.decide([0.78, 0.22])[0] == "uncertain"
     assert d.decide([0.9, 0.1])[:2] == ("neg", 0.9)
     multi = Decider(["a", "b", "c"])
@@ -248,14 +248,14 @@ def test_table_rows_line_up_and_show_uncertain(setup):
     p1 = clf.proba(np.stack([decode(p, SIZE, 1) for p in files]))[:, 1]
     band = f"{p1.min()}:{p1.min()}"  # exactly the least positive image is uncertain
     res = _invoke(["predict", *map(str, files), str(data / "gone.png"), "-m", str(model), "--format", "table",
-                   "--uncertain", band])
+                   "--uncertain", band, "--threshold", f"{p1.min()}"])  # the band must hold the threshold
     lines = res.stdout.splitlines()
     assert len(lines) == len(files) + 1
     starts = {ln.index(str(f)) for ln, f in zip(lines, files)}
     assert len(starts) == 1 and lines[-1].index(str(data)) in starts
     k = int(np.argmin(p1))
     assert lines[k].startswith("uncertain (") and sum(ln.startswith("uncertain") for ln in lines) == 1
-    want = f"{max(p1[0], 1 - p1[0]):.2f} {'dog' if p1[0] >= 0.5 else 'cat'}" if k != 0 else "uncertain"
+    want = f"{p1[0]:.2f} dog" if k != 0 else "uncertain"  # above the threshold: positive
     assert lines[0].startswith(want)
 
 

@@ -66,3 +66,18 @@ def leftovers(directory: Path) -> list[str]:
     """Hidden temp or lock files a run left behind in directory."""
     return sorted(p.name for p in Path(directory).iterdir()
                   if p.name.endswith((".tmp", ".probe", ".lock")) or p.name.startswith("."))
+
+
+def read_pty(master: int) -> bytes:
+    """Everything written to a pseudo-terminal until the child closes it; closes master."""
+    text = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        text += chunk
+    os.close(master)
+    return text

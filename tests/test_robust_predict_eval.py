@@ -121,7 +121,10 @@ def _unescape(text):
     """Inverse of the documented one-line escaping: \\\\ \\t \\n \\r, and \\xNN for bytes that are not UTF-8."""
     def sub(m):
         tok = m.group(1)
-        return _ESCAPES[tok] if tok in _ESCAPES else chr(0xDC00 + int(tok[1:], 16))
+        if tok in _ESCAPES:
+            return _ESCAPES[tok]
+        byte = int(tok[1:], 16)
+        return chr(0xDC00 + byte) if byte >= 0x80 else chr(byte)  # a control character, or a non-UTF-8 byte
     return re.sub(r"\\(x[0-9a-f]{2}|[\\tnr])", sub, text)
 
 
@@ -140,7 +143,7 @@ def test_odd_file_names_survive_every_predict_format(trained, tmp_path, fmt):
     text = out.decode("utf-8")  # valid UTF-8 even though a file name is not
     expected = sorted(os.path.join(os.fsencode(folder), n) for n in names)
     if fmt == "jsonl":
-        got = [os.fsencode(json.loads(ln)["path"]) for ln in text.splitlines()]
+        got = [os.fsencode(_unescape(json.loads(ln)["path"])) for ln in text.splitlines()]
     elif fmt == "tsv":
         got = [os.fsencode(_unescape(ln.split("\t")[0])) for ln in text.splitlines()[1:]]
     elif fmt == "csv":

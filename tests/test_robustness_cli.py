@@ -21,7 +21,7 @@ from cnncli.store import modelfile
 from cnncli.store import weights
 from cnncli.engine.model import Model
 from conftest import make_image_folder
-from test_robust_helpers import FAST, child_env, run_main
+from test_robust_helpers import FAST, child_env, read_pty, run_main
 
 # ---------------------------------------------------------------- the command line
 
@@ -262,16 +262,7 @@ def test_no_color_on_a_terminal_means_no_escape_codes_and_empty_stdout(tmp_path)
                              *FAST, "--epochs", "2"], cwd=tmp_path, env=child_env(NO_COLOR="1"),
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=slave)
     os.close(slave)
-    err = b""
-    while True:
-        try:
-            chunk = os.read(master, 65536)
-        except OSError:  # EIO: the child closed the terminal
-            break
-        if not chunk:
-            break
-        err += chunk
-    os.close(master)
+    err = read_pty(master)
     out = proc.stdout.read()
     assert proc.wait(timeout=120) == 0, err
     assert out == b""

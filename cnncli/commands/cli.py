@@ -6,6 +6,7 @@ progress bars only on a terminal, never with NO_COLOR. See README.md for the exi
 
 import math
 import os
+import signal
 import sys
 from enum import Enum
 from pathlib import Path
@@ -14,7 +15,9 @@ from typing import Annotated, Optional
 import typer
 
 from cnncli import __version__
-from cnncli.errors import EXIT_INTERNAL, EXIT_SIGINT, EXIT_SIGTERM, CnnError, UsageError, one_line
+from cnncli.commands.streams import DataOut, reserve_std_fds, say, stderr_on_null
+from cnncli.errors import (EXIT_GATE, EXIT_INTERNAL, EXIT_IOERR, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, CnnError,
+                           UsageError, WriteError, one_line)
 
 app = typer.Typer(
     help="Train, evaluate and run convolutional image classifiers on a CPU.",
@@ -32,8 +35,7 @@ def _stderr_console():
 
 
 def _say(msg):
-    sys.stderr.write(msg + "\n")
-    sys.stderr.flush()
+    say(msg)  # best effort: a closed or full stderr loses messages, never the run's work
 
 
 def _require(cond, option, msg):
@@ -213,14 +215,15 @@ def info(
         sys.stdout.write(json.dumps(doc) + "\n")
         return
     c, h, w = m.input_shape
-    out = [f"file: {model}", f"arch: {m.spec}", f"input: {w}x{h}, {clf.color} ({c} channel{'s' if c > 1 else ''})",
-           f"classes ({len(clf.classes)}): {', '.join(clf.classes)}", "layers:"]
+    out = [f"file: {one_line(model)}", f"arch: {m.spec}",
+           f"input: {w}x{h}, {clf.color} ({c} channel{'s' if c > 1 else ''})",
+           f"classes ({len(clf.classes)}): {', '.join(map(one_line, clf.classes))}", "layers:"]
     out += [f"  {i + 1:>3} {t:<16} {'x'.join(map(str, s)):>12} {p:>10,}" for i, (t, s, p) in enumerate(m.summary())]
     out.append(f"parameters: {m.num_params():,}")
     if clf.threshold is not None:
         out.append(f"threshold: {clf.threshold:g}")
     if clf.train:
-        out.append("training: " + ", ".join(f"{k} {v}" for k, v in clf.train.items() if v is not None))
+        out.append("training: " + ", ".join(f"{k} {one_line(v)}" for k, v in clf.train.items() if v is not None))
     sys.stdout.write("\n".join(out) + "\n")
 
 
@@ -320,7 +323,7 @@ def eval_(
              f"must be a number in [0, 1], got {threshold}")
     _require(threshold is None or pick_threshold is None, "--threshold", "cannot be combined with --pick-threshold")
     _require(math.isfinite(wait) and wait >= 0, "--wait", f"must be a finite number >= 0, got {wait}")
-    from cnncli.commands.evaluate import EvalOptions, format_table, gate_error, run
+    from cnncli.commands.evaluate import EvalOptions, format_table, run
     from cnncli.commands.predict import resolve_model
 
     opts = EvalOptions(data=str(data), model=str(resolve_model(str(model) if model else None)), threshold=threshold,
@@ -330,9 +333,11 @@ def eval_(
     report = run(opts, on_warn=lambda msg: _say(f"warning: {one_line(msg)}"))
     sys.stdout.write(json.dumps(report) + "\n" if fmt == EvalFormat.json else format_table(report))
     sys.stdout.flush()
-    err = gate_error(report)
-    if err is not None:
-        raise err
+    for failed in report.get("gate_failures") or []:  # one line per missed bar
+        _say(f"cnncli: quality gate failed: {one_line(failed)}")
+    if report.get("gate_failures"):
+        raise typer.Exit(EXIT_GATE)
+
 
 def _version_callback(value: bool):
     if value:
@@ -358,8 +363,53 @@ def _quiet_broken_pipe():
         pass
 
 
+def _on_sigterm(signum, frame):
+    # Unwind like Ctrl-C does, so `finally` blocks run: predict's decode workers are stopped, locks released.
+    raise SystemExit(EXIT_SIGTERM)
+
+
+def _plain_help_without_color():
+    # NO_COLOR: typer's rich help would still send bold and dim escapes to a terminal; no colour system, none.
+    if os.environ.get("NO_COLOR"):
+        try:
+            import typer.rich_utils
+
+            typer.rich_utils.COLOR_SYSTEM = None
+        except ImportError:  # pragma: no cover - typer without rich: plain help anyway
+            pass
+
+
 def main(argv=None):
     """Entry point: run the app and map every outcome to a documented exit code."""
+    reserve_std_fds()  # before anything is opened: no file may land on fd 1 or 2
+    if sys.stderr is None:
+        sys.stderr = stderr_on_null()
+    saved_stdout = sys.stdout
+    data_closed = saved_stdout is None
+    sys.stdout = DataOut(saved_stdout if not data_closed else open(os.devnull, "w"), closed=data_closed)
+    import threading
+
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    old_term = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
+    _plain_help_without_color()
+    try:
+        code = _run(argv)
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            _quiet_broken_pipe()
+        except WriteError as exc:
+            _say(f"cnncli: error: {one_line(exc)}")
+            code = EXIT_IOERR if code in (EXIT_OK, EXIT_GATE, 1) else code
+    finally:
+        sys.stdout = saved_stdout
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, old_term)
+    sys.exit(code)
+
+
+def _run(argv):
+    """Run the command line argv (None: sys.argv); returns the exit code."""
     try:  # typer >= 0.29 carries its own copy of click
         from typer._click.exceptions import ClickException
     except ImportError:  # pragma: no cover - older typer on top of click
@@ -410,8 +460,4 @@ def main(argv=None):
     # typer turns Ctrl-C into a bare exit status 130, so the reason is said here, once, however the run ended.
     if code in (EXIT_SIGINT, EXIT_SIGTERM):
         _say("cnncli: interrupted" if code == EXIT_SIGINT else "cnncli: terminated")
-    try:
-        sys.stdout.flush()
-    except BrokenPipeError:
-        _quiet_broken_pipe()
-    sys.exit(code)
+    return code

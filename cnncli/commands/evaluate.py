@@ -10,7 +10,7 @@ import numpy as np
 
 from cnncli.commands import eval_splits
 from cnncli.data import folders
-from cnncli.errors import DataError, GateError, UsageError, one_line
+from cnncli.errors import DataError, UsageError, one_line
 from cnncli.report import metrics, thresholds
 from cnncli.store import modelfile
 
@@ -35,7 +35,8 @@ def _load(part, clf, on_warn):
         if on_warn is not None:
             on_warn(f"skipped {path}: {reason}")
 
-    loaded = folders.load_images(part.items, clf.size, color=clf.color, on_bad=on_bad, classes=clf.classes)
+    loaded = folders.load_images(part.items, clf.size, color=clf.color, on_bad=on_bad, classes=clf.classes,
+                                 allow_lost_classes=True)  # README: unreadable images are skipped, always
     if len(loaded.y) == 0:
         raise DataError(f"{part.source}: no readable images")
     return loaded, clf.proba(loaded.x)
@@ -65,8 +66,8 @@ def _pick(opts, splits, scored, scored_data, clf, on_warn):
 def run(opts, on_warn=None):
     """Evaluate; returns the report dict (metrics.classification_report keys plus "source", "split", "model",
     "skipped_files", "gate_failures", and optional "picked_threshold", "saved_threshold", "errors").
-    Missed --fail-under bars are listed in report["gate_failures"]; the caller turns them into an exit code
-    (see gate_error) after printing the report. on_warn(message) receives warnings (skipped files, a threshold
+    Missed --fail-under bars are listed in report["gate_failures"] (one text per bar); the caller prints the
+    report, then one line per missed bar, and exits 3. on_warn(message) receives warnings (skipped files, a threshold
     tuned on test images, too few examples for a target)."""
     model_path = Path(opts.model)
     clf = modelfile.load(model_path)
@@ -118,12 +119,6 @@ def run(opts, on_warn=None):
     return report
 
 
-def gate_error(report):
-    """GateError listing the failed bars, or None when every --fail-under bar was met."""
-    fails = report.get("gate_failures")
-    return GateError("quality gate failed: " + "; ".join(fails)) if fails else None
-
-
 def _f(v):
     return "n/a" if v is None else f"{v:.4f}"
 
@@ -140,7 +135,7 @@ def _with_ci(report, key):
 def format_table(report):
     """The report as plain text lines for a person."""
 
-    classes = report["classes"]
+    classes = [one_line(c) for c in report["classes"]]  # a newline in a class name must not break a row
     out = [f"source: {one_line(report['source'])} ({report['n']} images"
            + (f", {report['skipped_files']} unreadable skipped" if report["skipped_files"] else "") + ")",
            f"accuracy: {_with_ci(report, 'accuracy')}", f"balanced accuracy: {_f(report['balanced_accuracy'])}",
@@ -149,7 +144,7 @@ def format_table(report):
            + (f" (over the classes present; absent: {', '.join(report['absent_classes'])})"
               if report.get("absent_classes") else "")]
     if "threshold" in report:
-        out += [f"positive class: {report['positive_class']}; threshold {report['threshold']:.6g}",
+        out += [f"positive class: {one_line(report['positive_class'])}; threshold {report['threshold']:.6g}",
                 f"sensitivity: {_with_ci(report, 'sensitivity')}", f"specificity: {_with_ci(report, 'specificity')}",
                 f"ROC AUC: {_with_ci(report, 'roc_auc')}"]
     if "picked_threshold" in report:
@@ -165,8 +160,8 @@ def format_table(report):
     w = max(8, *(len(c) for c in classes))
     cw_ = 25 if "ci" in report else 9
     out += ["", f"{'class':<{w}}  {'precision':<{cw_}}  {'recall':<{cw_}}  f1      support"]
-    for c in classes:
-        r = report["per_class"][c]
+    for c, name in zip(classes, report["classes"]):
+        r = report["per_class"][name]
         ci = r.get("ci", {})
         prec, rec = f"{r['precision']:.4f}{_ci(ci.get('precision'))}", f"{r['recall']:.4f}{_ci(ci.get('recall'))}"
         out.append(f"{c:<{w}}  {prec:<{cw_}}  {rec:<{cw_}}  {r['f1']:.4f}  {r['support']:7d}")
@@ -181,6 +176,6 @@ def format_table(report):
         out.append(f"{c:<{w}}  " + " ".join(f"{v:>{cw}}" for v in row))
     if report.get("errors"):
         out += ["", "most confident errors (probability, true -> predicted, file):"]
-        out += [f"{e['probability']:.4f}  {e['true']} -> {e['predicted']}  {one_line(e['path'])}"
-                for e in report["errors"]]
+        out += [f"{e['probability']:.4f}  {one_line(e['true'])} -> {one_line(e['predicted'])}  "
+                f"{one_line(e['path'])}" for e in report["errors"]]
     return "\n".join(out) + "\n"

@@ -5,25 +5,26 @@ No typer or rich here, and nothing heavy at import time: the command line import
 are written and flushed after every batch, so memory stays flat however many inputs there are.
 """
 
-import contextlib
-import glob
 import json
 import multiprocessing
 import os
 import signal
 import sys
 import threading
+import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from cnncli.commands.predict_inputs import iter_inputs
+from cnncli.engine.decision import DEFAULT_THRESHOLD, decide
 from cnncli.errors import EXIT_OK, EXIT_PARTIAL, BadImageError, NoInputError, UsageError, one_line
+from cnncli.report.lines import row
 
 DEFAULT_MODEL = "model.safetensors"
 MODEL_ENV = "CNNCLI_MODEL"
 FORMATS = ("table", "tsv", "csv", "jsonl")
 UNCERTAIN = "uncertain"
-_GLOB_CHARS = frozenset("*?[")
 
 
 @dataclass
@@ -63,67 +64,6 @@ def parse_band(text):
     return lo, hi
 
 
-def _stdin_paths(null):
-    """Paths from stdin, one per line (or NUL-separated); undecodable bytes survive via surrogateescape."""
-    stream = sys.stdin.buffer
-    sep = b"\0" if null else b"\n"
-    pending = b""
-    while True:
-        chunk = stream.read1(65536) if hasattr(stream, "read1") else stream.read(65536)
-        if not chunk:
-            break
-        pending += chunk
-        *parts, pending = pending.split(sep)
-        for part in parts:
-            if not null:
-                part = part.rstrip(b"\r")
-            if part:
-                yield os.fsdecode(part)
-    if pending and not null:
-        pending = pending.rstrip(b"\r")
-    if pending:
-        yield os.fsdecode(pending)
-
-
-def iter_inputs(args, null=False):
-    """Yield (path, error message or None) for every input, lazily and in order.
-
-    A file is used whatever its extension; a folder gives its image files recursively (folders.list_images
-    rules); an argument that is neither but holds * ? [ is a glob pattern (** recursive), expanded sorted;
-    "-" reads paths from stdin. Anything else yields an error entry ("no such file").
-    """
-    def list_images(folder):  # folders (and what it imports) load only when a folder is given
-        from cnncli.data.folders import list_images as scan
-
-        return scan(folder)
-
-    for arg in args:
-        if arg == "-":
-            sources = _stdin_paths(null)
-        else:
-            sources = (arg,)
-        for item in sources:
-            if os.path.isdir(item):
-                try:
-                    for p in list_images(item):
-                        yield str(p), None
-                except NoInputError as exc:
-                    yield item, str(exc).removeprefix(f"{item}: ")
-            elif os.path.exists(item):
-                yield item, None
-            elif arg != "-" and _GLOB_CHARS & set(item):
-                found = sorted(glob.iglob(item, recursive=True))
-                if not found:
-                    yield item, "no file matches this pattern"
-                for p in found:
-                    if os.path.isdir(p):
-                        yield from ((str(q), None) for q in list_images(p))
-                    else:
-                        yield p, None
-            else:
-                yield item, "no such file"
-
-
 def _decode_one(path, size, rgb):
     from cnncli.data.images import _decode, to_chw
 
@@ -151,25 +91,28 @@ def _batches(entries, n):
 class Decider:
     """Turns a probability row into (label, probability of label, the other classes ranked)."""
 
-    def __init__(self, classes, threshold=None, band=None):
+    def __init__(self, classes, threshold=None, band=None, stored=False):
         self.classes = list(classes)
         self.binary = len(self.classes) == 2
         if not self.binary and (threshold is not None or band is not None):
             what = "--threshold" if threshold is not None else "--uncertain"
             raise UsageError(f"{what}: needs a two-class model, this one has {len(self.classes)} classes")
-        self.threshold = 0.5 if threshold is None else float(threshold)
+        self.threshold = DEFAULT_THRESHOLD if threshold is None else float(threshold)
         self.band = band
+        # Outside the band the threshold decides, so it must lie inside: else P = 0.7 could be "negative"
+        # while P = 0.5 is "uncertain".
+        if band is not None and not band[0] <= self.threshold <= band[1]:
+            source = ("the threshold stored in the model" if stored else "--threshold") if threshold is not None \
+                else "the default threshold"
+            raise UsageError(f"--uncertain {band[0]:g}:{band[1]:g}: the band must contain the decision threshold "
+                             f"({source} is {self.threshold:g})")
 
     def decide(self, p):
         """p: probabilities (K,) -> (label, probability, [(class, prob), ...] others by descending prob)."""
         order = sorted(range(len(p)), key=lambda i: -p[i])
-        if self.binary:
-            pos = float(p[1])
-            if self.band is not None and self.band[0] <= pos <= self.band[1]:
-                return UNCERTAIN, pos, [(self.classes[i], float(p[i])) for i in order]
-            k = 1 if pos >= self.threshold else 0
-        else:
-            k = order[0]
+        if self.binary and self.band is not None and self.band[0] <= float(p[1]) <= self.band[1]:
+            return UNCERTAIN, float(p[1]), [(self.classes[i], float(p[i])) for i in order]
+        k = int(decide([p], self.threshold if self.binary else None)[0])  # the rule eval and training use
         return self.classes[k], float(p[k]), [(self.classes[i], float(p[i])) for i in order if i != k]
 
 
@@ -200,15 +143,12 @@ class Writer:
             self._row(cols)
 
     def _row(self, cells):
-        if self.fmt == "tsv":
-            self.out.write("\t".join(one_line(c) for c in cells) + "\n")
-        else:
-            self.out.write(",".join(_csv_cell(one_line(c)) for c in cells) + "\n")
+        self.out.write(row(self.fmt, cells))
 
     def result(self, path, label, prob, others, p):
         top = others[: self.top_k - 1]
         if self.fmt == "jsonl":
-            doc = {"path": path, "label": label, "probability": round(prob, 6),
+            doc = {"path": one_line(path), "label": label, "probability": round(prob, 6),
                    "top": [[c, round(v, 6)] for c, v in top]}
             if self.all_probs:
                 doc["probabilities"] = {c: round(float(v), 6) for c, v in zip(self.classes, p)}
@@ -231,7 +171,7 @@ class Writer:
 
     def error(self, path, message):
         if self.fmt == "jsonl":
-            self.out.write(json.dumps({"path": path, "error": message}) + "\n")
+            self.out.write(json.dumps({"path": one_line(path), "error": one_line(message)}) + "\n")
         elif self.fmt == "table":
             self.out.write(f"{'error':<{self._table_width()}}  {one_line(path)}: {one_line(message)}\n")
         else:
@@ -239,28 +179,49 @@ class Writer:
             self._row([path] + [""] * n + [message])
 
 
-def _csv_cell(text):
-    if any(ch in text for ch in ',"\n\r') or text != text.strip():
-        return '"' + text.replace('"', '""') + '"'
-    return text
-
-
 def _decode_many(paths, size, rgb):
     """Decode a chunk of paths: each entry an array (C, size, size) uint8 or an error message."""
     return [_decode_one(p, size, rgb) for p in paths]
 
 
-def _worker_init():
+def _worker_init(parent):
     # Ctrl-C reaches the whole process group: the parent reports it, workers just stop quietly.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _exit_with_parent(parent)
     from cnncli.data.images import bombs_are_errors
 
     bombs_are_errors().__enter__()  # for the worker's whole life: it only ever decodes
 
 
+def _exit_with_parent(parent, every=0.2):
+    """End this worker soon after its parent is gone, however the parent died (even SIGKILL, which runs no
+    cleanup): a worker left behind would hold the caller's stdout open, and `| wc -l` would never end."""
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(every)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def _process_pool(workers):
     # spawn, not fork: the parent already runs threads (kernels, the input reader), which fork would copy mid-state.
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init)
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
+                               initargs=(os.getpid(),))
+
+
+def _stop_pool(pool, finished):
+    """Shut the decode pool down. After an error or a signal (finished False), queued work is dropped and
+    worker processes are ended at once rather than waited for."""
+    if finished:
+        pool.shutdown(wait=True)
+        return
+    processes = list((getattr(pool, "_processes", None) or {}).values())  # ProcessPoolExecutor only
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in processes:
+        proc.terminate()
+    for proc in processes:
+        proc.join(timeout=5)
 
 
 def _submit_decodes(pool, batch, size, rgb, workers):
@@ -321,7 +282,7 @@ def run(opts, on_error=None, out=None):
     threshold = opts.threshold if opts.threshold is not None else clf.threshold
     if len(clf.classes) != 2:
         threshold = opts.threshold  # a stored threshold only exists for two classes; Decider refuses others
-    decider = Decider(clf.classes, threshold, opts.uncertain)
+    decider = Decider(clf.classes, threshold, opts.uncertain, stored=opts.threshold is None)
     fmt = opts.format or ("table" if out.isatty() else "tsv")
     top_k = opts.top_k if opts.top_k is not None else (3 if fmt == "table" else 1)
     top_k = max(1, min(top_k, len(clf.classes)))
@@ -332,41 +293,46 @@ def run(opts, on_error=None, out=None):
 
     import numpy as np
 
-    with bombs_are_errors(), contextlib.ExitStack() as stack:
+    with bombs_are_errors():
         batches = _batches(iter_inputs(opts.inputs, opts.null), opts.batch_size)
         current = next(batches, None)
         # A full first batch means a long run: decode in worker processes, since decoding small images is
         # mostly Python work that holds the GIL, and threads would share one core. Short runs keep threads,
         # which start at once.
         full = current is not None and len(current) >= opts.batch_size and opts.workers > 1
-        pool = stack.enter_context(_process_pool(opts.workers) if full else ThreadPoolExecutor(max(1, opts.workers)))
+        pool = _process_pool(opts.workers) if full else ThreadPoolExecutor(max(1, opts.workers))
+        finished = False
+        try:
+            def read_ahead():
+                batch = next(batches, None)
+                return batch, (_submit_decodes(pool, batch, size, rgb, opts.workers) if batch else None)
 
-        def read_ahead():
-            batch = next(batches, None)
-            return batch, (_submit_decodes(pool, batch, size, rgb, opts.workers) if batch else None)
-
-        pending = _submit_decodes(pool, current, size, rgb, opts.workers) if current else None
-        while current is not None:
-            # The next batch is read (and its decoding started) on another thread while this one is classified,
-            # so a batch's rows go out as soon as it is done even when more paths are slow to arrive on stdin.
-            upcoming = _in_background(read_ahead)
-            decoded = _gather(current, pending)
-            good = [i for i, r in enumerate(decoded) if not isinstance(r, str)]
-            proba = clf.proba(np.stack([decoded[i] for i in good])) if good else None
-            rows = dict(zip(good, range(len(good))))
-            for i, (path, _) in enumerate(current):
-                seen += 1
-                if i in rows:
-                    p = proba[rows[i]]
-                    label, prob, others = decider.decide(p)
-                    writer.result(path, label, prob, others, p)
-                else:
-                    failed += 1
-                    writer.error(path, decoded[i])
-                    if on_error is not None:
-                        on_error(path, decoded[i])
-            out.flush()
-            current, pending = upcoming()
+            pending = _submit_decodes(pool, current, size, rgb, opts.workers) if current else None
+            while current is not None:
+                # The next batch is read (and its decoding started) on another thread while this one is
+                # classified, so a batch's rows go out as soon as it is done even when more paths are slow
+                # to arrive on stdin.
+                upcoming = _in_background(read_ahead)
+                decoded = _gather(current, pending)
+                good = [i for i, r in enumerate(decoded) if not isinstance(r, str)]
+                proba = clf.proba(np.stack([decoded[i] for i in good])) if good else None
+                rows = dict(zip(good, range(len(good))))
+                for i, (path, _) in enumerate(current):
+                    seen += 1
+                    if i in rows:
+                        p = proba[rows[i]]
+                        label, prob, others = decider.decide(p)
+                        writer.result(path, label, prob, others, p)
+                    else:
+                        failed += 1
+                        writer.error(path, decoded[i])
+                        if on_error is not None:
+                            on_error(path, decoded[i])
+                out.flush()
+                current, pending = upcoming()
+            finished = True
+        finally:
+            _stop_pool(pool, finished)
     if seen == 0:
         raise NoInputError("no input images (give files, folders, glob patterns or - for stdin)")
     return EXIT_PARTIAL if failed else EXIT_OK

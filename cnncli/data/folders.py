@@ -338,6 +338,7 @@ def load_images(
     on_bad: Callable[[Path, str], None] | None = None,
     workers: int = 2,
     classes: Sequence[str] | None = None,
+    allow_lost_classes: bool = False,
 ) -> Loaded:
     """Decode (path, label) items into uint8 (N, C, size, size) and int64 labels (N,), in input order.
 
@@ -345,8 +346,9 @@ def load_images(
     (see images.decode_with_info), else 3 with gray images replicated. Bad files are skipped, passed to
     on_bad(path, reason) and returned in `bad`; with strict=True the first bad file (in input order) raises
     BadImageError instead. A class that had items but lost all of them to bad files raises DataError (named
-    from `classes` when given). Decoding runs in `workers` threads; memory stays at one byte per kept value
-    (gray images are stored with one channel until a colour image is seen).
+    from `classes` when given) unless allow_lost_classes (eval: such a class just has no support). Decoding
+    runs in `workers` threads; memory stays at one byte per kept value (gray images are stored with one
+    channel until a colour image is seen).
     """
     if color not in ("auto", "gray", "rgb"):
         raise ValueError(f"color must be auto, gray or rgb, got {color!r}")
@@ -391,7 +393,7 @@ def load_images(
                     keep[i] = True
                 i += 1
     labels = np.fromiter((int(lbl) for _, lbl in items), np.int64, count=n)
-    if bad:
+    if bad and not allow_lost_classes:
         had = set(labels.tolist())
         left = set(labels[keep].tolist())
         for lbl in sorted(had - left):
@@ -399,6 +401,7 @@ def load_images(
             lost = int((labels == lbl).sum())
             raise DataError(f"class '{name}' has no readable images ({lost} bad file(s), e.g. "
                             f"{next(p for p, l in items if l == lbl)})")
+    if bad:
         x = x[keep]
         labels = labels[keep]
     kept = [it for it, k in zip(items, keep) if k] if bad else items

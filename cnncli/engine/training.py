@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from cnncli.engine.decision import decide
+from cnncli.engine.layers import softmax
 from cnncli.errors import DivergedError
 from cnncli.engine.optim import clip_by_global_norm, learning_rate, make_optimizer
 
@@ -77,7 +79,7 @@ def evaluate(model, x, y, to_float, batch_size=256):
     proba = np.concatenate([model.predict_proba(to_float(x[i:i + batch_size]), batch_size)
                             for i in range(0, len(x), batch_size)])
     p_true = np.clip(proba[np.arange(len(y)), y], 1e-12, 1.0)
-    return float(-np.log(p_true).mean()), float((proba.argmax(1) == y).mean()), proba
+    return float(-np.log(p_true).mean()), float((decide(proba) == y).mean()), proba
 
 
 def fit(model, x, y, cfg, to_float, x_val=None, y_val=None, state=None, optimizer=None,
@@ -120,7 +122,7 @@ def fit(model, x, y, cfg, to_float, x_val=None, y_val=None, state=None, optimize
             state.batch = b + 1
             run = state.running
             run["loss"] += loss * len(idx)
-            run["correct"] += int((logits.argmax(1) == y[idx]).sum())
+            run["correct"] += int((decide(softmax(logits)) == y[idx]).sum())  # the rule eval and predict use
             run["seen"] += len(idx)
             state.elapsed = time.monotonic() - started
             if on_batch:

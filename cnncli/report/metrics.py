@@ -21,9 +21,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from cnncli.engine.decision import DEFAULT_THRESHOLD, decide
 from cnncli.errors import DataError, UsageError
-
-DEFAULT_THRESHOLD = 0.5
 
 # Metrics a gate can name directly; per-class metrics are written name[CLASS].
 TOP_LEVEL_METRICS = (
@@ -88,19 +87,14 @@ def confusion_matrix(y_true, y_pred, k: int) -> np.ndarray:
 
 
 def predict_labels(proba, threshold: float | None = None) -> np.ndarray:
-    """Predicted class indices, int64 ``(N,)``, from probabilities float ``(N, K)``.
-
-    K == 2: ``proba[:, 1] >= threshold`` (default 0.5) -> 1 else 0. K > 2: argmax (threshold must be None).
+    """Predicted class indices, int64 ``(N,)``, from probabilities float ``(N, K)``: engine.decision.decide,
+    the rule training and predict use too. K == 2: ``proba[:, 1] >= threshold`` (default 0.5) -> 1 else 0.
+    K > 2: argmax (a threshold is a UsageError).
     """
     p = np.asarray(proba, dtype=np.float64)
-    if p.ndim != 2 or p.shape[1] < 1:
-        raise ValueError(f"proba must be (N, K), got shape {p.shape}")
-    if p.shape[1] == 2:
-        t = DEFAULT_THRESHOLD if threshold is None else float(threshold)
-        return (p[:, 1] >= t).astype(np.int64)
-    if threshold is not None:
+    if p.ndim == 2 and p.shape[1] not in (1, 2) and threshold is not None:
         raise UsageError(f"a decision threshold needs exactly two classes, this model has {p.shape[1]}")
-    return np.argmax(p, axis=1).astype(np.int64)
+    return decide(p, threshold)
 
 
 # --------------------------------------------------------------------------- ROC
