@@ -141,7 +141,7 @@ def format_table(report):
            f"accuracy: {_with_ci(report, 'accuracy')}", f"balanced accuracy: {_f(report['balanced_accuracy'])}",
            f"macro precision / recall / F1: {_f(report['macro_precision'])} / {_f(report['macro_recall'])} / "
            f"{_f(report['macro_f1'])}"
-           + (f" (over the classes present; absent: {', '.join(report['absent_classes'])})"
+           + (f" (over the classes present; absent: {', '.join(map(one_line, report['absent_classes']))})"
               if report.get("absent_classes") else "")]
     if "threshold" in report:
         out += [f"positive class: {one_line(report['positive_class'])}; threshold {report['threshold']:.6g}",
