@@ -339,6 +339,25 @@ def eval_(
         raise typer.Exit(EXIT_GATE)
 
 
+@app.command()
+def export(
+    model: Annotated[Path, typer.Argument(help="Weight file to export.", show_default=False)],
+    output: Annotated[Optional[Path], typer.Option(
+        "-o", "--output", help="ONNX file to write (default: the model's name with .onnx).",
+        show_default=False)] = None,
+    with_preprocess: Annotated[bool, typer.Option(
+        "--with-preprocess", help="The graph takes uint8 NxHxWxC images and normalises them itself.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
+):
+    """Write the model as ONNX (softmax included; classes and preprocessing in its metadata)."""
+    from cnncli.commands.export import ExportOptions, run
+
+    done = run(ExportOptions(model=str(model), output=str(output) if output else None,
+                             with_preprocess=with_preprocess, overwrite=overwrite))
+    _say(f"wrote {one_line(done['output'])} ({done['bytes']:,} bytes; input {done['input']}, "
+         "output probabilities float32 NxK)")
+
+
 def _version_callback(value: bool):
     if value:
         sys.stdout.write(f"cnncli {__version__}\n")
