@@ -98,3 +98,11 @@ def image_folder(tmp_path):
         return make_image_folder(tmp_path / f"data{next(counter)}", **kwargs)
 
     return make
+
+
+@pytest.fixture(autouse=True)
+def _own_working_directory(tmp_path_factory, monkeypatch):
+    """Every test runs in a fresh, empty working directory with no $CNNCLI_MODEL, so nothing in the caller's
+    folder (a model.safetensors left by README's quick start) or environment can change a result."""
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
+    monkeypatch.delenv("CNNCLI_MODEL", raising=False)

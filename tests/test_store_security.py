@@ -41,7 +41,7 @@ def test_train_refuses_a_planted_lock_file_and_leaves_its_target_untouched(tmp_p
     out_dir.mkdir()
     notes = tmp_path / "notes.txt"
     notes.write_bytes(NOTES)
-    lock = out_dir / "m.safetensors.lock"
+    lock = out_dir / "m.lock"  # one lock for m.safetensors and its sidecars
     if plant == "symlink":
         lock.symlink_to(notes)
     elif plant == "dangling-symlink":
@@ -53,7 +53,7 @@ def test_train_refuses_a_planted_lock_file_and_leaves_its_target_untouched(tmp_p
     code, out, err = run_main(["train", data, "-o", out_dir / "m.safetensors", *FAST, "--epochs", "1"], capsys)
     assert code == 73, err
     assert out == ""
-    _one_line_error(err, "m.safetensors.lock", "refusing")
+    _one_line_error(err, "m.lock", "refusing")
     assert "reading" not in err  # refused before any image was decoded
     assert notes.read_bytes() == NOTES
     assert not (tmp_path / "created-through-the-link").exists()
@@ -67,10 +67,10 @@ def test_eval_save_threshold_refuses_a_symlinked_lock_and_keeps_model_and_target
     before = model.read_bytes()
     notes = tmp_path / "notes.txt"
     notes.write_bytes(NOTES)
-    (tmp_path / "m.safetensors.lock").symlink_to(notes)
+    (tmp_path / "m.lock").symlink_to(notes)
     code, out, err = run_main(["eval", data, "-m", model, "--pick-threshold", "youden", "--save-threshold"], capsys)
     assert code == 73, err
-    assert "refusing" in err and "m.safetensors.lock" in err
+    assert "refusing" in err and "m.lock" in err
     assert notes.read_bytes() == NOTES
     assert model.read_bytes() == before
 

@@ -147,7 +147,8 @@ def train(
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its checkpoint.")] = False,
     strict: Annotated[bool, typer.Option(help="Stop at the first unreadable image instead of skipping it.")] = False,
     wait: Annotated[float, typer.Option(help="Seconds to wait for another run writing the same output.")] = 0.0,
-    plot: Annotated[Optional[Path], typer.Option(help="Also draw the training curves into this PNG.")] = None,
+    plot: Annotated[Optional[Path], typer.Option(
+        help="Also draw the training curves into this file (.png, .svg or .pdf).")] = None,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Only warnings and errors on stderr.")] = False,
 ):
     """Train a classifier on a labeled image folder and write a weight file."""
@@ -158,6 +159,7 @@ def train(
     _positive_finite(weight_decay, "--weight-decay", allow_zero=True)
     _require(math.isfinite(val_split) and 0 <= val_split < 1, "--val-split", f"must be in [0, 1), got {val_split}")
     _require(size is None or 4 <= size <= 1024, "--size", f"must be between 4 and 1024, got {size}")
+    _require(0 <= seed < 2**32, "--seed", f"must be between 0 and 4294967295, got {seed}")
     _require(patience is None or patience >= 1, "--patience", f"must be at least 1, got {patience}")
     _positive_finite(max_time, "--max-time")
     _positive_finite(clip_norm, "--clip-norm")
@@ -312,7 +314,9 @@ def eval_(
                                    "sensitivity.lo=0.9 (95% lower bound) (repeatable).",
         show_default=False)] = None,
     plot: Annotated[Optional[Path], typer.Option(
-        help="Draw the confusion matrix (and ROC curve for two classes) into this PNG.", show_default=False)] = None,
+        help="Draw the confusion matrix (and ROC curve for two classes) into this file (.png, .svg or .pdf).",
+        show_default=False)] = None,
+    overwrite: Annotated[bool, typer.Option(help="Let --plot replace an existing file.")] = False,
     wait: Annotated[float, typer.Option(help="Seconds to wait for another run writing the model file.")] = 0.0,
 ):
     """Score a model on labeled images: accuracy, per-class metrics, confusion matrix, ROC for two classes."""
@@ -329,7 +333,7 @@ def eval_(
     opts = EvalOptions(data=str(data), model=str(resolve_model(str(model) if model else None)), threshold=threshold,
                        pick_threshold=pick_threshold, save_threshold=save_threshold, errors=errors,
                        fail_under=fail_under, plot=str(plot) if plot else None, wait=wait,
-                       split=split.value if split else None)
+                       split=split.value if split else None, overwrite=overwrite)
     report = run(opts, on_warn=lambda msg: _say(f"warning: {one_line(msg)}"))
     sys.stdout.write(json.dumps(report) + "\n" if fmt == EvalFormat.json else format_table(report))
     sys.stdout.flush()

@@ -30,20 +30,22 @@ class Part:
     split: str | None
 
 
-def _subfolders(root):
-    return {p.name for p in Path(root).iterdir() if p.is_dir() and not p.name.startswith(".")}
-
-
-def _manifest(data, model_path, clf):
-    """(doc, sidecar path) of the training split manifest when it describes DATA, else None."""
+def _manifest(data, model_path, clf, on_warn=None):
+    """(doc, sidecar path) of the training split manifest when it belongs to these weights (the same run id
+    in both) and describes DATA, else None (with a warning when DATA is the training folder)."""
+    warn = on_warn or (lambda msg: None)
     side = modelfile.default_sidecar(model_path, ".split.json")
-    if not side.exists():
-        return None
-    doc = folders.read_manifest(side)
-    if doc["classes"] != list(clf.classes) or not doc["val"]:
-        return None
     trained_on = clf.train.get("data")
     same = trained_on is not None and os.path.realpath(trained_on) == os.path.realpath(data)
+    doc = folders.read_manifest(side) if side.exists() else None
+    if doc is not None and doc["run_id"] != clf.train.get("run_id"):
+        warn(f"ignored {side}: it was written by another training run than {model_path}")
+        doc = None
+    if doc is None or doc["classes"] != list(clf.classes) or not doc["val"]:
+        if same and folders.split_folders(data) is None:
+            warn(f"{data} is the folder {model_path} was trained on, with no held-out split recorded: "
+                 "scores on it include training images")
+        return None
     if not same and not all(p.exists() for p, _ in folders.resolve_items(doc["val"], data)):
         return None
     return doc, side
@@ -52,14 +54,15 @@ def _manifest(data, model_path, clf):
 class Splits:
     """The parts of DATA as seen by a model; each method returns a Part or None when DATA has no such part."""
 
-    def __init__(self, data, model_path, clf):
+    def __init__(self, data, model_path, clf, on_warn=None):
         self.data, self.classes = Path(data), list(clf.classes)
         folders.labeled_dir(data)  # existence and folder checks, with their exit codes
-        top = _subfolders(data)
-        self.layout = "split" if "train" in top else "flat"
-        self.val_dir = next((n for n in folders.VAL_NAMES if n in top), None) if self.layout == "split" else None
-        self.has_test = self.layout == "split" and "test" in top
-        self.manifest = _manifest(data, model_path, clf)
+        split_dirs = folders.split_folders(data) or {}  # names in any letter case: Train/ is train/
+        self.layout = "split" if split_dirs else "flat"
+        self.train_dir, self.val_dir = split_dirs.get("train"), split_dirs.get("val")
+        self.test_dir = split_dirs.get("test")
+        self.has_test = self.test_dir is not None
+        self.manifest = _manifest(data, model_path, clf, on_warn)
 
     def _folder(self, name, split):
         return Part(folders.scan_labeled(self.data / name, self.classes), str(self.data / name), split)
@@ -73,7 +76,7 @@ class Splits:
         return None
 
     def test(self):
-        return self._folder("test", "test") if self.has_test else None
+        return self._folder(self.test_dir, "test") if self.has_test else None
 
     def train(self):
         if self.manifest:  # training held the validation files out of this part: leave them out here too
@@ -81,13 +84,13 @@ class Splits:
             return Part(folders.resolve_items(doc["train"], self.data), f"training split recorded in {side}",
                         "train")
         if self.layout == "split":
-            return self._folder("train", "train")
+            return self._folder(self.train_dir, "train")
         return Part(folders.scan_labeled(self.data, self.classes), str(self.data), "train")
 
     def all(self):
         if self.layout == "flat":
             return Part(folders.scan_labeled(self.data, self.classes), str(self.data), "all")
-        names = ["train", *([self.val_dir] if self.val_dir else []), *(["test"] if self.has_test else [])]
+        names = [self.train_dir, *([self.val_dir] if self.val_dir else []), *([self.test_dir] if self.has_test else [])]
         items = [it for n in names for it in folders.scan_labeled(self.data / n, self.classes)]
         return Part(items, f"{self.data} (all of {', '.join(n + '/' for n in names)})", "all")
 

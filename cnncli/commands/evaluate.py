@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from cnncli.commands import eval_splits
+from cnncli.commands import outputs
 from cnncli.data import folders
 from cnncli.errors import DataError, UsageError, one_line
 from cnncli.report import metrics, thresholds
@@ -27,6 +28,7 @@ class EvalOptions:
     plot: str | None = None
     wait: float = 0.0
     split: str | None = None  # train, val, test, all; None: see eval_splits.Splits.scored / tuning
+    overwrite: bool = False  # may --plot replace an existing file
 
 
 def _load(part, clf, on_warn):
@@ -70,6 +72,10 @@ def run(opts, on_warn=None):
     report, then one line per missed bar, and exits 3. on_warn(message) receives warnings (skipped files, a threshold
     tuned on test images, too few examples for a target)."""
     model_path = Path(opts.model)
+    plot_out = {"--plot file": opts.plot} if opts.plot else {}
+    if opts.plot:  # the output rules of commands/outputs.py, before the model or any image is read
+        outputs.check_plot_suffix(opts.plot)
+        outputs.check_outputs(plot_out, opts.overwrite)
     clf = modelfile.load(model_path)
     binary = len(clf.classes) == 2
     if not binary and (opts.threshold is not None or opts.pick_threshold or opts.save_threshold):
@@ -87,8 +93,9 @@ def run(opts, on_warn=None):
 
         charts.chart_format(opts.plot)
         eval_chart.check_plottable(len(clf.classes))
-    splits = eval_splits.Splits(opts.data, model_path, clf)
+    splits = eval_splits.Splits(opts.data, model_path, clf, on_warn)
     scored = splits.scored(opts.split)
+    outputs.check_not_inputs(plot_out, [model_path, *(p for p, _ in scored.items)])
     threshold = opts.threshold if opts.threshold is not None else clf.threshold
     picked = None
     loaded, proba = _load(scored, clf, on_warn)
@@ -101,9 +108,8 @@ def run(opts, on_warn=None):
         report["picked_threshold"] = picked
     if opts.save_threshold:
         from cnncli.store import weights
-        from cnncli.store.atomic import OutputLock
 
-        with OutputLock(model_path, wait=opts.wait):
+        with modelfile.output_lock(model_path, wait=opts.wait):
             weights.update_metadata(model_path, {"threshold": float(threshold)})
         report["saved_threshold"] = {"file": str(model_path), "threshold": float(threshold)}
     if opts.errors:

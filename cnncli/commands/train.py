@@ -7,14 +7,17 @@ object with the methods info, warn, epoch_start, batch, epoch_end (see cli.py).
 import csv
 import io
 import math
+import os
 import signal
 import time
-from dataclasses import asdict, dataclass
+import uuid
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
 
-from cnncli.data import folders
+from cnncli.commands import outputs
+from cnncli.data import folders, manifest
 
 from cnncli.engine import kernels
 
@@ -22,7 +25,7 @@ from cnncli.store import modelfile
 
 from cnncli.store import weights
 from cnncli.store.atomic import OutputLock, atomic_write_bytes, check_writable_target
-from cnncli.errors import DataError, FormatError, SpecError, UsageError, one_line
+from cnncli.errors import DataError, DivergedError, FormatError, OutputError, SpecError, UsageError, one_line
 from cnncli.data.images import channel_stats
 from cnncli.engine.model import Model
 from cnncli.engine.optim import make_optimizer
@@ -98,10 +101,10 @@ class StopRequest:
 
 
 def sidecars(output):
-    """The files kept beside a weight file, by role."""
+    """The files kept beside a weight file, by role (the names README's "Training" table lists)."""
     return {name: modelfile.default_sidecar(output, suffix) for name, suffix in
-            (("checkpoint", ".ckpt.safetensors"), ("history", ".history.csv"), ("split", ".split.json"),
-             ("bad", ".bad-files.tsv"))}
+            (("checkpoint", ".ckpt.safetensors"), ("checkpoint data record", ".ckpt.data.json"),
+             ("history", ".history.csv"), ("split manifest", ".split.json"), ("bad-files list", ".bad-files.tsv"))}
 
 
 def _history_csv(history):
@@ -114,24 +117,43 @@ def _history_csv(history):
     return buf.getvalue().encode()
 
 
-def _load_split(ds, opts, report, size, color):
-    """Decode the train / val / test parts of dataset ds (holding out a validation split when it has no val
-    folder); returns (train, val | None, test | None) as folders.Loaded, the colour used, and the split made
-    as (train items, val items), or None."""
-    train_items, val_items, manifest = ds.train, ds.val, None
+def _parts(ds, opts):
+    """{"train": items, "val": items | [], "test": items | []} and whether the validation part was drawn from
+    the training folders (the flat layout, --val-split > 0)."""
+    train_items, val_items, drawn = ds.train, ds.val or [], False
     if not val_items and opts.val_split > 0:
         train_items, val_items = folders.stratified_split(ds.train, opts.val_split, opts.seed)
-        manifest = (train_items, val_items)
+        drawn = True
+    return {"train": train_items, "val": val_items, "test": ds.test or []}, drawn
 
+
+def _saved_parts(ds, record, run_id, where):
+    """The parts an interrupted run drew, resolved against DATA as given now; DataError naming the files
+    that were added, removed or changed since, or when the record is not the checkpoint's."""
+    if record["run_id"] != run_id:
+        raise FormatError(f"{where}: belongs to another run than the checkpoint; start again with --overwrite")
+    changed = manifest.describe_changes(record["files"], manifest.fingerprint(_all_paths(ds), ds.root))
+    if changed or record["classes"] != ds.classes:
+        raise DataError(f"{ds.root}: the data changed since the checkpoint was written ({changed or 'classes'}); "
+                        "--resume needs the same files: restore them, or start again with --overwrite")
+    return {k: manifest.resolve_items(v, ds.root) for k, v in record["parts"].items()}
+
+
+def _all_paths(ds):
+    return [p for part in (ds.train, ds.val or [], ds.test or []) for p, _ in part]
+
+
+def _decode(ds, parts, opts, report, size, color):
+    """Decode the parts into (train, val | None, test | None) as folders.Loaded and the colour used."""
     def on_bad(path, reason):
         report.warn(f"skipped {one_line(path)}: {one_line(reason)}")
 
     kw = dict(size=size, strict=opts.strict, on_bad=on_bad, classes=ds.classes)
-    train = folders.load_images(train_items, color=color, **kw)
+    train = folders.load_images(parts["train"], color=color, **kw)
     fixed = "rgb" if train.channels == 3 else "gray"
-    val = folders.load_images(val_items, color=fixed, **kw) if val_items else None
-    test = folders.load_images(ds.test, color=fixed, **kw) if ds.test else None
-    return train, val, test, fixed, manifest
+    val = folders.load_images(parts["val"], color=fixed, **kw) if parts["val"] else None
+    test = folders.load_images(parts["test"], color=fixed, **kw) if parts["test"] else None
+    return train, val, test, fixed
 
 
 def _checkpoint_tensors(model, optimizer, state):
@@ -148,7 +170,7 @@ def _save_checkpoint(path, clf, optimizer, state, cfg, opts, meta_extra):
     st.pop("best_weights")
     st["best_score"] = None if not math.isfinite(state.best_score) else state.best_score
     meta.update({"kind": CHECKPOINT_KIND, "state": st, "config": asdict(cfg), "optimizer_step": optimizer.state["step"],
-                 "options": {k: v for k, v in asdict(opts).items() if k not in ("resume", "overwrite", "wait")},
+                 "options": {k: v for k, v in asdict(opts).items() if k not in ("resume", "wait")},
                  **meta_extra})
     weights.save(path, _checkpoint_tensors(clf.model, optimizer, state), meta)
 
@@ -184,43 +206,79 @@ def _build(opts, channels, size, n_classes):
 def run(opts, report):
     """Train as the options say; returns a summary dict. Raises CnnError subclasses for user-facing failures."""
     out = Path(opts.output)
-    side = sidecars(out)
-    check_writable_target(out, overwrite=opts.overwrite or opts.resume)
     if opts.plot:
-        from cnncli.report.charts import chart_format
-
-        chart_format(opts.plot)  # an unknown picture suffix fails now, not after training
+        outputs.check_plot_suffix(opts.plot)
+    check_writable_target(out, overwrite=True)  # the folder, before a lock file is made in it (exit 73)
     if opts.threads:
         kernels.set_threads(opts.threads)
-    with OutputLock(out, wait=opts.wait), StopRequest() as stop:
-        return _run_locked(opts, report, out, side, stop)
+    with modelfile.output_lock(out, wait=opts.wait), StopRequest() as stop:
+        return _run_locked(opts, report, out, sidecars(out), stop)
+
+
+def _resume_options(opts, side):
+    """(the checkpoint as _read_checkpoint gives it, the interrupted run's options). DATA, -o, --wait,
+    --threads and --plot come from this command line; --overwrite holds if either run gave it."""
+    if not side["checkpoint"].exists():
+        raise UsageError(f"--resume: no checkpoint at {side['checkpoint']} (nothing to resume)")
+    resumed = _read_checkpoint(side["checkpoint"])
+    known = {f.name for f in fields(opts)}
+    saved = {k: v for k, v in resumed[4]["options"].items() if k in known}
+    merged = {**saved, "data": opts.data, "output": opts.output, "resume": True, "wait": opts.wait,
+              "threads": opts.threads, "overwrite": bool(saved.get("overwrite", True) or opts.overwrite),
+              "plot": opts.plot or saved.get("plot")}
+    if merged["plot"]:
+        outputs.check_plot_suffix(merged["plot"])
+    return resumed, type(opts)(**merged)
+
+
+def _check_outputs(opts, out, side, ds=None):
+    """The output rules (commands/outputs.py) for the weights, every sidecar and the plot; with `ds`, also
+    that none of them is one of its images."""
+    outs = {"weight file": out, **side, **({"--plot file": Path(opts.plot)} if opts.plot else {})}
+    if ds is not None:
+        outputs.check_not_inputs(outs, _all_paths(ds))
+        return
+    if not opts.resume and side["checkpoint"].exists() and not opts.overwrite:
+        raise OutputError(f"{side['checkpoint']}: an interrupted run left this checkpoint; continue it with "
+                          "--resume, or start again with --overwrite")
+    # files a resumed run wrote itself before the interrupt
+    own = ("checkpoint", "checkpoint data record", "history", "bad-files list") if opts.resume else ()
+    outputs.check_outputs(outs, opts.overwrite, own=own)
 
 
 def _run_locked(opts, report, out, side, stop):
     t0 = time.monotonic()
     resumed = None
     if opts.resume:
-        if not side["checkpoint"].exists():
-            raise UsageError(f"--resume: no checkpoint at {side['checkpoint']} (nothing to resume)")
-        resumed = _read_checkpoint(side["checkpoint"])
-        saved = resumed[4]["options"]
-        opts = type(opts)(**{**saved, "resume": True, "overwrite": True, "wait": opts.wait,
-                             "threads": opts.threads, "output": str(out)})
-        report.info(f"resuming from {side['checkpoint']} at epoch {resumed[1].epoch + 1}, batch {resumed[1].batch + 1}")
-    ds = folders.scan_dataset(opts.data)
+        resumed, opts = _resume_options(opts, side)
+        report.info(f"resuming from {side['checkpoint']} at epoch {resumed[1].epoch + 1}, "
+                    f"batch {resumed[1].batch + 1}")
+    _check_outputs(opts, out, side)
+    ds = folders.scan_dataset(opts.data, on_warn=report.warn)
+    _check_outputs(opts, out, side, ds)
+    if resumed:
+        run_id = resumed[4].get("run_id")
+        record = manifest.read_run_data(side["checkpoint data record"])
+        parts, drawn = _saved_parts(ds, record, run_id, side["checkpoint data record"]), record["drawn"]
+    else:
+        run_id = uuid.uuid4().hex
+        parts, drawn = _parts(ds, opts)
     size = opts.size or (resumed[0].size if resumed else folders.choose_size([p for p, _ in ds.train], seed=opts.seed))
     color = resumed[0].color if resumed else opts.color
     if not resumed:
         _build(opts, 3 if color == "rgb" else 1, size, len(ds.classes))  # a bad --arch fails before any decoding
-    report.info(f"reading {len(ds.train)} training images in {len(ds.classes)} classes from {ds.root} "
+    report.info(f"reading {len(parts['train'])} training images in {len(ds.classes)} classes from {ds.root} "
                 f"(input {size}x{size})")
-    train, val, test, color, manifest = _load_split(ds, opts, report, size, color)
+    if not resumed:  # the files and their digests, so that --resume can prove it sees the same data
+        manifest.write_run_data(side["checkpoint data record"], run_id, ds.root, ds.classes, parts,
+                                manifest.fingerprint(_all_paths(ds), ds.root), drawn)
+    train, val, test, color = _decode(ds, parts, opts, report, size, color)
     channels = train.channels
     if resumed:
         clf, state, cfg, opt_state, _ = resumed
         if clf.classes != ds.classes or clf.model.input_shape != (channels, size, size):
             raise DataError(f"{opts.data}: the data no longer matches the checkpoint "
-                            f"(classes or image size changed); start again without --resume")
+                            f"(classes or image size changed); start again with --overwrite")
         model = clf.model
         optimizer = make_optimizer(cfg.optimizer, cfg.weight_decay)
         optimizer.state = {"step": resumed[4]["optimizer_step"], **opt_state}
@@ -234,14 +292,12 @@ def _run_locked(opts, report, out, side, stop):
                           class_weights=weights_by_class, patience=opts.patience, max_time=opts.max_time,
                           clip_norm=opts.clip_norm)
         state, optimizer = TrainState(), None
-    if manifest:
-        folders.write_manifest(side["split"], ds.root, ds.classes, manifest[0], manifest[1], opts.seed, opts.val_split)
-    if train.bad or (val and val.bad) or (test and test.bad):
-        bad = train.bad + (val.bad if val else []) + (test.bad if test else [])
-        atomic_write_bytes(side["bad"], "".join(f"{one_line(p)}\t{one_line(r)}\n" for p, r in bad).encode())
-    n_bad = len(train.bad) + (len(val.bad) if val else 0) + (len(test.bad) if test else 0)
+    bad = train.bad + (val.bad if val else []) + (test.bad if test else [])
+    if bad:
+        atomic_write_bytes(side["bad-files list"], "".join(f"{one_line(p)}\t{one_line(r)}\n" for p, r in bad).encode())
     counts = np.bincount(train.y, minlength=len(ds.classes)).tolist()
-    meta_extra = {"data": str(ds.root)}
+    data_path = os.path.abspath(ds.root)
+    meta_extra = {"data": data_path, "run_id": run_id}
     per_epoch = math.ceil(len(train.y) / cfg.batch_size)
     last_tick = [time.monotonic(), 0]
 
@@ -256,9 +312,6 @@ def _run_locked(opts, report, out, side, stop):
         report.epoch_end(st.history[-1], cfg.epochs)
         last_tick[0] = time.monotonic()
 
-    def should_stop():
-        return stop()
-
     report.info(f"training {model.spec} ({model.num_params():,} parameters) on {len(train.y)} images, "
                 f"validating on {len(val.y) if val else 0}")
     stop.armed = True
@@ -267,15 +320,18 @@ def _run_locked(opts, report, out, side, stop):
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             state, optimizer = fit(model, train.x, train.y, cfg, clf.to_float,
                                    val.x if val else None, val.y if val else None, state=state,
-                                   optimizer=optimizer, on_batch=on_batch, on_epoch=on_epoch,
-                                   should_stop=should_stop)
+                                   optimizer=optimizer, on_batch=on_batch, on_epoch=on_epoch, should_stop=stop)
+    except DivergedError:
+        # Resuming would diverge again: the checkpoint goes. The history keeps the finished (finite) epochs.
+        _remove(side["checkpoint"], side["checkpoint data record"])
+        raise
     finally:
         stop.armed = False
     if state.stop_reason == "interrupted":
         _save_checkpoint(side["checkpoint"], clf, optimizer, state, cfg, opts, meta_extra)
         return {"interrupted": stop.signum, "checkpoint": str(side["checkpoint"]), "epoch": state.epoch,
                 "batch": state.batch}
-    summary = {"classes": ds.classes, "images_per_class": counts, "skipped_files": n_bad,
+    summary = {"classes": ds.classes, "images_per_class": counts, "skipped_files": len(bad),
                "epochs_run": state.epoch, "best_epoch": state.best_epoch, "stop_reason": state.stop_reason,
                "seconds": round(time.monotonic() - t0, 1), "output": str(out)}
     if val is not None:
@@ -285,17 +341,34 @@ def _run_locked(opts, report, out, side, stop):
     clf.train = {"epochs": state.epoch, "best_epoch": state.best_epoch, "seed": cfg.seed, "optimizer": cfg.optimizer,
                  "lr": cfg.lr, "batch_size": cfg.batch_size, "augment": cfg.augment, "images": len(train.y),
                  "val_accuracy": summary.get("val_accuracy"), "test_accuracy": summary.get("test_accuracy"),
-                 "stop_reason": state.stop_reason, "data": str(ds.root)}
+                 "stop_reason": state.stop_reason, "data": data_path, "run_id": run_id}
     modelfile.save(out, clf)
+    _finish_files(side, ds, parts, drawn, bool(bad), opts, run_id, summary)
     if opts.plot:
         from cnncli.report import training_chart  # matplotlib only when a picture is asked for
 
         training_chart.plot_history(opts.plot, state.history, state.best_epoch,
                                     f"{model.spec} on {ds.root} ({clf.size}x{clf.size} {clf.color})")
-    side["checkpoint"].unlink(missing_ok=True)
-    summary["history"] = str(side["history"])
-    if manifest:
-        summary["split"] = str(side["split"])
-    if n_bad:
-        summary["bad_files"] = str(side["bad"])
     return summary
+
+
+def _remove(*paths):
+    for p in paths:
+        Path(p).unlink(missing_ok=True)
+
+
+def _finish_files(side, ds, parts, drawn, any_bad, opts, run_id, summary):
+    """After the weights were saved: their split manifest (tied by run_id), no stale sidecars of the model
+    they replaced, no checkpoint."""
+    if drawn:
+        manifest.write_manifest(side["split manifest"], ds.root, ds.classes, parts["train"], parts["val"],
+                                opts.seed, opts.val_split, run_id=run_id)
+        summary["split"] = str(side["split manifest"])
+    else:
+        _remove(side["split manifest"])
+    if any_bad:
+        summary["bad_files"] = str(side["bad-files list"])
+    else:
+        _remove(side["bad-files list"])
+    _remove(side["checkpoint"], side["checkpoint data record"])
+    summary["history"] = str(side["history"])

@@ -1,14 +1,15 @@
-"""Labeled image folders: finding classes and files, splitting, the split manifest, and bulk loading.
+"""Labeled image folders: finding classes and files, splitting, and bulk loading (manifests: manifest.py).
 
 Layouts accepted by `scan_dataset`:
 
     DATA/<class>/...                        "flat": everything is training data (a validation part is split off)
-    DATA/train/<class>/...                  "split": a folder named train/ switches to this layout;
+    DATA/train/<class>/...                  "split": a folder named train/ (any case) switches to this layout;
     DATA/val/<class>/... (or valid/, validation/)   optional validation part
     DATA/test/<class>/...                   optional test part
 
 Class names are the sorted (by Unicode code point) names of the class folders of the training part. Files are
-found recursively under a class folder (symlinked folders are followed once, loops are skipped); names starting
+found recursively under a class folder (symlinked folders are followed once; links back into DATA and loops are
+skipped with a warning); names starting
 with "." and files without an image extension (IMAGE_EXTENSIONS, any case) are ignored; image files lying
 directly in DATA (or DATA/train) belong to no class and are ignored. File lists are sorted, so every scan of the
 same tree gives the same order.
@@ -16,7 +17,6 @@ same tree gives the same order.
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 from collections.abc import Callable, Iterable, Sequence
@@ -27,15 +27,15 @@ from typing import NamedTuple
 
 import numpy as np
 
-from cnncli.store.atomic import atomic_write_bytes
-from cnncli.errors import BadImageError, DataError, FormatError, NoInputError
+from cnncli.errors import BadImageError, DataError, NoInputError
 from cnncli.data.images import _decode, bombs_are_errors, has_image_extension, read_size
+from cnncli.data.manifest import read_manifest, resolve_items, write_manifest  # noqa: F401 - their old home
 
 Item = tuple[Path, int]
 VAL_NAMES = ("val", "valid", "validation")
-SPLIT_NAMES = ("train", *VAL_NAMES, "test")
-MANIFEST_FORMAT = "cnncli-split"
-MANIFEST_VERSION = 1
+SPLIT_NAMES = ("train", *VAL_NAMES, "test")  # matched in any letter case
+# Labels predict writes itself; a class of that name could not be told apart from them (any letter case).
+RESERVED_LABELS = ("uncertain", "unknown")
 
 
 @dataclass
@@ -63,23 +63,40 @@ def _subdirs(folder: Path) -> list[str]:
         raise NoInputError(f"{folder}: cannot read folder ({exc.strerror or exc})") from exc
 
 
-def list_images(folder: str | os.PathLike) -> list[Path]:
+def _leads_back(link: str, guard: str) -> str | None:
+    """Why the folder symlink `link` must not be followed from inside the folder `guard` (a real path), or None."""
+    target = os.path.realpath(link)
+    if target == guard or target.startswith(guard + os.sep):
+        return "a folder symlink that leads back into the data folder"
+    if guard.startswith(target + os.sep) or target == os.sep:
+        return "a folder symlink that leads to a folder holding the data folder (a loop)"
+    return None
+
+
+def list_images(folder: str | os.PathLike, root: str | os.PathLike | None = None,
+                on_skip: Callable[[Path, str], None] | None = None) -> list[Path]:
     """All image files under `folder`, recursively, sorted by their path relative to `folder`.
 
     Hidden names and non-image extensions are skipped; a folder reached twice (symlink loop) is read once.
+    With `root` (the data folder holding `folder`), folder symlinks that lead back into `root` or to a folder
+    above it are not followed: they would add other classes' images (`face/up -> ..`). Each such link, and
+    each loop, is passed to on_skip(path, reason).
     """
     folder = Path(folder)
+    guard = os.path.realpath(root) if root is not None else None
     # Plain strings until the end: Path objects and relative_to() cost more than the scan on 10,000 files.
     prefix = len(os.path.join(os.fspath(folder), ""))
     found: list[tuple[str, str]] = []
     seen: set[tuple[int, int]] = set()
-    stack = [folder]
+    stack = [(folder, False)]
     while stack:
-        d = stack.pop()
+        d, via_link = stack.pop()
         try:
             st = d.stat()
             key = (st.st_dev, st.st_ino)
             if key in seen:
+                if via_link and on_skip is not None:
+                    on_skip(d, "a folder symlink loop (folder already read)")
                 continue
             seen.add(key)
             with os.scandir(d) as it:
@@ -91,7 +108,12 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
                 continue
             try:
                 if e.is_dir():
-                    stack.append(Path(e.path))
+                    link = e.is_symlink()
+                    why = _leads_back(e.path, guard) if link and guard is not None else None
+                    if why is None:
+                        stack.append((Path(e.path), link))
+                    elif on_skip is not None:
+                        on_skip(Path(e.path), why)
                 elif has_image_extension(e.name) and e.is_file():
                     found.append((e.path[prefix:].replace(os.sep, "/"), e.path))
             except OSError:
@@ -100,8 +122,10 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     return [Path(p) for _, p in found]
 
 
-def _scan_part(part: Path, classes: list[str], known_to: str, require_each: bool) -> list[Item]:
-    """Items of the class folders under `part`, labelled by index in `classes` (the classes `known_to` has)."""
+def _scan_part(part: Path, classes: list[str], known_to: str, require_each: bool, root: Path | None = None,
+               on_skip: Callable[[Path, str], None] | None = None) -> list[Item]:
+    """Items of the class folders under `part`, labelled by index in `classes` (the classes `known_to` has).
+    Folder symlinks leading back into `root` are skipped (see list_images)."""
     index = {c: i for i, c in enumerate(classes)}
     names = _subdirs(part)
     unknown = [n for n in names if n not in index]
@@ -112,7 +136,7 @@ def _scan_part(part: Path, classes: list[str], known_to: str, require_each: bool
         )
     items: list[Item] = []
     for name in names:
-        files = list_images(part / name)
+        files = list_images(part / name, root=root, on_skip=on_skip)
         if not files and require_each:
             raise DataError(f"{part / name}: class folder '{name}' has no image files")
         items.extend((p, index[name]) for p in files)
@@ -128,54 +152,84 @@ def _folder(root: str | os.PathLike) -> Path:
     return root
 
 
-def scan_dataset(root: str | os.PathLike) -> Dataset:
+def _split_folders(root: Path, top: list[str]) -> dict[str, str] | None:
+    """{"train": name, "val": name, "test": name} of the split folders in `top` (names matched in any letter
+    case: Train/ is train/), or None when there is no train folder (the flat layout). Raises DataError for
+    extra folders beside train/, or for two folders of one role (train/ and Train/, val/ and valid/)."""
+    role = {n: ("val" if n.lower() in VAL_NAMES else n.lower()) for n in top if n.lower() in SPLIT_NAMES}
+    if "train" not in role.values():
+        return None
+    extra = [n for n in top if n not in role]
+    if extra:
+        raise DataError(
+            f"{root}: has a train/ folder, so only train/, val/ (or valid/, validation/) and test/ are "
+            f"expected; also found: {', '.join(extra)}"
+        )
+    found: dict[str, list[str]] = {}
+    for name, r in role.items():
+        found.setdefault(r, []).append(name)
+    for r, names in found.items():
+        if len(names) > 1:
+            what = "more than one validation folder" if r == "val" else f"more than one {r} folder"
+            raise DataError(f"{root}: {what} ({', '.join(names)}); keep one")
+    return {r: names[0] for r, names in found.items()}
+
+
+def split_folders(root: str | os.PathLike) -> dict[str, str] | None:
+    """{"train": name, "val": name, "test": name} of DATA's split folders as spelt on disk (any letter case),
+    or None for the flat layout. Raises DataError as scan_dataset does for extra or doubled split folders."""
+    root = Path(root)
+    return _split_folders(root, _subdirs(root))
+
+
+def scan_dataset(root: str | os.PathLike, on_warn: Callable[[str], None] | None = None) -> Dataset:
     """Find the classes and image files of a labeled folder (layouts in the module docstring).
 
     Raises NoInputError if `root` does not exist or is not a folder; DataError if there are fewer than two
-    class folders, if a training class folder has no image files, if a val/test folder has a class the
-    training part does not, or if the split layout has unexpected extra folders.
+    class folders, if a class is named like one of predict's own labels (RESERVED_LABELS), if a training
+    class folder has no image files, if a val/test folder has a class the training part does not, or if the
+    split layout has unexpected extra folders. Folder symlinks leading back into `root` are skipped, each
+    with a message to on_warn.
     """
     root = _folder(root)
-    top = _subdirs(root)
-    if "train" not in top:
-        train_dir, layout = root, "flat"
-    else:
-        train_dir, layout = root / "train", "split"
-        extra = [n for n in top if n not in SPLIT_NAMES]
-        if extra:
-            raise DataError(
-                f"{root}: has a train/ folder, so only train/, val/ (or valid/, validation/) and test/ are "
-                f"expected; also found: {', '.join(extra)}"
-            )
-        vals = [n for n in VAL_NAMES if n in top]
-        if len(vals) > 1:
-            raise DataError(f"{root}: more than one validation folder ({', '.join(vals)}); keep one")
+    splits = _split_folders(root, _subdirs(root))
+    train_dir, layout = (root, "flat") if splits is None else (root / splits["train"], "split")
     classes = _subdirs(train_dir)
     if len(classes) < 2:
         found = f"only '{classes[0]}'" if classes else "none"
         raise DataError(f"{train_dir}: need at least two class folders (<class>/image files), found {found}")
-    train = _scan_part(train_dir, classes, "the training data", require_each=True)
+    reserved = [c for c in classes if c.lower() in RESERVED_LABELS]
+    if reserved:
+        raise DataError(f"{train_dir / reserved[0]}: the class name '{reserved[0]}' is reserved for predict's "
+                        f"own labels ({', '.join(RESERVED_LABELS)}); rename the folder")
+
+    def on_skip(path: Path, why: str) -> None:
+        if on_warn is not None:
+            on_warn(f"skipped {path}: {why}")
+
+    kw = dict(root=root, on_skip=on_skip)
+    train = _scan_part(train_dir, classes, "the training data", require_each=True, **kw)
     ds = Dataset(root=root, layout=layout, classes=classes, train=train)
-    if layout == "split":
-        for n in VAL_NAMES:
-            if n in top:
-                ds.val = _scan_part(root / n, classes, "the training data", require_each=False)
-        if "test" in top:
-            ds.test = _scan_part(root / "test", classes, "the training data", require_each=False)
+    if splits is not None:
+        if "val" in splits:
+            ds.val = _scan_part(root / splits["val"], classes, "the training data", require_each=False, **kw)
+        if "test" in splits:
+            ds.test = _scan_part(root / splits["test"], classes, "the training data", require_each=False, **kw)
     return ds
 
 
 def labeled_dir(root: str | os.PathLike) -> Path:
     """The folder `eval` reads class folders from: DATA/test/ if DATA has train/ and test/, else its
-    val/ (valid/, validation/) part, else DATA itself. Raises NoInputError / DataError."""
+    val/ (valid/, validation/) part, else DATA itself (split names in any letter case). Raises NoInputError /
+    DataError."""
     root = _folder(root)
-    top = _subdirs(root)
-    if "train" not in top:
+    splits = _split_folders(root, _subdirs(root))
+    if splits is None:
         return root
-    for n in ("test", *VAL_NAMES):
-        if n in top:
-            return root / n
-    raise DataError(f"{root}: has train/ but no test/ or val/ folder to evaluate on (pass {root / 'train'} "
+    for r in ("test", "val"):
+        if r in splits:
+            return root / splits[r]
+    raise DataError(f"{root}: has train/ but no test/ or val/ folder to evaluate on (pass {root / splits['train']} "
                     "to evaluate on the training data)")
 
 
@@ -215,75 +269,6 @@ def stratified_split(items: Sequence[Item], fraction: float, seed: int) -> tuple
     train = [it for i, it in enumerate(items) if i not in val_idx]
     val = [it for i, it in enumerate(items) if i in val_idx]
     return train, val
-
-
-def write_manifest(
-    path: str | os.PathLike,
-    root: str | os.PathLike,
-    classes: Sequence[str],
-    train_items: Iterable[Item],
-    val_items: Iterable[Item],
-    seed: int,
-    fraction: float,
-) -> None:
-    """Record a train/validation split as JSON, atomically.
-
-    Format (version 1): {"format": "cnncli-split", "version": 1, "classes": [...], "seed": int,
-    "val_fraction": float, "train": [[relative/posix/path, class_index], ...], "val": [...]}; paths are
-    relative to `root`, so the manifest stays valid when DATA is moved. Raises WriteError on failure.
-    """
-    root = Path(root)
-
-    def rel(items: Iterable[Item]) -> list[list]:
-        return [[Path(os.path.relpath(p, root)).as_posix(), int(label)] for p, label in items]
-
-    doc = {
-        "format": MANIFEST_FORMAT,
-        "version": MANIFEST_VERSION,
-        "classes": list(classes),
-        "seed": int(seed),
-        "val_fraction": float(fraction),
-        "train": rel(train_items),
-        "val": rel(val_items),
-    }
-    atomic_write_bytes(path, (json.dumps(doc, ensure_ascii=True, indent=1) + "\n").encode("utf-8"))
-
-
-def read_manifest(path: str | os.PathLike) -> dict:
-    """Read a manifest written by `write_manifest`; returns the JSON dict with "train"/"val" as lists of
-    (relative path str, int) tuples. Raises NoInputError if missing, FormatError if malformed."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError as exc:
-        raise NoInputError(f"{path}: no such file") from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise FormatError(f"{path}: cannot read split manifest ({exc})") from exc
-    try:
-        doc = json.loads(text)
-        if not isinstance(doc, dict) or doc.get("format") != MANIFEST_FORMAT:
-            raise ValueError("not a cnncli split manifest")
-        if doc.get("version") != MANIFEST_VERSION:
-            raise ValueError(f"unsupported version {doc.get('version')!r}")
-        classes = doc["classes"]
-        if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
-            raise ValueError("'classes' must be a list of names")
-        for key in ("train", "val"):
-            rows = []
-            for rel, label in doc[key]:
-                if not isinstance(rel, str) or not isinstance(label, int) or not 0 <= label < len(classes):
-                    raise ValueError(f"bad entry in '{key}': {[rel, label]!r}")
-                rows.append((rel, label))
-            doc[key] = rows
-    except (ValueError, KeyError, TypeError) as exc:
-        raise FormatError(f"{path}: malformed split manifest ({exc})") from exc
-    return doc
-
-
-def resolve_items(rel_items: Iterable[tuple[str, int]], root: str | os.PathLike) -> list[Item]:
-    """Manifest entries (relative path, label) -> (root / path, label)."""
-    root = Path(root)
-    return [(root / rel, int(label)) for rel, label in rel_items]
 
 
 def choose_size(paths: Sequence[str | os.PathLike], cap: int = 64, seed: int = 0) -> int:

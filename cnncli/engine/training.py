@@ -128,15 +128,19 @@ def fit(model, x, y, cfg, to_float, x_val=None, y_val=None, state=None, optimize
             if on_batch:
                 on_batch(state, loss, lr)
             out_of_time = cfg.max_time is not None and state.elapsed >= cfg.max_time
-            if should_stop and should_stop() and not out_of_time:
-                if state.batch < per_epoch:
-                    state.stop_reason = "interrupted"
-                    return state, optimizer
-            if out_of_time or (should_stop and should_stop()):
+            # One read of the stop flag per batch: with two reads, a signal arriving between them ended the
+            # epoch early and recorded it as complete.
+            stop_now = bool(should_stop and should_stop())
+            if stop_now and not out_of_time and state.batch < per_epoch:
+                state.stop_reason = "interrupted"
+                return state, optimizer
+            if out_of_time or stop_now:
                 break
         _finish_epoch(model, state, cfg, to_float, x_val, y_val, lr)
         if on_epoch:
             on_epoch(state, optimizer)
+        # Read once after the epoch was saved: a stop asked for during its last batch (or its validation)
+        # ends the run here, resumable at the next epoch.
         if should_stop and should_stop() and state.epoch < cfg.epochs:
             state.stop_reason = "interrupted"
             return state, optimizer
@@ -152,12 +156,25 @@ def fit(model, x, y, cfg, to_float, x_val=None, y_val=None, state=None, optimize
     return state, optimizer
 
 
+def _diverged(what, value, state, cfg):
+    return DivergedError(f"{what} became {value} at the end of epoch {state.epoch + 1}: training diverged; "
+                         f"try a lower learning rate (--lr {cfg.lr / 10:g}) or --clip-norm")
+
+
 def _finish_epoch(model, state, cfg, to_float, x_val, y_val, lr):
+    """Record the finished epoch; raises DivergedError (recording nothing) when its last step left
+    non-finite weights or a non-finite validation loss behind the per-batch checks."""
+    if not all(np.isfinite(v).all() for _, v in model.named()):
+        raise _diverged("the weights", "non-finite", state, cfg)
     run = state.running
     record = {"epoch": state.epoch + 1, "train_loss": run["loss"] / max(1, run["seen"]),
               "train_accuracy": run["correct"] / max(1, run["seen"]), "lr": lr, "time": round(state.elapsed, 3)}
     if x_val is not None and len(x_val):
         record["val_loss"], record["val_accuracy"], _ = evaluate(model, x_val, y_val, to_float)
+        if not math.isfinite(record["val_loss"]):
+            # The last step of the epoch can blow the weights up after the per-batch checks passed; the
+            # epoch is not recorded, so no NaN reaches the history or a checkpoint.
+            raise _diverged("the validation loss", record["val_loss"], state, cfg)
         # Ties go to the earlier epoch; the loss breaks near-ties of accuracy on small validation sets.
         score = record["val_accuracy"] - 1e-6 * record["val_loss"]
         if score > state.best_score:

@@ -191,9 +191,10 @@ class OutputLock:
 
     POLL_SECONDS = 0.1
 
-    def __init__(self, path: str | os.PathLike, wait: float = 0) -> None:
+    def __init__(self, path: str | os.PathLike, wait: float = 0, lock_path: str | os.PathLike | None = None) -> None:
         self.path = Path(path)
-        self.lock_path = Path(f"{self.path}.lock")
+        # lock_path: one lock for a group of files (a weight file and its sidecars), whatever their spelling
+        self.lock_path = Path(lock_path) if lock_path is not None else Path(f"{self.path}.lock")
         self.wait = max(0.0, float(wait))
         self._fd: int | None = None
 

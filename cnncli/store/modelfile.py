@@ -12,6 +12,7 @@ import numpy as np
 from cnncli import __version__
 
 from cnncli.store import weights
+from cnncli.store.atomic import OutputLock
 from cnncli.errors import FormatError, SpecError
 from cnncli.data.images import normalize
 from cnncli.engine.model import Model
@@ -119,6 +120,13 @@ def default_sidecar(output, suffix):
     out = Path(output)
     stem = out.name[: -len(".safetensors")] if out.name.endswith(".safetensors") else out.name
     return out.with_name(stem + suffix)
+
+
+def output_lock(path, wait=0.0):
+    """The lock for a weight file and all its sidecars: `stem.lock` beside them (model.safetensors and model
+    share model.history.csv and the other sidecars, so both spellings take model.lock). Used by every run
+    that writes a weight file or its sidecars."""
+    return OutputLock(path, wait=wait, lock_path=default_sidecar(path, ".lock"))
 
 
 def stack_named(prefix, arrays):

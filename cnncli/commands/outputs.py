@@ -1,0 +1,63 @@
+"""The rules every output path of a command follows, in one place (train's weights, sidecars and plot;
+eval's plot):
+
+- checked before any image is decoded: the folder exists and takes new files (exit 73);
+- an existing file is replaced only with --overwrite (exit 73);
+- never one of the run's input files (an image of DATA, the model eval reads) (exit 73);
+- never another output of the same run, however it is spelt (exit 73);
+- plots: the suffix names the format, .png, .svg or .pdf; any other is a usage error (exit 2).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+
+from cnncli.errors import OutputError
+from cnncli.store.atomic import check_writable_target
+
+def check_plot_suffix(path: str | os.PathLike) -> None:
+    """UsageError (exit 2) unless `path` ends in a format the charts can write: .png, .svg or .pdf, any case."""
+    from cnncli.report.charts import chart_format  # light: matplotlib itself loads only to draw
+
+    chart_format(path)
+
+
+def check_outputs(outputs: Mapping[str, str | os.PathLike], overwrite: bool, own: Iterable[str] = ()) -> None:
+    """Check the outputs of one run, {what: path}, before it reads any image.
+
+    OutputError (exit 73) when two of them are the same file (compared after resolving symlinks and `..`),
+    or when one cannot be created (see check_writable_target) or exists and neither `overwrite` is set nor
+    its `what` is in `own` (files the run itself left before, such as a checkpoint it resumes from).
+    """
+    seen: dict[str, str] = {}
+    for what, path in outputs.items():
+        key = os.path.realpath(path)
+        if key in seen:
+            raise OutputError(f"{path}: the {what} would be the same file as the {seen[key]}; choose another name")
+        seen[key] = what
+    own = set(own)
+    for what, path in outputs.items():
+        check_writable_target(path, overwrite=overwrite or what in own)
+
+
+def check_not_inputs(outputs: Mapping[str, str | os.PathLike], inputs: Iterable[str | os.PathLike]) -> None:
+    """OutputError (exit 73) when an output is one of the input files (the same file on disk, through any
+    name or link). Only outputs that exist can be inputs, so a run with fresh outputs stats nothing."""
+    existing = {}
+    for what, path in outputs.items():
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        existing[(st.st_dev, st.st_ino)] = (what, path)
+    if not existing:
+        return
+    for p in inputs:
+        try:
+            st = os.stat(p)
+        except OSError:
+            continue
+        hit = existing.get((st.st_dev, st.st_ino))
+        if hit is not None:
+            raise OutputError(f"{hit[1]}: is an input of this run ({p}); write the {hit[0]} elsewhere")
