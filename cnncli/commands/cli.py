@@ -362,6 +362,34 @@ def export(
          "output probabilities float32 NxK)")
 
 
+class CheckFormat(str, Enum):
+    text = "text"
+    json = "json"
+
+
+@app.command()
+def check(
+    data: Annotated[Path, typer.Argument(metavar="DATA", help="Labeled image folder: DATA/<class>/ or "
+                                         "DATA/train/<class>/ (+ val/, test/).", show_default=False)],
+    fmt: Annotated[CheckFormat, typer.Option("--format", help="text or json.")] = CheckFormat.text,
+):
+    """Audit a labeled folder: duplicates within and across splits and classes, unreadable files, class
+    balance, tiny images, sizes and modes. Exit 3 when a duplicate crosses splits or classes."""
+    import json
+
+    from cnncli.commands.check import exit_code, format_text
+    from cnncli.data.audit import audit
+
+    report = audit(data)
+    sys.stdout.write(json.dumps(report) + "\n" if fmt == CheckFormat.json else format_text(report))
+    sys.stdout.flush()
+    code = exit_code(report)
+    if code:
+        _say(f"cnncli: check: {report['leaks']} duplicate group(s) across splits, {report['conflicts']} across "
+             "classes")
+        raise typer.Exit(code)
+
+
 def _version_callback(value: bool):
     if value:
         sys.stdout.write(f"cnncli {__version__}\n")

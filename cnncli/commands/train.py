@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from cnncli.commands import outputs
-from cnncli.data import folders, manifest
+from cnncli.data import audit, folders, manifest
 
 from cnncli.engine import kernels
 
@@ -273,6 +273,10 @@ def _run_locked(opts, report, out, side, stop):
         manifest.write_run_data(side["checkpoint data record"], run_id, ds.root, ds.classes, parts,
                                 manifest.fingerprint(_all_paths(ds), ds.root), drawn)
     train, val, test, color = _decode(ds, parts, opts, report, size, color)
+    for name, part in (("validation", val), ("test", test)):  # leaks make the reported figures optimistic
+        msg = audit.overlap_warning(name, train, part)
+        if msg:
+            report.warn(msg)
     channels = train.channels
     if resumed:
         clf, state, cfg, opt_state, _ = resumed
