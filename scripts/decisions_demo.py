@@ -1,6 +1,5 @@
 """Figures behind README's "Evaluating" and "Checking data" sections. Each part runs in a few minutes on 2 cores.
 
-
     python scripts/decisions_demo.py check [--data data/]        near-duplicate scores; planted duplicates found
 
 `check`: on the bundled Fashion-MNIST sample, the near-duplicate score (mean |difference| of standardised 12 px
