@@ -150,13 +150,35 @@ def test_one_lock_covers_the_weights_and_their_sidecars_whatever_the_spelling(da
 
 
 def test_divergence_at_the_end_of_an_epoch_exits_4_and_leaves_nothing_half_baked(tmp_path, capsys):
-    """One batch per epoch and a huge step: the loss is finite when checked, the weights after the step
-    are not, and the validation loss at the end of the epoch is NaN."""
+    """One batch per epoch and a huge step: the loss is finite when checked, the weights after the step are
+    not, and the validation loss at the end of epoch 2 is NaN (epoch 1 had written a history and a
+    checkpoint). The run leaves none of its files, so the same command with a sane --lr just works."""
     data = make_image_folder(tmp_path / "data", n_per_class=8, size=8)
     out = tmp_path / "m.safetensors"
-    code, stdout, err = run_main(["train", data, "-o", out, "--arch", "tiny", "--batch-size", "64", "--epochs", "2",
-                                  "--optimizer", "sgd", "--lr", "1e30"], capsys)
+    args = ["train", data, "-o", out, "--arch", "tiny", "--batch-size", "64", "--epochs", "3", "--optimizer", "sgd"]
+    code, stdout, err = run_main([*args, "--lr", "1e10"], capsys)
     assert code == 4 and stdout == "", err
+    assert "epoch 1/3" in err  # one epoch was recorded before
     line = err.strip().splitlines()[-1]
-    assert "diverged" in line and "--lr" in line and "--clip-norm" in line
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # no weights, checkpoint, split or NaN history
+    assert "validation loss became nan at the end of epoch 2" in line and "--lr" in line and "--clip-norm" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # no weights, checkpoint, split or history
+    code, _, err = run_main([*args, "--lr", "0.01"], capsys)
+    assert code == 0, err
+
+
+def test_a_run_that_fails_before_its_first_checkpoint_leaves_nothing_in_the_way(data, tmp_path, capsys):
+    (data / "dog" / "broken.png").write_bytes(b"not an image")
+    out = tmp_path / "m.safetensors"
+    code, _, err = run_main(["train", data, "-o", out, *ARGS, "--strict"], capsys)
+    assert code == 65, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+    (data / "dog" / "broken.png").unlink()
+    assert run_main(["train", data, "-o", out, *ARGS], capsys)[0] == 0
+
+
+def test_a_plot_inside_the_data_folder_is_refused(data, tmp_path, capsys):
+    """A new picture in a class folder would be read as a training image by the next run."""
+    out = tmp_path / "m.safetensors"
+    code, _, err = run_main(["train", data, "-o", out, *ARGS, "--plot", data / "cat" / "curves.png"], capsys)
+    assert code == 73 and "is inside the data folder" in _one_error_line(err), err
+    assert not (data / "cat" / "curves.png").exists() and not out.exists()

@@ -95,7 +95,7 @@ def run(opts, on_warn=None):
         eval_chart.check_plottable(len(clf.classes))
     splits = eval_splits.Splits(opts.data, model_path, clf, on_warn)
     scored = splits.scored(opts.split)
-    outputs.check_not_inputs(plot_out, [model_path, *(p for p, _ in scored.items)])
+    outputs.check_not_inputs(plot_out, [model_path, *(p for p, _ in scored.items)], root=opts.data)
     threshold = opts.threshold if opts.threshold is not None else clf.threshold
     picked = None
     loaded, proba = _load(scored, clf, on_warn)

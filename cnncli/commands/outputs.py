@@ -3,7 +3,8 @@ eval's plot):
 
 - checked before any image is decoded: the folder exists and takes new files (exit 73);
 - an existing file is replaced only with --overwrite (exit 73);
-- never one of the run's input files (an image of DATA, the model eval reads) (exit 73);
+- never one of the run's input files (an image of DATA, the model eval reads), nor a new image file inside
+  DATA, which the next run would read (exit 73);
 - never another output of the same run, however it is spelt (exit 73);
 - plots: the suffix names the format, .png, .svg or .pdf; any other is a usage error (exit 2).
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping
 
+from cnncli.data.images import has_image_extension
 from cnncli.errors import OutputError
 from cnncli.store.atomic import check_writable_target
 
@@ -41,9 +43,12 @@ def check_outputs(outputs: Mapping[str, str | os.PathLike], overwrite: bool, own
         check_writable_target(path, overwrite=overwrite or what in own)
 
 
-def check_not_inputs(outputs: Mapping[str, str | os.PathLike], inputs: Iterable[str | os.PathLike]) -> None:
+def check_not_inputs(outputs: Mapping[str, str | os.PathLike], inputs: Iterable[str | os.PathLike],
+                     root: str | os.PathLike | None = None) -> None:
     """OutputError (exit 73) when an output is one of the input files (the same file on disk, through any
-    name or link). Only outputs that exist can be inputs, so a run with fresh outputs stats nothing."""
+    name or link), or, with `root` (the data folder), an image file inside it: a picture written there would
+    be read as training data by the next run. Only outputs that exist can be inputs, so a run with fresh
+    outputs stats nothing."""
     existing = {}
     for what, path in outputs.items():
         try:
@@ -51,9 +56,7 @@ def check_not_inputs(outputs: Mapping[str, str | os.PathLike], inputs: Iterable[
         except OSError:
             continue
         existing[(st.st_dev, st.st_ino)] = (what, path)
-    if not existing:
-        return
-    for p in inputs:
+    for p in inputs if existing else ():
         try:
             st = os.stat(p)
         except OSError:
@@ -61,3 +64,9 @@ def check_not_inputs(outputs: Mapping[str, str | os.PathLike], inputs: Iterable[
         hit = existing.get((st.st_dev, st.st_ino))
         if hit is not None:
             raise OutputError(f"{hit[1]}: is an input of this run ({p}); write the {hit[0]} elsewhere")
+    if root is not None:
+        inside = os.path.join(os.path.realpath(root), "")
+        for what, path in outputs.items():
+            if os.path.realpath(path).startswith(inside) and has_image_extension(os.fspath(path)):
+                raise OutputError(f"{path}: is inside the data folder {root}, where the next run would read it "
+                                  f"as an image; write the {what} elsewhere")

@@ -25,7 +25,8 @@ from cnncli.store import modelfile
 
 from cnncli.store import weights
 from cnncli.store.atomic import OutputLock, atomic_write_bytes, check_writable_target
-from cnncli.errors import DataError, DivergedError, FormatError, OutputError, SpecError, UsageError, one_line
+from cnncli.errors import (DataError, DivergedError, FormatError, NoInputError, OutputError, SpecError, UsageError,
+                           one_line)
 from cnncli.data.images import channel_stats
 from cnncli.engine.model import Model
 from cnncli.engine.optim import make_optimizer
@@ -139,6 +140,14 @@ def _saved_parts(ds, record, run_id, where):
     return {k: manifest.resolve_items(v, ds.root) for k, v in record["parts"].items()}
 
 
+def _read_record(path):
+    try:
+        return manifest.read_run_data(path)
+    except NoInputError:
+        raise NoInputError(f"{path}: missing, so the checkpoint cannot be resumed on the same files; "
+                           "start again with --overwrite") from None
+
+
 def _all_paths(ds):
     return [p for part in (ds.train, ds.val or [], ds.test or []) for p, _ in part]
 
@@ -236,7 +245,7 @@ def _check_outputs(opts, out, side, ds=None):
     that none of them is one of its images."""
     outs = {"weight file": out, **side, **({"--plot file": Path(opts.plot)} if opts.plot else {})}
     if ds is not None:
-        outputs.check_not_inputs(outs, _all_paths(ds))
+        outputs.check_not_inputs(outs, _all_paths(ds), root=ds.root)
         return
     if not opts.resume and side["checkpoint"].exists() and not opts.overwrite:
         raise OutputError(f"{side['checkpoint']}: an interrupted run left this checkpoint; continue it with "
@@ -258,7 +267,7 @@ def _run_locked(opts, report, out, side, stop):
     _check_outputs(opts, out, side, ds)
     if resumed:
         run_id = resumed[4].get("run_id")
-        record = manifest.read_run_data(side["checkpoint data record"])
+        record = _read_record(side["checkpoint data record"])
         parts, drawn = _saved_parts(ds, record, run_id, side["checkpoint data record"]), record["drawn"]
     else:
         run_id = uuid.uuid4().hex
@@ -269,9 +278,10 @@ def _run_locked(opts, report, out, side, stop):
         _build(opts, 3 if color == "rgb" else 1, size, len(ds.classes))  # a bad --arch fails before any decoding
     report.info(f"reading {len(parts['train'])} training images in {len(ds.classes)} classes from {ds.root} "
                 f"(input {size}x{size})")
-    if not resumed:  # the files and their digests, so that --resume can prove it sees the same data
-        manifest.write_run_data(side["checkpoint data record"], run_id, ds.root, ds.classes, parts,
-                                manifest.fingerprint(_all_paths(ds), ds.root), drawn)
+    # The files and their digests, written with the first checkpoint, so that --resume can prove it sees
+    # the same data (a run that fails before its first checkpoint leaves no record behind).
+    record = None if resumed else (run_id, ds.root, ds.classes, parts, manifest.fingerprint(_all_paths(ds), ds.root),
+                                   drawn)
     train, val, test, color = _decode(ds, parts, opts, report, size, color)
     for name, part in (("validation", val), ("test", test)):  # leaks make the reported figures optimistic
         msg = audit.overlap_warning(name, train, part)
@@ -310,9 +320,16 @@ def _run_locked(opts, report, out, side, stop):
         report.batch(st, per_epoch, cfg.epochs, loss, st.running["correct"] / max(1, st.running["seen"]),
                      st.running["seen"] / max(1e-9, now - last_tick[0]))
 
+    def checkpoint(st, optimizer):
+        nonlocal record
+        if record is not None:
+            manifest.write_run_data(side["checkpoint data record"], *record)
+            record = None
+        _save_checkpoint(side["checkpoint"], clf, optimizer, st, cfg, opts, meta_extra)
+
     def on_epoch(st, optimizer):
         atomic_write_bytes(side["history"], _history_csv(st.history))
-        _save_checkpoint(side["checkpoint"], clf, optimizer, st, cfg, opts, meta_extra)
+        checkpoint(st, optimizer)
         report.epoch_end(st.history[-1], cfg.epochs)
         last_tick[0] = time.monotonic()
 
@@ -326,13 +343,14 @@ def _run_locked(opts, report, out, side, stop):
                                    val.x if val else None, val.y if val else None, state=state,
                                    optimizer=optimizer, on_batch=on_batch, on_epoch=on_epoch, should_stop=stop)
     except DivergedError:
-        # Resuming would diverge again: the checkpoint goes. The history keeps the finished (finite) epochs.
-        _remove(side["checkpoint"], side["checkpoint data record"])
+        # Nothing of a diverged run stays: resuming its checkpoint would diverge again, and its history and
+        # bad-files list would describe weights that were never written.
+        _remove(side["checkpoint"], side["checkpoint data record"], side["history"], side["bad-files list"])
         raise
     finally:
         stop.armed = False
     if state.stop_reason == "interrupted":
-        _save_checkpoint(side["checkpoint"], clf, optimizer, state, cfg, opts, meta_extra)
+        checkpoint(state, optimizer)
         return {"interrupted": stop.signum, "checkpoint": str(side["checkpoint"]), "epoch": state.epoch,
                 "batch": state.batch}
     summary = {"classes": ds.classes, "images_per_class": counts, "skipped_files": len(bad),
