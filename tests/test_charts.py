@@ -15,7 +15,7 @@ from PIL import Image
 from cnncli.commands.cli import main
 from cnncli.engine.model import Model
 from cnncli.errors import CnnError, UsageError
-from cnncli.report import charts, eval_chart, metrics, training_chart
+from cnncli.report import charts, eval_chart, metrics, mosaic, training_chart
 from cnncli.store import modelfile
 
 HISTORY = [{"epoch": e, "train_loss": 3.0 / e ** 2, "val_loss": 2.0 / e + 0.1,
@@ -194,3 +194,37 @@ def test_predict_and_help_do_not_import_matplotlib(two_class):
         res = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, timeout=60, env=env,
                              cwd=root)
         assert res.stderr.decode().strip().endswith("0 []"), (args, res.stderr)
+
+
+def test_errors_mosaic_shows_the_most_confident_mistakes_in_order():
+    x = np.arange(5 * 1 * 4 * 4, dtype=np.uint8).reshape(5, 1, 4, 4)
+    y = np.array([0, 1, 2, 0, 1])
+    proba = np.array([[0.1, 0.8, 0.1],  # wrong, 0.8
+                      [0.1, 0.9, 0.0],  # right
+                      [0.95, 0.0, 0.05],  # wrong, 0.95
+                      [0.6, 0.3, 0.1],  # right
+                      [0.2, 0.1, 0.7]])  # wrong, 0.7
+    fig = mosaic.errors_figure(x, y, proba, ["coat", "bag", "shirt"], [f"d/{i}.png" for i in range(5)], n=2)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles == ["true: shirt\npred: coat 0.95\n2.png", "true: coat\npred: bag 0.80\n0.png"]
+    shown = [ax.images[0].get_array() for ax in fig.axes if ax.images]
+    assert len(shown) == 2 and np.array_equal(shown[0], x[2, 0]) and np.array_equal(shown[1], x[0, 0])
+    assert fig.get_suptitle() == "2 most confidently wrong of 5 images"
+    none = mosaic.errors_figure(x, proba.argmax(axis=1), proba, ["coat", "bag", "shirt"])
+    assert none.get_suptitle() == "no mistakes among 5 images"
+
+
+def test_eval_errors_image_command(two_class, tmp_path):
+    root, data, _ = two_class
+    model = tmp_path / "zero.safetensors"  # every probability 0.5: each cat is called dog, 6 mistakes
+    m = Model("conv4k3-relu-pool2-fc", (1, 12, 12), 2)
+    m.load_state_dict({k: np.zeros_like(v) for k, v in m.state_dict().items()})
+    modelfile.save(model, modelfile.Classifier(m, ["cat", "dog"], "gray", [0.5], [0.25]))
+    out = tmp_path / "mistakes.svg"
+    code, stdout, stderr = _run(["eval", data, "-m", model, "--errors-image", out, "--errors", "3"])
+    assert code == 0, stderr
+    svg = out.read_bytes()
+    assert svg.startswith(b"<?xml") and b"3 most confidently wrong of 12 images" in svg
+    assert svg.count(b"true: cat") == 3 and svg.count(b"<image") == 3
+    code, stdout, stderr = _run(["eval", data, "-m", model, "--errors-image", tmp_path / "m.jpg"])
+    assert code == 2 and "m.jpg" in stderr and stdout == ""

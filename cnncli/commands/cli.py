@@ -309,14 +309,17 @@ def eval_(
         show_default=False)] = None,
     save_threshold: Annotated[bool, typer.Option(help="Write the picked threshold into the weight file.")] = False,
     errors: Annotated[int, typer.Option(help="List the N most confidently wrong files.", metavar="N")] = 0,
+    errors_image: Annotated[Optional[Path], typer.Option(
+        help="Draw the N (--errors, default 16) most confidently wrong images with their labels into this "
+             "PNG, SVG or PDF.", show_default=False)] = None,
     fail_under: Annotated[Optional[list[str]], typer.Option(
         metavar="METRIC=BAR", help="Exit 3 when a metric is below the bar, e.g. accuracy=0.9 or "
                                    "sensitivity.lo=0.9 (95% lower bound) (repeatable).",
         show_default=False)] = None,
     plot: Annotated[Optional[Path], typer.Option(
-        help="Draw the confusion matrix (and ROC curve for two classes) into this file (.png, .svg or .pdf).",
-        show_default=False)] = None,
-    overwrite: Annotated[bool, typer.Option(help="Let --plot replace an existing file.")] = False,
+        help="Draw the confusion matrices (and ROC and precision-recall curves for two classes) into this file "
+             "(.png, .svg or .pdf).", show_default=False)] = None,
+    overwrite: Annotated[bool, typer.Option(help="Let --plot and --errors-image replace existing files.")] = False,
     wait: Annotated[float, typer.Option(help="Seconds to wait for another run writing the model file.")] = 0.0,
 ):
     """Score a model on labeled images: accuracy, per-class metrics, confusion matrix, ROC for two classes."""
@@ -332,6 +335,7 @@ def eval_(
 
     opts = EvalOptions(data=str(data), model=str(resolve_model(str(model) if model else None)), threshold=threshold,
                        pick_threshold=pick_threshold, save_threshold=save_threshold, errors=errors,
+                       errors_image=str(errors_image) if errors_image else None,
                        fail_under=fail_under, plot=str(plot) if plot else None, wait=wait,
                        split=split.value if split else None, overwrite=overwrite)
     report = run(opts, on_warn=lambda msg: _say(f"warning: {one_line(msg)}"))

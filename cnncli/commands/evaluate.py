@@ -26,6 +26,7 @@ class EvalOptions:
     errors: int = 0
     fail_under: list | None = None
     plot: str | None = None
+    errors_image: str | None = None
     wait: float = 0.0
     split: str | None = None  # train, val, test, all; None: see eval_splits.Splits.scored / tuning
     overwrite: bool = False  # may --plot replace an existing file
@@ -72,9 +73,11 @@ def run(opts, on_warn=None):
     report, then one line per missed bar, and exits 3. on_warn(message) receives warnings (skipped files, a threshold
     tuned on test images, too few examples for a target)."""
     model_path = Path(opts.model)
-    plot_out = {"--plot file": opts.plot} if opts.plot else {}
-    if opts.plot:  # the output rules of commands/outputs.py, before the model or any image is read
-        outputs.check_plot_suffix(opts.plot)
+    plot_out = {what: path for what, path in (("--plot file", opts.plot), ("--errors-image file", opts.errors_image))
+                if path}
+    if plot_out:  # the output rules of commands/outputs.py, before the model or any image is read
+        for path in plot_out.values():
+            outputs.check_plot_suffix(path)
         outputs.check_outputs(plot_out, opts.overwrite)
     clf = modelfile.load(model_path)
     binary = len(clf.classes) == 2
@@ -89,10 +92,11 @@ def run(opts, on_warn=None):
     if opts.pick_threshold:  # validate the rule before decoding anything
         thresholds.parse_rule(opts.pick_threshold)
     if opts.plot:  # a picture that cannot be drawn fails before decoding, not after
-        from cnncli.report import charts, eval_chart
+        from cnncli.report import eval_chart
 
-        charts.chart_format(opts.plot)
         eval_chart.check_plottable(len(clf.classes))
+    if opts.errors_image:
+        from cnncli.report import mosaic
     splits = eval_splits.Splits(opts.data, model_path, clf, on_warn)
     scored = splits.scored(opts.split)
     outputs.check_not_inputs(plot_out, [model_path, *(p for p, _ in scored.items)], root=opts.data)
@@ -121,6 +125,9 @@ def run(opts, on_warn=None):
         # Hook: a report that carries calibration also gets a reliability diagram.
         calibration = eval_chart.reliability_bins(loaded.y, proba) if "calibration" in report else None
         eval_chart.plot_eval(opts.plot, report, loaded.y, proba, calibration)
+    if opts.errors_image:
+        mosaic.plot_errors(opts.errors_image, loaded.x, loaded.y, proba, clf.classes, [p for p, _ in loaded.items],
+                           opts.errors or mosaic.DEFAULT_TILES, threshold if binary else None)
     report["gate_failures"] = metrics.check_gate(report, gates) if gates else []
     return report
 

@@ -111,7 +111,8 @@ def _roc(ax, y01, score, report):
     fpr, tpr, _ = metrics.roc_curve(y01, score)
     auc = report.get("roc_auc")
     ax.plot([0, 1], [0, 1], color=charts.GREY, linestyle=":", linewidth=1, label="chance")
-    ax.plot(fpr, tpr, color=charts.BLUE, linewidth=1.8, drawstyle="steps-post",
+    # Straight segments: a run of tied scores moves diagonally, as the exact curve does.
+    ax.plot(fpr, tpr, color=charts.BLUE, linewidth=1.8,
             label=f"ROC, AUC = {auc:.3f}" if auc is not None else "ROC")
     sens, spec = report.get("sensitivity"), report.get("specificity")
     if sens is not None and spec is not None:
@@ -140,7 +141,8 @@ def _pr(ax, y01, score, report):
     recall, precision, ap = precision_recall_curve(y01, score)
     prevalence = float(np.mean(y01))
     ax.axhline(prevalence, color=charts.GREY, linestyle=":", linewidth=1, label=f"chance ({prevalence:.2f})")
-    ax.plot(recall, precision, color=charts.BLUE, linewidth=1.8, drawstyle="steps-post",
+    # Each point's precision holds over the recall step that leads to it: the area is the average precision.
+    ax.plot(recall, precision, color=charts.BLUE, linewidth=1.8, drawstyle="steps-pre",
             label=f"average precision = {ap:.3f}")
     pos = report["positive_class"]
     prec = report["per_class"][pos]["precision"]
@@ -196,7 +198,7 @@ def eval_figure(report: dict, y_true, proba, calibration: dict | None = None):
         ax_raw, ax_norm = top.subplots(1, 2)
         _matrix(top, ax_raw, cm, classes, "Confusion matrix (counts)", lambda v: f"{int(v)}",
                 float(cm.max()), "images")
-        _matrix(top, ax_norm, share, classes, "Row-normalised (share of each true class)",
+        _matrix(top, ax_norm, share, classes, "Row-normalised (% of true class)",
                 _percent, 1.0, "share of row")
         if lower:
             axes = list(np.atleast_1d(bottom.subplots(1, lower)))
