@@ -1,12 +1,11 @@
 """The `export` job: a weight file in, an ONNX model out (see cnncli.store.onnx_export)."""
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from cnncli.errors import UsageError
+from cnncli.commands import outputs
 from cnncli.store import modelfile
-from cnncli.store.atomic import atomic_write_bytes, check_writable_target
+from cnncli.store.atomic import atomic_write_bytes
 
 
 @dataclass
@@ -17,22 +16,15 @@ class ExportOptions:
     overwrite: bool = False
 
 
-def check_output(output, inputs, overwrite, option="-o/--output"):
-    """Refuse an output path that is one of the inputs (UsageError), or that cannot be created (OutputError,
-    exit 73: missing directory, exists without --overwrite), before any work starts."""
-    for inp in inputs:
-        if os.path.exists(output) and os.path.exists(inp) and os.path.samefile(output, inp):
-            raise UsageError(f"{option}: {output} is an input of this command; choose another file")
-    check_writable_target(output, overwrite)
-
-
 def run(opts):
     """Export; returns {"model", "output", "bytes", "input", "with_preprocess"} for the summary line."""
     from cnncli.store import onnx_export
 
-    onnx_export._onnx()  # not installed: say how to install it before reading anything
+    onnx_export.require_onnx()  # not installed: say how to install it before reading anything
     out = Path(opts.output) if opts.output else modelfile.default_sidecar(opts.model, ".onnx")
-    check_output(out, [opts.model], opts.overwrite)
+    target = {"ONNX file": out}
+    outputs.check_outputs(target, opts.overwrite)  # the rules every output follows (commands/outputs.py)
+    outputs.check_not_inputs(target, [opts.model])
     clf = modelfile.load(opts.model)
     data = onnx_export.to_bytes(clf, opts.with_preprocess)
     atomic_write_bytes(out, data)

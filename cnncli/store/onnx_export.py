@@ -22,7 +22,8 @@ INSTALL_HINT = "pip install 'cnncli[onnx]' (or: pip install onnx)"
 _ACTIVATIONS = {"relu": "Relu", "tanh": "Tanh", "sigmoid": "Sigmoid"}
 
 
-def _onnx():
+def require_onnx():
+    """The onnx module; UsageError (exit 2) saying how to install it when it is missing."""
     try:
         import onnx
     except ImportError:
@@ -110,7 +111,7 @@ def build(clf, with_preprocess: bool = False):
 
     Raises UsageError when onnx is not installed or a layer has no ONNX translation (naming it).
     """
-    onnx = _onnx()
+    onnx = require_onnx()
     helper, TP = onnx.helper, onnx.TensorProto
     g = _Graph(onnx)
     c, h, w = clf.model.input_shape
