@@ -318,3 +318,46 @@ def test_public_pool_and_activation_wrappers_refuse_mismatched_arrays():
     out, arg = np.empty((2, 3, 3, 3), np.float32), np.empty((2, 3, 3, 3), np.int32)
     kernels.maxpool_forward(x, (2, 2), (2, 2), (0, 0), out, arg)
     kernels.activation_backward("relu", x, x, np.empty_like(x))
+
+
+# Winograd F(2x2, 3x3) takes 3x3 stride-1 convolutions with 4+ input channels and padding <= 2: odd and even
+# output sizes (partial tiles), every padding, more images than chunks, and a 1x1 output.
+WINOGRAD_CASES = [
+    (3, 4, 5, 5, 3, 0),
+    (2, 5, 7, 6, 4, 1),
+    (2, 8, 6, 9, 3, 2),
+    (CHUNKS + 5, 16, 14, 14, 8, 1),
+    (2, 6, 3, 3, 5, 0),
+    (1, 32, 7, 7, 16, 1),
+]
+
+
+@pytest.mark.parametrize("case", WINOGRAD_CASES, ids=lambda c: "N{}C{}{}x{}F{}p{}".format(*c))
+def test_winograd_convolution_matches_naive_in_float64_and_float32(case):
+    n, c, h, w, f, p = case
+    assert kernels._wino_fits(c, 3, 3, h + 2 * p - 2, w + 2 * p - 2, p, p)
+    x, wt, b, stride, padding = case_arrays((n, c, h, w, f, 3, 3, (1, 1), (p, p)), np.float64, seed=n + c)
+    # float64: the transforms are exact up to rounding, so Winograd agrees with the direct sum to ~1e-13.
+    np.testing.assert_allclose(run_forward(x, wt, b, stride, padding), naive.conv_forward(x, wt, b, stride, padding),
+                               rtol=1e-11, atol=1e-11)
+    dout = np.random.default_rng(7).standard_normal((n, f, h + 2 * p - 2, w + 2 * p - 2))
+    for got, ref in zip(run_backward(x, wt, dout, stride, padding), naive.conv_backward(x, wt, dout, stride, padding)):
+        np.testing.assert_allclose(got, ref, rtol=1e-11, atol=1e-11)
+    # float32: the documented tolerance, relative to the largest magnitude of each result (README: 1e-5).
+    x32, w32, b32, d32 = (a.astype(np.float32) for a in (x, wt, b, dout))
+    got = [run_forward(x32, w32, b32, stride, padding), *run_backward(x32, w32, d32, stride, padding)]
+    ref = [naive.conv_forward(x, wt, b, stride, padding), *naive.conv_backward(x, wt, dout, stride, padding)]
+    for g, r in zip(got, ref):
+        assert np.abs(g - r).max() <= 1e-5 * np.abs(r).max()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_winograd_results_are_bit_identical_for_one_and_two_threads(dtype, threads):
+    x, w, b, stride, padding = case_arrays((CHUNKS + 5, 16, 14, 14, 8, 3, 3, (1, 1), (1, 1)), dtype, seed=4)
+    dout = np.random.default_rng(1).standard_normal((CHUNKS + 5, 8, 14, 14)).astype(dtype)
+    results = []
+    for n in (1, 2, 1):
+        threads(n)
+        results.append([run_forward(x, w, b, stride, padding).tobytes()]
+                       + [a.tobytes() for a in run_backward(x, w, dout, stride, padding)])
+    assert results[0] == results[1] == results[2]

@@ -55,6 +55,8 @@ CONV_CASES = [
     (1, 2, 7, 6, 3, (3, 3), (2, 2), (1, 1)),  # stride 2 with padding
     (2, 5, 6, 7, 2, (2, 3), (2, 1), (1, 2)),  # im2col path, non-square stride and padding
     (2, 4, 5, 5, 3, (1, 1), (1, 1), (0, 0)),
+    (2, 4, 5, 6, 3, (3, 3), (1, 1), (1, 1)),  # Winograd F(2x2, 3x3), partial tiles
+    (3, 6, 4, 4, 2, (3, 3), (1, 1), (0, 0)),  # Winograd, valid padding
 ]
 
 
