@@ -2,6 +2,7 @@
 letter case, class names that predict uses as labels are refused; bad seeds are usage errors; and the test
 suite itself does not depend on the folder it is started from. All through the real command."""
 
+import json
 import os
 import subprocess
 import sys
@@ -28,6 +29,8 @@ def test_a_folder_symlink_back_into_data_is_skipped_with_a_warning(tmp_path, cap
     for link in ("face/up", "face/others", "face/deep/loop"):
         assert f"warning: skipped {data / link}: a folder symlink" in err, err
     assert weights.load(out)[1]["train"]["images"] == 10
+    code, stdout, err = run_main(["eval", data, "-m", out, "--format", "json"], capsys)  # eval reads it the same way
+    assert code == 0 and json.loads(stdout)["n"] == 10, err
 
 
 def test_split_folder_names_in_any_letter_case(tmp_path, capsys):

@@ -237,10 +237,11 @@ def scan_labeled(root: str | os.PathLike, classes: Sequence[str]) -> list[Item]:
     """(path, index into `classes`) for the class folders of `labeled_dir(root)`, matched to `classes` by name.
 
     Class folders may be missing or empty; a folder whose name is not in `classes` raises DataError listing
-    the unknown and known names; no image files at all raises DataError.
+    the unknown and known names; no image files at all raises DataError. Folder symlinks that lead back into
+    `root` are not followed (see list_images), so no image is read under another class's label.
     """
     folder = labeled_dir(root)
-    items = _scan_part(folder, list(classes), "the model", require_each=False)
+    items = _scan_part(folder, list(classes), "the model", require_each=False, root=Path(root))
     if not items:
         raise DataError(f"{folder}: no image files in class folders (expected {folder}/<class>/<image>)")
     return items
