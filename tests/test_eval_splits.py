@@ -37,7 +37,7 @@ def test_default_picks_on_val_and_scores_test(world):
     assert rep["source"] == str(data / "test") and rep["split"] == "test"
     assert rep["picked_threshold"]["source"] == str(data / "val")
     y, p = _scores(clf, data / "val")
-    t, _ = thresholds.pick_threshold(y, p[:, 1], "sensitivity=0.8")
+    t, _ = thresholds.pick_threshold(y, p[:, 1], "sensitivity", 0.8)
     assert rep["threshold"] == pytest.approx(t) and rep["picked_threshold"]["threshold"] == pytest.approx(t)
     assert b"no longer unbiased" not in res.stderr and b"positive images" not in res.stderr
     # 5 positives just support 0.8 (one miss = 20%); 0.95 needs 20: a warning with the numbers.

@@ -15,7 +15,7 @@ from PIL import Image
 from cnncli.engine.model import Model
 from cnncli.engine.training import evaluate
 from cnncli.store import modelfile
-from test_robust_helpers import child_env, read_pty, run_child, run_main
+from robust_helpers import child_env, read_pty, run_child, run_main
 
 SIZE = 8
 

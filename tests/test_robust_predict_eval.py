@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from conftest import make_image_folder
-from test_robust_helpers import FAST, cnncli_child, run_main, tree_hashes
+from robust_helpers import FAST, cnncli_child, run_main, tree_hashes
 from test_robustness_cli import WEIGHT_FAULTS, _valid_model
 from test_robustness_train import BAD_IMAGES, ODD_NAMES, _png
 

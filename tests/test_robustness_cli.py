@@ -21,7 +21,7 @@ from cnncli.store import modelfile
 from cnncli.store import weights
 from cnncli.engine.model import Model
 from conftest import make_image_folder
-from test_robust_helpers import FAST, child_env, read_pty, run_main
+from robust_helpers import FAST, child_env, read_pty, run_main
 
 # ---------------------------------------------------------------- the command line
 

@@ -17,7 +17,7 @@ from cnncli.store import weights
 from badfiles import BAD_FILES as BAD_IMAGES
 from badfiles import png_bytes as _png
 from conftest import make_image_folder
-from test_robust_helpers import FAST, cnncli_child, leftovers, run_child, run_main, tree_hashes
+from robust_helpers import FAST, cnncli_child, leftovers, run_child, run_main, tree_hashes
 
 # ---------------------------------------------------------------- bad images
 

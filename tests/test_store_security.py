@@ -10,7 +10,7 @@ import pytest
 from cnncli.engine.model import Model
 from cnncli.store import modelfile
 from conftest import make_image_folder
-from test_robust_helpers import FAST, run_main
+from robust_helpers import FAST, run_main
 
 NOTES = b"the user's notes: never to be truncated\n"
 

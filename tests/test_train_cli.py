@@ -7,7 +7,7 @@ import json
 import numpy as np
 from PIL import Image
 from conftest import class_pattern, make_image_folder
-from test_robust_helpers import FAST, run_main
+from robust_helpers import FAST, run_main
 
 from cnncli.store import weights
 

@@ -11,7 +11,7 @@ import pytest
 
 from cnncli.store import weights
 from conftest import make_image_folder
-from test_robust_helpers import FAST, REPO, child_env, run_main
+from robust_helpers import FAST, REPO, child_env, run_main
 
 ARGS = [*FAST, "--epochs", "1", "--val-split", "0"]
 

@@ -13,7 +13,7 @@ import pytest
 
 from cnncli.store import weights
 from conftest import make_image_folder
-from test_robust_helpers import FAST, cnncli_child, run_main
+from robust_helpers import FAST, cnncli_child, run_main
 from train_helpers import interrupt_after_reads
 
 ARGS = [*FAST, "--epochs", "1"]

@@ -12,7 +12,7 @@ from PIL import Image
 
 from cnncli.store import weights
 from conftest import make_image_folder
-from test_robust_helpers import run_main
+from robust_helpers import run_main
 from train_helpers import interrupt_after_reads
 
 ARGS = ["--arch", "tiny", "--batch-size", "4", "--epochs", "2", "--seed", "5"]

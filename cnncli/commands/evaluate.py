@@ -8,8 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cnncli.commands import eval_splits
-from cnncli.commands import outputs
+from cnncli.commands import eval_splits, gates, outputs
 from cnncli.data import folders
 from cnncli.errors import DataError, UsageError, one_line
 from cnncli.report import metrics, thresholds
@@ -45,9 +44,9 @@ def _load(part, clf, on_warn):
     return loaded, clf.proba(loaded.x)
 
 
-def _pick(opts, splits, scored, scored_data, clf, on_warn):
-    """Pick the threshold on the tuning part (reusing scored_data = (loaded, proba) when that part is the
-    scored one); returns (threshold, picked dict)."""
+def _pick(opts, rule, splits, scored, scored_data, clf, on_warn):
+    """Pick the threshold by rule (kind, target) on the tuning part (reusing scored_data = (loaded, proba)
+    when that part is the scored one); returns (threshold, picked dict)."""
     tune = splits.tuning(opts.split)
     warn = on_warn or (lambda msg: None)
     if tune.split in ("test", "all") and splits.has_test:
@@ -59,7 +58,7 @@ def _pick(opts, splits, scored, scored_data, clf, on_warn):
     y01 = (loaded.y == 1).astype(np.int64)
     if y01.min() == y01.max():
         raise DataError(f"{tune.source}: --pick-threshold needs images of both classes")
-    threshold, picked = thresholds.pick_threshold(y01, proba[:, 1], opts.pick_threshold)
+    threshold, picked = thresholds.pick_threshold(y01, proba[:, 1], *rule)
     picked["source"] = tune.source
     if picked.get("warning"):
         warn(f"{tune.source}: {picked['warning']}")
@@ -88,9 +87,8 @@ def run(opts, on_warn=None):
         raise UsageError("--save-threshold: needs --pick-threshold RULE")
     if opts.split is not None and opts.split not in eval_splits.SPLITS:
         raise UsageError(f"--split: must be one of {', '.join(eval_splits.SPLITS)}, got {opts.split!r}")
-    gates = metrics.parse_gate(opts.fail_under, clf.classes) if opts.fail_under else []
-    if opts.pick_threshold:  # validate the rule before decoding anything
-        thresholds.parse_rule(opts.pick_threshold)
+    bars = gates.parse_fail_under(opts.fail_under, clf.classes) if opts.fail_under else []
+    rule = gates.parse_threshold_rule(opts.pick_threshold) if opts.pick_threshold else None
     if opts.plot:  # a picture that cannot be drawn fails before decoding, not after
         from cnncli.report import eval_chart
 
@@ -103,8 +101,8 @@ def run(opts, on_warn=None):
     threshold = opts.threshold if opts.threshold is not None else clf.threshold
     picked = None
     loaded, proba = _load(scored, clf, on_warn)
-    if opts.pick_threshold:
-        threshold, picked = _pick(opts, splits, scored, (loaded, proba), clf, on_warn)
+    if rule:
+        threshold, picked = _pick(opts, rule, splits, scored, (loaded, proba), clf, on_warn)
     report = metrics.classification_report(loaded.y, proba, clf.classes, threshold if binary else None)
     report.update({"source": scored.source, "split": scored.split, "model": str(model_path),
                    "skipped_files": len(loaded.bad)})
@@ -128,7 +126,7 @@ def run(opts, on_warn=None):
     if opts.errors_image:
         mosaic.plot_errors(opts.errors_image, loaded.x, loaded.y, proba, clf.classes, [p for p, _ in loaded.items],
                            opts.errors or mosaic.DEFAULT_TILES, threshold if binary else None)
-    report["gate_failures"] = metrics.check_gate(report, gates) if gates else []
+    report["gate_failures"] = gates.check(report, bars) if bars else []
     return report
 
 

@@ -64,17 +64,16 @@ def parse_band(text):
     return lo, hi
 
 
-def _decode_one(path, size, rgb):
-    from cnncli.data.images import _decode, to_chw
+def _decode_one(path, size, channels):
+    from cnncli.data.images import decode
 
     try:
-        arr, _ = _decode(path, size, rgb)
+        return decode(path, size, channels)
     except BadImageError as exc:
         msg = str(exc)
         return msg.removeprefix(f"{path}: ")
     except (OSError, ValueError) as exc:  # e.g. a name the OS cannot represent
         return f"cannot read file ({exc})"
-    return to_chw(arr, 3 if rgb else 1)
 
 
 def _batches(entries, n):
@@ -179,9 +178,9 @@ class Writer:
             self._row([path] + [""] * n + [message])
 
 
-def _decode_many(paths, size, rgb):
+def _decode_many(paths, size, channels):
     """Decode a chunk of paths: each entry an array (C, size, size) uint8 or an error message."""
-    return [_decode_one(p, size, rgb) for p in paths]
+    return [_decode_one(p, size, channels) for p in paths]
 
 
 def _worker_init(parent):
@@ -224,11 +223,11 @@ def _stop_pool(pool, finished):
         proc.join(timeout=5)
 
 
-def _submit_decodes(pool, batch, size, rgb, workers):
+def _submit_decodes(pool, batch, size, channels, workers):
     """Start decoding batch [(path, error or None)] in chunks; returns [(indices, future)] for _gather."""
     todo = [i for i, (_, err) in enumerate(batch) if err is None]
     step = max(1, -(-len(todo) // (2 * max(1, workers))))  # two chunks per worker keeps both busy
-    return [(todo[k:k + step], pool.submit(_decode_many, [batch[i][0] for i in todo[k:k + step]], size, rgb))
+    return [(todo[k:k + step], pool.submit(_decode_many, [batch[i][0] for i in todo[k:k + step]], size, channels))
             for k in range(0, len(todo), step)]
 
 
@@ -288,7 +287,7 @@ def run(opts, on_error=None, out=None):
     top_k = max(1, min(top_k, len(clf.classes)))
     writer = Writer(fmt, clf.classes, top_k, opts.all_probs, out, band=opts.uncertain is not None)
     writer.header()
-    size, rgb = clf.size, clf.channels == 3
+    size, channels = clf.size, clf.channels
     seen = failed = 0
 
     import numpy as np
@@ -305,9 +304,9 @@ def run(opts, on_error=None, out=None):
         try:
             def read_ahead():
                 batch = next(batches, None)
-                return batch, (_submit_decodes(pool, batch, size, rgb, opts.workers) if batch else None)
+                return batch, (_submit_decodes(pool, batch, size, channels, opts.workers) if batch else None)
 
-            pending = _submit_decodes(pool, current, size, rgb, opts.workers) if current else None
+            pending = _submit_decodes(pool, current, size, channels, opts.workers) if current else None
             while current is not None:
                 # The next batch is read (and its decoding started) on another thread while this one is
                 # classified, so a batch's rows go out as soon as it is done even when more paths are slow

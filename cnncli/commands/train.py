@@ -1,7 +1,7 @@
 """The `train` job: folder in, weight file out, with checkpoints, resume and clean interrupts.
 
 No typer or rich here: the command line passes options in and receives progress through a reporter
-object with the methods info, warn, epoch_start, batch, epoch_end (see cli.py).
+object with the methods info, warn, batch, epoch_end (see cli.TrainReporter).
 """
 
 import csv

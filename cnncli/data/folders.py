@@ -28,7 +28,7 @@ from typing import NamedTuple
 import numpy as np
 
 from cnncli.errors import BadImageError, DataError, NoInputError
-from cnncli.data.images import _decode, bombs_are_errors, has_image_extension, read_size
+from cnncli.data.images import bombs_are_errors, decode, has_image_extension, is_gray, read_size
 from cnncli.data.manifest import read_manifest, resolve_items, write_manifest  # noqa: F401 - their old home
 
 Item = tuple[Path, int]
@@ -306,11 +306,11 @@ class Loaded(NamedTuple):
     channels: int  # C: 1 or 3
 
 
-def _decode_chunk(paths: list[Path], size: int, rgb: bool) -> list:
+def _decode_chunk(paths: list[Path], size: int, channels: int) -> list:
     out = []
     for p in paths:
         try:
-            out.append(_decode(p, size, rgb))
+            out.append(decode(p, size, channels))
         except BadImageError as exc:
             out.append(exc)
     return out
@@ -329,7 +329,7 @@ def load_images(
     """Decode (path, label) items into uint8 (N, C, size, size) and int64 labels (N,), in input order.
 
     color: "gray" -> C = 1 (luma), "rgb" -> C = 3, "auto" -> C = 1 only if every decoded image was gray
-    (see images.decode_with_info), else 3 with gray images replicated. Bad files are skipped, passed to
+    (images.is_gray), else 3 with gray images replicated. Bad files are skipped, passed to
     on_bad(path, reason) and returned in `bad`; with strict=True the first bad file (in input order) raises
     BadImageError instead. A class that had items but lost all of them to bad files raises DataError (named
     from `classes` when given) unless allow_lost_classes (eval: such a class just has no support). Decoding
@@ -340,7 +340,7 @@ def load_images(
         raise ValueError(f"color must be auto, gray or rgb, got {color!r}")
     items = list(items)
     n = len(items)
-    rgb = color != "gray"
+    decoded = 1 if color == "gray" else 3
     channels = 3 if color == "rgb" else 1
     x = np.empty((n, channels, size, size), np.uint8)
     keep = np.zeros(n, bool)
@@ -348,7 +348,7 @@ def load_images(
     chunk = 64
     chunks = [[Path(p) for p, _ in items[i : i + chunk]] for i in range(0, n, chunk)]
     with bombs_are_errors(), ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        results = pool.map(_decode_chunk, chunks, [size] * len(chunks), [rgb] * len(chunks))
+        results = pool.map(_decode_chunk, chunks, [size] * len(chunks), [decoded] * len(chunks))
         i = 0
         for res in results:
             for r in res:
@@ -364,18 +364,12 @@ def load_images(
                     if on_bad is not None:
                         on_bad(path, reason)
                 else:
-                    arr, was_gray = r
-                    if color == "auto" and channels == 1 and not was_gray:
+                    if color == "auto" and channels == 1 and not is_gray(r):
                         # First colour image: widen everything stored so far to 3 channels, once.
                         wide = np.empty((n, 3, size, size), np.uint8)
                         wide[:i] = x[:i]
                         x, channels = wide, 3
-                    if arr.ndim == 2:
-                        x[i] = arr[None]
-                    elif channels == 1:
-                        x[i, 0] = arr[..., 0]
-                    else:
-                        x[i] = arr.transpose(2, 0, 1)
+                    x[i] = r[:channels]  # r has `decoded` channels, all equal while the run is gray
                     keep[i] = True
                 i += 1
     labels = np.fromiter((int(lbl) for _, lbl in items), np.int64, count=n)

@@ -1,6 +1,6 @@
 """Decoding image files into uint8 arrays: the one decoder that train, eval and predict all use.
 
-Rules, applied in this order by `decode` / `decode_with_info`:
+Rules, applied in this order by `decode`:
 
 1. The file is opened by its content (not its extension) and only these Pillow formats are accepted:
    PNG, JPEG, GIF, BMP, WEBP, TIFF. Anything else (EPS, PDF, ICO, ...) is "not an image or unsupported format".
@@ -38,8 +38,6 @@ IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", 
 ALLOWED_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")
 MIN_SIDE = 4
 
-# Source modes whose pixels carry no colour: an image in one of these is gray whatever it is converted to.
-_GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
 _ORIENTATION_TAG = 0x0112
 
 
@@ -52,7 +50,7 @@ def _pixel_limit() -> int | None:
     return Image.MAX_IMAGE_PIXELS
 
 
-def _reason(exc: BaseException) -> str:
+def _pillow_reason(exc: BaseException) -> str:
     """A short, readable reason for anything Pillow (or numpy) raised while reading an image."""
     msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
@@ -122,32 +120,31 @@ def _on_white(a: np.ndarray) -> np.ndarray:
     return ((colour * alpha + 255 * (255 - alpha) + 127) // 255).astype(np.uint8)
 
 
-def _to_8bit(im: Image.Image) -> tuple[Image.Image, bool]:
-    """Any Pillow mode -> an 'L' or 'RGB' image without alpha, plus whether the source was gray."""
+def _to_8bit(im: Image.Image) -> Image.Image:
+    """Any Pillow mode -> an 'L' or 'RGB' image without alpha."""
     mode = im.mode
-    gray = mode in _GRAY_MODES
     if mode in ("L", "RGB") and "transparency" not in im.info:
-        return im, gray
+        return im
     if mode == "1":
-        return im.convert("L"), True
+        return im.convert("L")
     if mode.startswith("I") or mode == "F":
-        return Image.fromarray(_scale_to_u8(np.asarray(im), mode), "L"), True
+        return Image.fromarray(_scale_to_u8(np.asarray(im), mode), "L")
     if mode in ("P", "PA"):
         has_alpha = mode == "PA" or "transparency" in im.info
         im = im.convert("RGBA" if has_alpha else "RGB")
         mode = im.mode
         if not has_alpha:
-            return im, False
+            return im
     elif mode in ("L", "RGB"):  # tRNS transparency on a gray or RGB image
         im = im.convert("LA" if mode == "L" else "RGBA")
         mode = im.mode
     if mode in ("LA", "La"):
         im = im.convert("LA") if mode == "La" else im
-        return Image.fromarray(_on_white(np.asarray(im))[..., 0], "L"), True
+        return Image.fromarray(_on_white(np.asarray(im))[..., 0], "L")
     if mode in ("RGBA", "RGBa"):
         im = im.convert("RGBA") if mode == "RGBa" else im
-        return Image.fromarray(_on_white(np.asarray(im)), "RGB"), False
-    return im.convert("RGB"), False  # CMYK, YCbCr, LAB, HSV, RGBX, ...
+        return Image.fromarray(_on_white(np.asarray(im)), "RGB")
+    return im.convert("RGB")  # CMYK, YCbCr, LAB, HSV, RGBX, ...
 
 
 def _fit(im: Image.Image, size: int) -> Image.Image:
@@ -160,12 +157,9 @@ def _fit(im: Image.Image, size: int) -> Image.Image:
     return im.resize((size, size), Image.Resampling.BILINEAR, box=box, reducing_gap=3.0)
 
 
-def _decode(path: str | os.PathLike, size: int, rgb: bool) -> tuple[np.ndarray, bool]:
-    """Core decoder without warning handling; returns uint8 (H, W) or (H, W, 3), and was_gray.
-
-    The result is (H, W) whenever the decoded image is gray (even with rgb=True: the caller replicates it,
-    which saves converting and storing three equal channels); (H, W, 3) only for colour sources with rgb=True.
-    """
+def _decode(path: str | os.PathLike, size: int, rgb: bool) -> np.ndarray:
+    """Core of `decode`, without warning handling: uint8 (H, W) for a gray source (even with rgb=True) or
+    luma (rgb=False), (H, W, 3) for a colour source with rgb=True."""
     if size < 1:
         raise ValueError(f"size must be positive, got {size}")
     try:
@@ -185,7 +179,7 @@ def _decode(path: str | os.PathLike, size: int, rgb: bool) -> tuple[np.ndarray, 
                 raise BadImageError(f"{path}: image too small ({w}x{h}; each side must be >= {MIN_SIDE} px)")
             im.load()  # decode everything now: verify() accepts a half JPEG
             im = _exif_transpose(im)
-            im, was_gray = _to_8bit(im)
+            im = _to_8bit(im)
             if not rgb and im.mode == "RGB":
                 im = im.convert("L")
             im = _fit(im, size)
@@ -193,25 +187,34 @@ def _decode(path: str | os.PathLike, size: int, rgb: bool) -> tuple[np.ndarray, 
     except BadImageError:
         raise
     except Exception as exc:  # noqa: BLE001 - Pillow raises many types for bad input; all mean "bad file"
-        raise BadImageError(f"{path}: {_reason(exc)}") from exc
-    if arr.ndim == 3 and not was_gray:
-        was_gray = bool((arr[..., 0] == arr[..., 1]).all() and (arr[..., 1] == arr[..., 2]).all())
-    return arr, was_gray
+        raise BadImageError(f"{path}: {_pillow_reason(exc)}") from exc
+    return arr
+
+
+_open_blocks = 0  # how many bombs_are_errors() blocks are open (process-wide, like the filters they set)
 
 
 class _BombsAreErrors(warnings.catch_warnings):
     """Turn Pillow's DecompressionBombWarning into an exception, and silence Pillow's other warnings
     (e.g. "Corrupt EXIF data", which the decoder already tolerates), for the duration of a block.
 
-    warnings filters are process-wide, so concurrent decoders share one such block opened by the caller of the
-    thread pool (see folders.load_images) rather than each opening their own.
+    warnings filters are process-wide and catch_warnings is not thread-safe, so concurrent decoders share one
+    such block opened by the caller of the thread pool (see folders.load_images); `decode` opens its own only
+    when none is open.
     """
 
     def __enter__(self):
+        global _open_blocks
         out = super().__enter__()
         warnings.filterwarnings("ignore", module=r"PIL(\.|$)")
         warnings.simplefilter("error", Image.DecompressionBombWarning)
+        _open_blocks += 1
         return out
+
+    def __exit__(self, *exc):
+        global _open_blocks
+        _open_blocks -= 1
+        return super().__exit__(*exc)
 
 
 def bombs_are_errors() -> warnings.catch_warnings:
@@ -223,25 +226,24 @@ def bombs_are_errors() -> warnings.catch_warnings:
 def decode(path: str | os.PathLike, size: int, channels: int) -> np.ndarray:
     """Read one image file as uint8 of shape (channels, size, size); channels is 1 (gray) or 3 (RGB).
 
-    Raises BadImageError("<path>: <reason>") for anything that is not a readable image (see module docstring).
+    The one decoder behind train, eval and predict (rules in the module docstring). With channels=3 a source
+    without colour comes out with three equal channels, so `is_gray(x)` tells whether the source was gray
+    (a gray mode, or colour pixels that are all gray). Raises BadImageError("<path>: <reason>") for anything
+    that is not a readable image, ValueError for a bad size or channel count.
     """
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
-    with bombs_are_errors():
-        arr, _ = _decode(path, size, rgb=channels == 3)
+    if _open_blocks:  # the caller's block covers every thread
+        arr = _decode(path, size, rgb=channels == 3)
+    else:
+        with bombs_are_errors():
+            arr = _decode(path, size, rgb=channels == 3)
     return to_chw(arr, channels)
 
 
-def decode_with_info(path: str | os.PathLike, size: int) -> tuple[np.ndarray, bool]:
-    """Read one image as RGB uint8 (3, size, size) plus `was_gray`.
-
-    `was_gray` is True when the source had no colour: a gray mode (1, L, LA, I, I;16, F) or all three channels
-    equal after decoding. A caller that finds every image gray keeps only channel 0 (`x[:1]`), which is then
-    exactly what `decode(path, size, 1)` returns for a gray source.
-    """
-    with bombs_are_errors():
-        arr, was_gray = _decode(path, size, rgb=True)
-    return to_chw(arr, 3), was_gray
+def is_gray(x: np.ndarray) -> bool:
+    """True when a uint8 (C, H, W) image has no colour: one channel, or all channels equal."""
+    return bool((x[1:] == x[:1]).all())
 
 
 def to_chw(arr: np.ndarray, channels: int) -> np.ndarray:
@@ -267,7 +269,7 @@ def read_size(path: str | os.PathLike) -> tuple[int, int]:
     except BadImageError:
         raise
     except Exception as exc:  # noqa: BLE001
-        raise BadImageError(f"{path}: {_reason(exc)}") from exc
+        raise BadImageError(f"{path}: {_pillow_reason(exc)}") from exc
 
 
 def normalize(x: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:

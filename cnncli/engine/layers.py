@@ -55,7 +55,7 @@ def _take(slot, shape, dtype):
     return slot[0]
 
 
-def _spell(prefix, pair):
+def _spell_pair(prefix, pair):
     """A (height, width) pair in spec spelling: k3 for (3, 3), k3x5 for (3, 5)."""
     return f"{prefix}{pair[0]}" + (f"x{pair[1]}" if pair[1] != pair[0] else "")
 
@@ -94,9 +94,9 @@ class Conv(Layer):
     @property
     def token(self):
         # The kernel is None until shape inference picks a bare conv's filter size.
-        return (f"conv{self.filters}" + (_spell("k", self.kernel) if self.kernel is not None else "")
-                + (_spell("s", self.stride) if self.stride != (1, 1) else "")
-                + (_spell("p", self.padding) if self.padding != (0, 0) else ""))
+        return (f"conv{self.filters}" + (_spell_pair("k", self.kernel) if self.kernel is not None else "")
+                + (_spell_pair("s", self.stride) if self.stride != (1, 1) else "")
+                + (_spell_pair("p", self.padding) if self.padding != (0, 0) else ""))
 
     def output_shape(self, in_shape):
         c, h, w = in_shape
@@ -144,8 +144,8 @@ class MaxPool(Layer):
 
     @property
     def token(self):
-        return (_spell("pool", self.size) + (_spell("s", self.stride) if self.stride != self.size else "")
-                + (_spell("p", self.padding) if self.padding != (0, 0) else ""))
+        return (_spell_pair("pool", self.size) + (_spell_pair("s", self.stride) if self.stride != self.size else "")
+                + (_spell_pair("p", self.padding) if self.padding != (0, 0) else ""))
 
     def output_shape(self, in_shape):
         c, h, w = in_shape

@@ -106,10 +106,10 @@ def parse_spec(spec):
 def canonical_spec(spec):
     """The spec in its canonical spelling, e.g. 'conv32k3-relu-pool2-fc' (a bare conv's filter size is
     only known with an input shape; Model.spec has it resolved, and weight files store that)."""
-    return _spell(parse_spec(spec))
+    return _spell_spec(parse_spec(spec))
 
 
-def _spell(layers):
+def _spell_spec(layers):
     # The output layer is always written as a bare `fc`: its width comes from the class count.
     return "-".join([layer.token for layer in layers[:-1]] + ["fc"])
 
@@ -136,13 +136,13 @@ class Model:
             except SpecError as exc:
                 raise SpecError(f"layer {i + 1} {exc} (input {shape[0]}x{shape[1]}x{shape[2]} as CxHxW)") from None
             nxt = self.layers[i + 1] if i + 1 < len(self.layers) else None
-            # He initialisation feeding a ReLU, Glorot-like (gain 1) otherwise.
+            # He initialisation (gain 2) feeding a ReLU, LeCun (gain 1: variance 1/fan_in) otherwise.
             gain = 2.0 if isinstance(nxt, Activation) and nxt.kind == "relu" else 1.0
             if isinstance(layer, (Conv, Dense)):
                 layer.init(shape, rng, gain)
             shape = out
             self.shapes.append(out)
-        self.spec = _spell(self.layers)
+        self.spec = _spell_spec(self.layers)
 
     def forward(self, x, training=False):
         """Logits (N, num_classes) for x (N, C, H, W) float32; in training mode, caches for backward."""

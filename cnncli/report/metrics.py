@@ -1,4 +1,4 @@
-"""Evaluation metrics: confusion matrix, classification report, ROC, quality gates.
+"""Evaluation metrics: confusion matrix, classification report, ROC.
 
 Threshold rules live in report/thresholds.py, confidence intervals in report/intervals.py.
 
@@ -11,20 +11,22 @@ Pure numpy and exact (no sampling, no interpolation). Conventions used throughou
   no examples, F1 when precision + recall == 0) is defined as 0.0.
 * ROC AUC, sensitivity and specificity are ``None`` when the data holds only one of the two classes,
   because they are undefined there rather than zero.
+
+Bad arguments raise ValueError. How eval's options spell metrics and bars (`--fail-under`) is the command's
+business: commands/gates.py.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 
 import numpy as np
 
 from cnncli.engine.decision import DEFAULT_THRESHOLD, decide
-from cnncli.errors import DataError, UsageError
+from cnncli.errors import DataError
 
-# Metrics a gate can name directly; per-class metrics are written name[CLASS].
+# The report's top-level metrics; per-class ones are in report["per_class"][CLASS].
 TOP_LEVEL_METRICS = (
     "accuracy",
     "balanced_accuracy",
@@ -37,7 +39,7 @@ TOP_LEVEL_METRICS = (
 )
 PER_CLASS_METRICS = ("precision", "recall", "f1")
 BINARY_ONLY_METRICS = ("roc_auc", "sensitivity", "specificity")
-# Metrics with a confidence interval; a gate can name its bounds as METRIC.lo / METRIC.hi.
+# Metrics with a confidence interval (report["ci"][METRIC], report["per_class"][CLASS]["ci"][METRIC]).
 INTERVAL_METRICS = ("accuracy", "sensitivity", "specificity", "roc_auc", "precision", "recall")
 
 
@@ -89,11 +91,11 @@ def confusion_matrix(y_true, y_pred, k: int) -> np.ndarray:
 def predict_labels(proba, threshold: float | None = None) -> np.ndarray:
     """Predicted class indices, int64 ``(N,)``, from probabilities float ``(N, K)``: engine.decision.decide,
     the rule training and predict use too. K == 2: ``proba[:, 1] >= threshold`` (default 0.5) -> 1 else 0.
-    K > 2: argmax (a threshold is a UsageError).
+    K > 2: argmax (a threshold is a ValueError).
     """
     p = np.asarray(proba, dtype=np.float64)
     if p.ndim == 2 and p.shape[1] not in (1, 2) and threshold is not None:
-        raise UsageError(f"a decision threshold needs exactly two classes, this model has {p.shape[1]}")
+        raise ValueError(f"a decision threshold needs exactly two classes, got {p.shape[1]}")
     return decide(p, threshold)
 
 
@@ -187,7 +189,7 @@ def classification_report(y_true, proba, classes: Sequence[str], threshold: floa
     if not np.all(np.isfinite(p)):
         raise ValueError("proba must be finite")
     if threshold is not None and not math.isfinite(float(threshold)):
-        raise UsageError(f"threshold must be a finite number, got {threshold}")
+        raise ValueError(f"threshold must be a finite number, got {threshold}")
     pred = predict_labels(p, threshold)
     cm = confusion_matrix(t, pred, k)
 
@@ -247,135 +249,6 @@ def classification_report(y_true, proba, classes: Sequence[str], threshold: floa
                        f"seed {iv.BOOTSTRAP_SEED}",
         }
     return report
-
-
-# --------------------------------------------------------------------------- gates
-
-
-_GATE_NAME_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(?:\[(.*)\])?(?:\.(lo|hi))?$")
-
-
-def _valid_names() -> str:
-    return (", ".join([*TOP_LEVEL_METRICS, *(f"{m}[CLASS]" for m in PER_CLASS_METRICS)])
-            + "; add .lo or .hi for an interval bound of " + ", ".join(INTERVAL_METRICS))
-
-
-def _split_top_level(text: str) -> list[str]:
-    """Split on commas that are not inside [...], so class names may contain commas."""
-    parts, depth, cur = [], 0, []
-    for ch in text:
-        if ch == "[":
-            depth += 1
-        elif ch == "]":
-            depth = max(0, depth - 1)
-        if ch == "," and depth == 0:
-            parts.append("".join(cur))
-            cur = []
-        else:
-            cur.append(ch)
-    parts.append("".join(cur))
-    return parts
-
-
-def parse_gate(text: str | Sequence[str], classes: Sequence[str] | None = None) -> list[tuple[str, float]]:
-    """Parse ``--fail-under`` values into ``[(metric, bar), ...]`` in the order given.
-
-    ``text`` is one string or a list of strings (a repeated option), each ``metric=bar[,metric=bar...]``.
-    A metric is a top-level name (accuracy, balanced_accuracy, macro_precision, macro_recall,
-    macro_f1, roc_auc, sensitivity, specificity) or per-class ``precision[CLASS]``, ``recall[CLASS]``,
-    ``f1[CLASS]``; any of INTERVAL_METRICS may end in ``.lo`` / ``.hi`` to gate on the bound of its 95%
-    interval (``sensitivity.lo``, ``recall[CLASS].lo``). Bars are numbers in [0, 1]. When ``classes`` is
-    given, CLASS must be one of them.
-    Anything else -> UsageError naming the valid metrics.
-    """
-    items = [text] if isinstance(text, str) else list(text)
-    gates: list[tuple[str, float]] = []
-    for item in items:
-        for part in _split_top_level(str(item)):
-            part = part.strip()
-            if not part:
-                continue
-            name, sep, bar_text = part.rpartition("=")
-            name, bar_text = name.strip(), bar_text.strip()
-            if not sep or not name:
-                raise UsageError(f"--fail-under: {part!r} is not METRIC=BAR (e.g. accuracy=0.9)")
-            m = _GATE_NAME_RE.match(name)
-            base = m.group(1).lower() if m else ""
-            cls = m.group(2) if m else None
-            bound = m.group(3) if m else None
-            if (cls is None and base not in TOP_LEVEL_METRICS or cls is not None and base not in PER_CLASS_METRICS
-                    or bound is not None and base not in INTERVAL_METRICS):
-                raise UsageError(f"--fail-under: unknown metric {name!r}; valid: {_valid_names()}")
-            if cls is not None:
-                if classes is not None and cls not in classes:
-                    raise UsageError(
-                        f"--fail-under: unknown class {cls!r} in {name!r}; classes: {', '.join(map(str, classes))}"
-                    )
-                name = f"{base}[{cls}]"
-            else:
-                name = base
-            name += f".{bound}" if bound else ""
-            try:
-                bar = float(bar_text)
-            except ValueError:
-                raise UsageError(f"--fail-under: {part!r}: bar {bar_text!r} is not a number") from None
-            if not (math.isfinite(bar) and 0.0 <= bar <= 1.0):
-                raise UsageError(f"--fail-under: {part!r}: bar must be a number in [0, 1]")
-            gates.append((name, bar))
-    if not gates:
-        raise UsageError(f"--fail-under: no METRIC=BAR given; valid metrics: {_valid_names()}")
-    return gates
-
-
-def _gate_value(report: dict, metric: str):
-    m = _GATE_NAME_RE.match(metric)
-    base, cls, bound = (m.group(1), m.group(2), m.group(3)) if m else (metric, None, None)
-    if cls is not None:
-        per_class = report.get("per_class", {})
-        if cls not in per_class:
-            raise UsageError(
-                f"--fail-under: unknown class {cls!r} in {metric!r}; classes: {', '.join(per_class)}"
-            )
-        if bound:
-            ci = per_class[cls].get("ci", {}).get(base)
-            return None if ci is None else ci[bound]
-        return per_class[cls][base]
-    if base not in report:
-        if base in BINARY_ONLY_METRICS:
-            raise UsageError(
-                f"--fail-under: {base} needs exactly two classes, the data has {len(report.get('classes', []))}"
-            )
-        raise UsageError(f"--fail-under: unknown metric {metric!r}; valid: {_valid_names()}")
-    if bound:
-        ci = report.get("ci", {}).get(base)
-        return None if ci is None else ci[bound]
-    return report[base]
-
-
-def _fmt_pair(value: float, bar: float) -> tuple[str, str]:
-    # Enough decimals that a value just under the bar does not print equal to it.
-    for d in range(2, 17):
-        a, b = f"{value:.{d}f}", f"{bar:.{d}f}"
-        if a != b:
-            return a, b
-    return repr(value), repr(bar)
-
-
-def check_gate(report: dict, gates: Sequence[tuple[str, float]]) -> list[str]:
-    """Failed gates as readable strings (``"accuracy 0.84 < 0.90"``); empty list = all passed.
-
-    A metric passes when ``value >= bar``. An undefined metric (None, e.g. roc_auc on one-class data)
-    fails. Naming a class or metric the report does not have -> UsageError.
-    """
-    failures = []
-    for metric, bar in gates:
-        value = _gate_value(report, metric)
-        if value is None:
-            failures.append(f"{metric} is undefined (nothing to compute it from), needs >= {bar:g}")
-        elif not value >= bar:
-            a, b = _fmt_pair(float(value), float(bar))
-            failures.append(f"{metric} {a} < {b}")
-    return failures
 
 
 # --------------------------------------------------------------------------- errors

@@ -23,34 +23,14 @@ already breaks it).
 from __future__ import annotations
 
 import math
-import re
 
 import numpy as np
 
-from cnncli.errors import DataError, UsageError
+from cnncli.errors import DataError
 from cnncli.report.intervals import wilson
 from cnncli.report.metrics import check_binary
 
-_RULE_RE = re.compile(r"^\s*(sensitivity|specificity)\s*=\s*(\S+)\s*$")
-
-
-def parse_rule(rule: str) -> tuple[str, float | None]:
-    """``"sensitivity=0.95"`` -> ("sensitivity", 0.95); ``"youden"`` -> ("youden", None); else UsageError."""
-    text = str(rule).strip()
-    if text.lower() == "youden":
-        return "youden", None
-    m = _RULE_RE.match(text)
-    if not m:
-        raise UsageError(
-            f"unknown threshold rule {text!r}; use sensitivity=X, specificity=X (0 < X <= 1) or youden"
-        )
-    try:
-        target = float(m.group(2))
-    except ValueError:
-        target = math.nan
-    if not (0.0 < target <= 1.0):
-        raise UsageError(f"threshold rule {text!r}: the target must be a number in (0, 1]")
-    return m.group(1), target
+RULES = ("sensitivity", "specificity", "youden")
 
 
 def cuts(y_true01, score) -> dict:
@@ -115,18 +95,22 @@ def few_examples_warning(kind: str, target: float | None, n: int) -> str | None:
             f"({1 / max(n, 1):.1%} here) to stay within it, so the target means little on this data")
 
 
-def pick_threshold(y_true01, score, rule: str) -> tuple[float, dict]:
+def pick_threshold(y_true01, score, kind: str, target: float | None = None) -> tuple[float, dict]:
     """Choose a decision threshold on ``score`` (float ``(N,)``) for labels ``y_true01`` (0/1, int ``(N,)``).
 
-    Rules and tie-breaks: see the module docstring. Every target is reachable (cut 0 has sensitivity 1, the
+    kind is one of RULES; target, for sensitivity and specificity, is in (0, 1] (the command line spells
+    the pair `sensitivity=0.95`, see commands/gates.py). Rules and tie-breaks: see the module docstring. Every target is reachable (cut 0 has sensitivity 1, the
     last cut specificity 1). Returns ``(threshold, achieved)``; the threshold is always finite, and
     ``achieved`` holds ``rule``, ``threshold``, ``sensitivity``, ``specificity``, ``youden``, ``n_positive``,
     ``n_negative``, ``scores_around`` ([highest score below, lowest score at or above] the threshold, None
     at the ends), and for target rules ``target``, ``target_lo`` (Wilson 95% lower bound of the achieved
     target rate) and ``warning`` (None, or the few_examples_warning sentence).
-    Bad rule -> UsageError; a single-class ``y_true01`` -> DataError.
+    Bad kind or target -> ValueError; a single-class ``y_true01`` -> DataError.
     """
-    kind, target = parse_rule(rule)
+    if kind not in RULES:
+        raise ValueError(f"unknown threshold rule {kind!r}; expected one of {', '.join(RULES)}")
+    if kind != "youden" and not (target is not None and 0.0 < target <= 1.0):
+        raise ValueError(f"{kind}: the target must be a number in (0, 1], got {target}")
     c = cuts(y_true01, score)
     i = _choose(kind, target, c)
     t = float(c["threshold"][i])

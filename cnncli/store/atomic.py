@@ -52,13 +52,13 @@ def _not_replaceable(path: Path) -> str | None:
     except FileNotFoundError:
         return None
     except OSError as exc:
-        return _reason(exc)
+        return _os_reason(exc)
     if stat.S_ISREG(mode) or stat.S_ISLNK(mode):
         return None
     return f"is {_KINDS.get(stat.S_IFMT(mode), 'not a regular file')}, not a regular file; refusing to replace it"
 
 
-def _reason(exc: BaseException) -> str:
+def _os_reason(exc: BaseException) -> str:
     """A short human reason for an OSError (or any exception), e.g. 'disk full'."""
     if isinstance(exc, OSError) and exc.errno is not None:
         return _REASONS.get(exc.errno) or os.strerror(exc.errno)
@@ -125,7 +125,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
                 pass
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
             raise
-        raise WriteError(f"{path}: cannot write: {_reason(exc)}") from exc
+        raise WriteError(f"{path}: cannot write: {_os_reason(exc)}") from exc
 
 
 def check_writable_target(path: str | os.PathLike, overwrite: bool) -> None:
@@ -158,7 +158,7 @@ def check_writable_target(path: str | os.PathLike, overwrite: bool) -> None:
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        raise OutputError(f"{path}: cannot create files in {parent}: {_reason(exc)}") from exc
+        raise OutputError(f"{path}: cannot create files in {parent}: {_os_reason(exc)}") from exc
 
 
 def _describe_holder(text: str) -> str:
@@ -216,7 +216,7 @@ class OutputLock:
                 continue
             except OSError as exc:
                 os.close(fd)
-                raise OutputError(f"{self.lock_path}: cannot lock: {_reason(exc)}") from exc
+                raise OutputError(f"{self.lock_path}: cannot lock: {_os_reason(exc)}") from exc
             if self._still_linked(fd):
                 break
             os.close(fd)  # the previous holder removed this inode after we opened it: start over
@@ -244,7 +244,7 @@ class OutputLock:
             if exc.errno == errno.ELOOP:
                 raise OutputError(f"{self.lock_path}: lock file is a symbolic link; refusing to use it "
                                   "(remove it if no cnncli run is active)") from None
-            raise OutputError(f"{self.lock_path}: cannot create lock file: {_reason(exc)}") from exc
+            raise OutputError(f"{self.lock_path}: cannot create lock file: {_os_reason(exc)}") from exc
         st = os.fstat(fd)
         # st_nlink 0 is a lock file its holder just removed on release: acquire() notices and starts over.
         if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:

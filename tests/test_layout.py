@@ -1,0 +1,134 @@
+"""The package layout rules (README, "Layout"), checked by reading every module's imports with ast.
+
+Imports inside functions count the same as those at the top: a lazy import is still a dependency.
+"""
+
+import ast
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "cnncli"
+MAX_LINES = 400
+# Modules another change is splitting or replacing right now; each entry names why it may still be long.
+# Remove an entry as soon as that change lands; a module not listed here must stay under MAX_LINES.
+LONG_FOR_NOW = {
+    "engine/kernels.py": "issue 10 rewrites the kernels",
+}
+JIT_FLAGS = {"cache", "nogil", "fastmath", "parallel", "boundscheck", "error_model", "inline", "looplift"}
+NUMBA_DECORATORS = {"njit", "jit", "vectorize", "guvectorize", "stencil", "generated_jit", "jitclass"}
+
+
+def _module_name(path):
+    rel = path.relative_to(PACKAGE.parent).with_suffix("")
+    parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
+    return ".".join(parts)
+
+
+def _modules():
+    """{dotted module name: (path relative to cnncli/, ast tree)} for every module of the package."""
+    return {_module_name(p): (p.relative_to(PACKAGE).as_posix(), ast.parse(p.read_text(), str(p)))
+            for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+MODULES = _modules()
+
+
+def _imports(name, tree):
+    """Every module `name` imports, dotted and absolute, anywhere in its tree (functions included).
+
+    `from a.b import c` counts as a.b.c when that is a module of this package, else as a.b."""
+    is_pkg = MODULES and PACKAGE.joinpath(*name.split(".")[1:], "__init__.py").exists()
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: resolve against this module's package
+                pkg = name.split(".")[: len(name.split(".")) - node.level + (1 if is_pkg else 0)]
+                base = ".".join(pkg + ([node.module] if node.module else []))
+            for alias in node.names:
+                full = f"{base}.{alias.name}"
+                found.add(full if full in MODULES else base)
+    return found
+
+
+IMPORTS = {name: _imports(name, tree) for name, (_, tree) in MODULES.items()}
+
+
+def _under(module, *prefixes):
+    return any(module == p or module.startswith(p + ".") for p in prefixes)
+
+
+def _offenders(select, bad):
+    """[(importer, imported)] for the modules chosen by select(name) that import a module bad(imported) holds for."""
+    return sorted((name, imp) for name, imps in IMPORTS.items() if select(name) for imp in imps if bad(imp))
+
+
+def test_the_reader_sees_every_kind_of_import():
+    # The checks below are only as good as _imports: pin it on the forms the package uses.
+    tree = ast.parse("import numpy as np\nfrom numba import njit\nfrom cnncli.engine import kernels\n"
+                     "from cnncli.errors import SpecError\ndef f():\n    from . import layers\n    import typer\n")
+    assert _imports("cnncli.engine.model", tree) == {"numpy", "numba", "cnncli.engine.kernels", "cnncli.errors",
+                                                     "cnncli.engine.layers", "typer"}
+    assert len(MODULES) >= 20 and "cnncli.engine.kernels" in MODULES and "cnncli.commands.cli" in MODULES
+
+
+def test_engine_never_imports_data_store_report_or_commands():
+    assert _offenders(lambda n: _under(n, "cnncli.engine"),
+                      lambda i: _under(i, "cnncli.data", "cnncli.store", "cnncli.report", "cnncli.commands")) == []
+
+
+def test_data_is_a_leaf():
+    # Decoding and scanning folders need no network, no weight files and no writing (see README, "Layout").
+    assert _offenders(lambda n: _under(n, "cnncli.data"),
+                      lambda i: _under(i, "cnncli.engine", "cnncli.store", "cnncli.report", "cnncli.commands")) == []
+
+
+def test_kernels_import_only_numpy_numba_config_and_the_standard_library():
+    allowed = ("numpy", "numba", "cnncli.config")
+    bad = [i for i in IMPORTS["cnncli.engine.kernels"]
+           if not _under(i, *allowed) and i.split(".")[0] not in sys.stdlib_module_names]
+    assert bad == []
+
+
+def test_only_the_kernels_import_numba():
+    assert _offenders(lambda n: n != "cnncli.engine.kernels", lambda i: _under(i, "numba")) == []
+
+
+def test_only_commands_import_typer_rich_or_click():
+    assert _offenders(lambda n: not _under(n, "cnncli.commands"), lambda i: _under(i, "typer", "rich", "click")) == []
+
+
+def test_nothing_imports_commands_but_the_entry_point():
+    assert _offenders(lambda n: not _under(n, "cnncli.commands") and n != "cnncli.__main__",
+                      lambda i: _under(i, "cnncli.commands")) == []
+
+
+def test_no_module_is_over_400_lines():
+    long = {rel: n for rel, _ in MODULES.values()
+            if (n := len((PACKAGE / rel).read_text().splitlines())) > MAX_LINES and rel not in LONG_FOR_NOW}
+    assert long == {}
+
+
+@pytest.mark.parametrize("rel", sorted(LONG_FOR_NOW))
+def test_exemptions_name_existing_modules(rel):
+    assert (PACKAGE / rel).exists(), f"{rel} is gone: drop it from LONG_FOR_NOW"
+
+
+def test_jit_flags_are_spelled_only_in_config():
+    found = []
+    for name, (rel, tree) in MODULES.items():
+        if name == "cnncli.config":
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call):
+                func = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+                flags = JIT_FLAGS if func in NUMBA_DECORATORS else JIT_FLAGS - {"cache", "inline"}
+                found += [(rel, node.lineno, k.arg) for k in node.keywords if k.arg in flags]
+            elif isinstance(node, ast.Dict):
+                found += [(rel, node.lineno, k.value) for k in node.keys
+                          if isinstance(k, ast.Constant) and k.value in JIT_FLAGS - {"cache", "inline"}]
+    assert found == []
