@@ -14,7 +14,7 @@ from cnncli.data import folders
 
 from cnncli.report import metrics
 
-from cnncli.store import modelfile
+from cnncli.store import manifest, modelfile
 
 from cnncli.store import weights
 from cnncli.data.images import decode
@@ -92,7 +92,7 @@ def test_training_folder_uses_recorded_split(tmp_path):
     model = tmp_path / "t.safetensors"
     res = _main(["train", str(data), "--arch", "tiny", "--epochs", "1", "-o", str(model), "-q"])
     assert res.returncode == 0, res.stderr
-    held_out = folders.read_manifest(modelfile.default_sidecar(model, ".split.json"))["val"]
+    held_out = manifest.read_manifest(modelfile.default_sidecar(model, ".split.json"))["val"]
     res, rep = _json(["eval", str(data), "-m", str(model)])
     assert rep["n"] == len(held_out) < 20 and "split.json" in rep["source"]
     # A different copy of the folder is not the training folder and has no recorded split: all of it is scored.

@@ -17,14 +17,12 @@ from cnncli.data.folders import (
     labeled_dir,
     list_images,
     load_images,
-    read_manifest,
-    resolve_items,
     scan_dataset,
     scan_labeled,
     stratified_split,
-    write_manifest,
 )
 from cnncli.data.images import decode
+from cnncli.store.manifest import read_manifest, resolve_items, write_manifest
 
 
 def test_flat_layout_sorted_classes(tmp_path):

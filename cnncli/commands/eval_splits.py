@@ -15,7 +15,7 @@ from pathlib import Path
 
 from cnncli.data import folders
 from cnncli.errors import DataError
-from cnncli.store import modelfile
+from cnncli.store import manifest, modelfile
 
 SPLITS = ("train", "val", "test", "all")
 
@@ -37,7 +37,7 @@ def _manifest(data, model_path, clf, on_warn=None):
     side = modelfile.default_sidecar(model_path, ".split.json")
     trained_on = clf.train.get("data")
     same = trained_on is not None and os.path.realpath(trained_on) == os.path.realpath(data)
-    doc = folders.read_manifest(side) if side.exists() else None
+    doc = manifest.read_manifest(side) if side.exists() else None
     if doc is not None and doc["run_id"] != clf.train.get("run_id"):
         warn(f"ignored {side}: it was written by another training run than {model_path}")
         doc = None
@@ -46,7 +46,7 @@ def _manifest(data, model_path, clf, on_warn=None):
             warn(f"{data} is the folder {model_path} was trained on, with no held-out split recorded: "
                  "scores on it include training images")
         return None
-    if not same and not all(p.exists() for p, _ in folders.resolve_items(doc["val"], data)):
+    if not same and not all(p.exists() for p, _ in manifest.resolve_items(doc["val"], data)):
         return None
     return doc, side
 
@@ -72,7 +72,7 @@ class Splits:
             return self._folder(self.val_dir, "val")
         if self.manifest:
             doc, side = self.manifest
-            return Part(folders.resolve_items(doc["val"], self.data), f"held-out split recorded in {side}", "val")
+            return Part(manifest.resolve_items(doc["val"], self.data), f"held-out split recorded in {side}", "val")
         return None
 
     def test(self):
@@ -81,7 +81,7 @@ class Splits:
     def train(self):
         if self.manifest:  # training held the validation files out of this part: leave them out here too
             doc, side = self.manifest
-            return Part(folders.resolve_items(doc["train"], self.data), f"training split recorded in {side}",
+            return Part(manifest.resolve_items(doc["train"], self.data), f"training split recorded in {side}",
                         "train")
         if self.layout == "split":
             return self._folder(self.train_dir, "train")

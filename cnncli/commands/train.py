@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 
 from cnncli.commands import outputs
-from cnncli.data import audit, folders, manifest
+from cnncli.data import audit, folders
 
 from cnncli.engine import kernels
 
-from cnncli.store import modelfile
+from cnncli.store import manifest, modelfile
 
 from cnncli.store import weights
 from cnncli.store.atomic import OutputLock, atomic_write_bytes, check_writable_target

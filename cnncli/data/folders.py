@@ -1,4 +1,5 @@
-"""Labeled image folders: finding classes and files, splitting, and bulk loading (manifests: manifest.py).
+"""Labeled image folders: finding classes and files, splitting, and bulk loading (the split manifest that
+records a split on disk: store/manifest.py).
 
 Layouts accepted by `scan_dataset`:
 
@@ -29,7 +30,6 @@ import numpy as np
 
 from cnncli.errors import BadImageError, DataError, NoInputError
 from cnncli.data.images import bombs_are_errors, decode, has_image_extension, is_gray, read_size
-from cnncli.data.manifest import read_manifest, resolve_items, write_manifest  # noqa: F401 - their old home
 
 Item = tuple[Path, int]
 VAL_NAMES = ("val", "valid", "validation")
