@@ -335,6 +335,34 @@ def check(
         raise typer.Exit(code)
 
 
+class ShowFormat(str, Enum):
+    picture = "picture"
+    json = "json"
+
+
+@app.command()
+def show(
+    model: Annotated[Path, typer.Argument(help="Weight file.", show_default=False)],
+    image: Annotated[Optional[Path], typer.Argument(
+        help="An image: adds its feature maps and a saliency map for the predicted class.", show_default=False)] = None,
+    output: Annotated[Optional[Path], typer.Option(
+        "-o", "--output", help="Picture file (.png, .svg, .pdf), or a folder for one PNG per part "
+                               "(default: show.png; none with --format json).", show_default=False)] = None,
+    fmt: Annotated[ShowFormat, typer.Option("--format", help="picture, or json (raw numbers on stdout).")] = ShowFormat.picture,
+    max_maps: Annotated[int, typer.Option(help="Feature maps drawn per layer.")] = 16,
+    overwrite: Annotated[bool, typer.Option(help="Replace existing picture files.")] = False,
+):
+    """Look inside a model: first-layer filters, an image's feature maps per layer, and saliency."""
+    _require(1 <= max_maps <= 256, "--max-maps", f"must be between 1 and 256, got {max_maps}")
+    from cnncli.commands.show import ShowOptions, run
+
+    opts = ShowOptions(model=str(model), image=str(image) if image else None,
+                       output=str(output) if output else None, json=fmt == ShowFormat.json, max_maps=max_maps,
+                       overwrite=overwrite)
+    for path in run(opts, write=sys.stdout.write):
+        _say(f"wrote {one_line(path)}")
+
+
 def _version_callback(value: bool):
     if value:
         sys.stdout.write(f"cnncli {__version__}\n")
