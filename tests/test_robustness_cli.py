@@ -126,7 +126,7 @@ def _pickle(tmp_path, good):
 
 def _newer(tmp_path, good):
     tensors, _ = weights.load(good)
-    return safetensors.numpy.save(tensors, metadata={**_raw_meta(good), "format_version": "2"})
+    return safetensors.numpy.save(tensors, metadata={**_raw_meta(good), "format_version": str(weights.FORMAT_VERSION + 1)})
 
 
 def _unknown_layer(tmp_path, good):
@@ -151,6 +151,7 @@ def _nan(tmp_path, good):
     tensors[name] = tensors[name].copy()
     tensors[name].flat[0] = np.nan
     meta = {**_raw_meta(good), "tensor_sha256": weights.tensor_digest(tensors)}  # a "valid" file with NaN
+    meta["metadata_sha256"] = weights.metadata_digest(meta)
     return safetensors.numpy.save(tensors, metadata=meta)
 
 

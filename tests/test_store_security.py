@@ -1,16 +1,23 @@
 """Weight-file and lock security through the real command: planted lock files, outputs that are not regular
 files, empty output names. Each test drives cnncli.commands.cli.main (exit-code mapping included)."""
 
+import json
 import os
+import resource
 import socket
 import stat
+import subprocess
+import sys
 
+import numpy as np
 import pytest
+import safetensors
+import safetensors.numpy
 
 from cnncli.engine.model import Model
-from cnncli.store import modelfile
+from cnncli.store import modelfile, weights
 from conftest import make_image_folder
-from robust_helpers import FAST, run_main
+from robust_helpers import FAST, child_env, run_main
 
 NOTES = b"the user's notes: never to be truncated\n"
 
@@ -131,3 +138,211 @@ def test_empty_output_name_is_a_usage_error(tmp_path, capsys):
     assert code == 2, err
     assert out == ""
     assert "--output" in err and "empty" in err and "Traceback" not in err
+
+
+# ---------------------------------------------------------------- weight-file metadata: checksum and ranges
+
+
+def _meta_strings(path):
+    with safetensors.safe_open(str(path), "np") as f:
+        return dict(f.metadata())
+
+
+def _edited(tmp_path, key, edit):
+    """A valid model whose stored metadata string `key` is changed by edit(str) -> str, digests left as they were
+    (what a hand edit of the file's header does)."""
+    good = _tiny_model(tmp_path / "good.safetensors")
+    tensors, _ = weights.load(good)
+    raw = _meta_strings(good)
+    raw[key] = edit(raw[key])
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(safetensors.numpy.save(tensors, metadata=raw))
+    return path
+
+
+EDITS = {
+    "one digit of preprocess.std": ("preprocess", lambda s: s.replace('"std": [0.25]', '"std": [0.26]')),
+    "relu to tanh in the arch": ("arch", lambda s: s.replace("relu", "tanh")),
+    "a renamed class": ("classes", lambda s: s.replace('"dog"', '"wolf"')),
+}
+
+
+@pytest.mark.parametrize("command", ["info", "predict", "eval"])
+@pytest.mark.parametrize("edit", sorted(EDITS))
+def test_edited_metadata_is_refused_by_the_checksum(tmp_path, capsys, edit, command):
+    key, fn = EDITS[edit]
+    path = _edited(tmp_path, key, fn)
+    assert _meta_strings(path)[key] != _meta_strings(tmp_path / "good.safetensors")[key]  # the edit happened
+    data = make_image_folder(tmp_path / "data", n_per_class=2, size=8)
+    argv = {"info": ["info", path], "predict": ["predict", data / "cat", "-m", path],
+            "eval": ["eval", data, "-m", path]}[command]
+    code, out, err = run_main(argv, capsys)
+    assert code == 65, err
+    assert out == ""
+    _one_line_error(err, str(path), "metadata does not match its checksum")
+
+
+def _saved_with(tmp_path, name="m.safetensors", tensors=None, **changes):
+    """A weight file with valid checksums whose metadata has `changes` applied to a valid tiny model's."""
+    good = _tiny_model(tmp_path / "good.safetensors")
+    good_tensors, meta = weights.load(good)
+    meta.update(changes)
+    path = tmp_path / name
+    weights.save(path, good_tensors if tensors is None else tensors, meta)
+    return path
+
+
+def _pre(**changes):
+    return {"resize": modelfile.RESIZE_RULE, "scale": 1 / 255, "mean": [0.5], "std": [0.25],
+            "alpha_background": "white", "exif_transpose": True, **changes}
+
+
+OUT_OF_RANGE = {
+    "std 1e-320": dict(preprocess=_pre(std=[1e-320])),
+    "std 0": dict(preprocess=_pre(std=[0.0])),
+    "std negative": dict(preprocess=_pre(std=[-0.25])),
+    "mean 1e300": dict(preprocess=_pre(mean=[1e300])),
+    "mean a string": dict(preprocess=_pre(mean=["0.5"])),
+    "scale 1 (not 1/255)": dict(preprocess=_pre(scale=1.0)),
+    "threshold true": dict(threshold=True),
+    "threshold 1.5": dict(threshold=1.5),
+    "threshold -0.1": dict(threshold=-0.1),
+    "input 4096 px": dict(input={"channels": 1, "height": 4096, "width": 4096, "color": "gray"}),
+    "input 2 px": dict(input={"channels": 1, "height": 2, "width": 2, "color": "gray"}),
+    "input not square": dict(input={"channels": 1, "height": 8, "width": 9, "color": "gray"}),
+    "gray with 3 channels": dict(input={"channels": 3, "height": 8, "width": 8, "color": "gray"}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(OUT_OF_RANGE))
+def test_out_of_range_metadata_is_refused_even_with_valid_checksums(tmp_path, capsys, case):
+    path = _saved_with(tmp_path, **OUT_OF_RANGE[case])
+    code, out, err = run_main(["info", path], capsys)
+    assert code == 65, err
+    assert out == ""
+    _one_line_error(err, str(path), "invalid metadata")
+
+
+def test_a_format_1_file_is_refused_as_older(tmp_path, capsys):
+    good = _tiny_model(tmp_path / "good.safetensors")
+    tensors, _ = weights.load(good)
+    raw = _meta_strings(good)
+    raw["format_version"] = "1"
+    del raw["metadata_sha256"]  # format 1 files had no metadata checksum
+    path = tmp_path / "old.safetensors"
+    path.write_bytes(safetensors.numpy.save(tensors, metadata=raw))
+    code, out, err = run_main(["info", path], capsys)
+    assert code == 65 and out == ""
+    _one_line_error(err, str(path), "older cnncli (format 1)", "train it again")
+
+
+# ---------------------------------------------------------------- models beyond the bounds
+
+
+def _limited_child(args, cwd, gib=3):
+    """`python -m cnncli ARGS` with its address space capped, so an attempt to allocate gigabytes fails fast
+    (MemoryError, exit 70) instead of swapping the machine."""
+    def cap():
+        resource.setrlimit(resource.RLIMIT_AS, (gib * 2**30, gib * 2**30))
+    proc = subprocess.run([sys.executable, "-m", "cnncli", *map(str, args)], cwd=cwd, env=child_env(),
+                          capture_output=True, timeout=120, preexec_fn=cap)
+    return proc.returncode, proc.stdout.decode(), proc.stderr.decode()
+
+
+def _huge(tmp_path, name, arch, channels, side):
+    """A small file (a few KB, valid checksums) whose metadata describes a model beyond the bounds."""
+    color = "gray" if channels == 1 else "rgb"
+    tensors = {"layers.0.weight": np.zeros((2, 3), np.float32), "layers.0.bias": np.zeros(2, np.float32)}
+    meta = {"arch": arch, "classes": ["cat", "dog"],
+            "input": {"channels": channels, "height": side, "width": side, "color": color},
+            "preprocess": _pre(mean=[0.5] * channels, std=[0.25] * channels), "train": {}}
+    path = tmp_path / name
+    weights.save(path, tensors, meta)
+    assert path.stat().st_size < 10_000
+    return path
+
+
+HUGE = {
+    # (arch, channels, side, what the message names)
+    "fc65536-fc at 3x4096x4096": ("fc65536-fc", 3, 4096, "input"),
+    "pool4096-fc at 3x4096x4096": ("pool4096-fc", 3, 4096, "input"),
+    "fc65536-fc65536 at 1x28x28": ("fc65536-fc65536-fc", 1, 28, "parameters"),
+    "conv256k1-pool1024 at 3x1024x1024": ("conv256k1-pool1024-fc", 3, 1024, "activation values per image"),
+}
+
+
+@pytest.mark.parametrize("command", ["info", "predict", "eval"])
+@pytest.mark.parametrize("case", sorted(HUGE))
+def test_a_model_beyond_the_bounds_is_refused_before_allocating(tmp_path, case, command):
+    arch, channels, side, what = HUGE[case]
+    path = _huge(tmp_path, "m.safetensors", arch, channels, side)
+    data = make_image_folder(tmp_path / "data", n_per_class=2, size=8, mode="L" if channels == 1 else "RGB")
+    argv = {"info": ["info", path], "predict": ["predict", data / "cat", "-m", path],
+            "eval": ["eval", data, "-m", path]}[command]
+    code, out, err = _limited_child(argv, tmp_path)
+    assert code == 65, err
+    assert out == ""
+    _one_line_error(err, str(path), what)
+
+
+def test_tensors_that_do_not_match_the_spec_are_refused(tmp_path, capsys):
+    path = _huge(tmp_path, "m.safetensors", "tiny", 1, 8)  # tiny needs conv and fc tensors, the file has others
+    code, out, err = run_main(["info", path], capsys)
+    assert code == 65 and out == ""
+    _one_line_error(err, str(path), "tensors do not match the architecture", "missing layers.3.bias",
+                    "layers.0.weight has shape (2, 3)")
+
+
+def test_train_refuses_an_oversized_arch_as_a_usage_error_before_decoding(tmp_path, capsys):
+    data = make_image_folder(tmp_path / "data", n_per_class=4, size=8)
+    out_file = tmp_path / "m.safetensors"
+    code, out, err = run_main(["train", data, "-o", out_file, "--arch", "fc65536-fc65536", "--epochs", "1"], capsys)
+    assert code == 2, err
+    assert out == "" and "Traceback" not in err
+    assert "--arch" in err and "parameters" in err and "limit" in err
+    assert "reading" not in err
+    assert not out_file.exists()
+
+
+# ---------------------------------------------------------------- eval --save-threshold against a replaced model
+
+
+def test_save_threshold_refuses_when_train_overwrite_replaced_the_model_meanwhile(tmp_path, capsys, monkeypatch):
+    """eval picks a threshold on model A; before it gets the lock, a real `train --overwrite` replaces A with B.
+    The threshold must not land in B: exit 75, one line, B untouched."""
+    from cnncli.store import atomic
+
+    data = make_image_folder(tmp_path / "data", n_per_class=6, size=8)
+    model = _tiny_model(tmp_path / "m.safetensors")
+    real_acquire = atomic.OutputLock.acquire
+    replaced = []
+
+    def train_overwrite_first(self):
+        if not replaced:  # the concurrent run: it takes the same lock, writes B, releases
+            proc = subprocess.run([sys.executable, "-m", "cnncli", "train", str(data), "-o", str(model), *FAST,
+                                   "--epochs", "1", "--overwrite", "-q"], cwd=tmp_path, env=child_env(),
+                                  capture_output=True, timeout=120)
+            assert proc.returncode == 0, proc.stderr.decode()
+            replaced.append(model.read_bytes())
+        return real_acquire(self)
+
+    monkeypatch.setattr(atomic.OutputLock, "acquire", train_overwrite_first)
+    code, out, err = run_main(["eval", data, "-m", model, "--pick-threshold", "youden", "--save-threshold",
+                               "--wait", "30"], capsys)
+    assert replaced, "the concurrent train never ran"
+    assert code == 75, err
+    _one_line_error(err, str(model), "replaced while this command ran")
+    assert model.read_bytes() == replaced[0]  # B exactly as train wrote it: no threshold from A's scores
+    assert "threshold" not in weights.load(model)[1]
+
+
+def test_save_threshold_saves_when_the_model_is_unchanged(tmp_path, capsys):
+    data = make_image_folder(tmp_path / "data", n_per_class=6, size=8)
+    model = _tiny_model(tmp_path / "m.safetensors")
+    tensors_before, _ = weights.load(model)
+    code, out, err = run_main(["eval", data, "-m", model, "--pick-threshold", "youden", "--save-threshold",
+                               "--format", "json"], capsys)
+    assert code == 0, err
+    tensors_after, meta = weights.load(model)
+    assert meta["threshold"] == json.loads(out)["saved_threshold"]["threshold"]
+    assert all(tensors_after[k].tobytes() == v.tobytes() for k, v in tensors_before.items())

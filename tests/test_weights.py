@@ -40,9 +40,13 @@ def raw_file(path, tensors, meta_strings):
 
 
 def valid_meta_strings(tensors, **overrides):
-    meta = {"format": "cnncli", "format_version": "1", "tensor_sha256": weights.tensor_digest(tensors)}
+    """Metadata strings as save() writes them, with overrides applied and metadata_sha256 recomputed after
+    (unless overridden too), so each test reaches the one check it is about."""
+    meta = {"format": "cnncli", "format_version": str(weights.FORMAT_VERSION),
+            "tensor_sha256": weights.tensor_digest(tensors)}
     meta["classes"] = json.dumps(["a", "b"])
     meta.update(overrides)
+    meta.setdefault("metadata_sha256", weights.metadata_digest(meta))
     return meta
 
 
@@ -68,14 +72,9 @@ def test_round_trip_bit_exact(saved):
     assert_bit_exact(tensors, loaded)
     for arr in loaded.values():
         assert arr.flags.c_contiguous and arr.flags.writeable
-    assert meta == {**META, "format": "cnncli", "format_version": 1, "tensor_sha256": weights.tensor_digest(tensors)}
-    assert weights.read_metadata(path) == meta
-
-
-def test_read_header_lists_tensor_specs(saved):
-    path, tensors = saved
-    _, specs = weights.read_header(path)
-    assert specs == {name: ("F32", arr.shape) for name, arr in tensors.items()}
+    digest = meta.pop("metadata_sha256")
+    assert meta == {**META, "format": "cnncli", "format_version": 2, "tensor_sha256": weights.tensor_digest(tensors)}
+    assert len(digest) == 64
 
 
 def test_load_then_save_round_trips_and_reserved_keys_are_recomputed(saved, tmp_path):
@@ -128,8 +127,6 @@ def test_save_refuses_unserialisable_metadata(tmp_path):
 def test_missing_path_is_noinput(tmp_path):
     with pytest.raises(NoInputError, match="not found"):
         weights.load(tmp_path / "nope.safetensors")
-    with pytest.raises(NoInputError, match="not found"):
-        weights.read_metadata(tmp_path / "nope.safetensors")
 
 
 def test_directory_is_noinput(tmp_path):
@@ -156,8 +153,6 @@ def test_truncated_file(saved):
     path.write_bytes(path.read_bytes()[:-100])
     with pytest.raises(FormatError, match="truncated"):
         weights.load(path)
-    with pytest.raises(FormatError, match="truncated"):
-        weights.read_metadata(path)
 
 
 def test_truncated_inside_header(saved):
@@ -190,8 +185,6 @@ def test_malicious_pickle_is_refused_and_never_runs(tmp_path, protocol):
     path.write_bytes(data)
     with pytest.raises(FormatError):
         weights.load(path)
-    with pytest.raises(FormatError):
-        weights.read_metadata(path)
     assert not marker.exists()
 
 
@@ -203,16 +196,45 @@ def test_foreign_safetensors_without_cnncli_metadata(tmp_path):
     path = tmp_path / "m2.safetensors"
     path.write_bytes(safetensors.numpy.save(tensors))
     with pytest.raises(FormatError, match="not a cnncli weight file"):
-        weights.read_metadata(path)
+        weights.load(path)
 
 
 def test_newer_format_version(tmp_path):
     tensors = make_tensors()
-    path = raw_file(tmp_path / "m.safetensors", tensors, valid_meta_strings(tensors, format_version="2"))
-    with pytest.raises(FormatError, match=r"newer cnncli \(format 2 > 1\)"):
+    path = raw_file(tmp_path / "m.safetensors", tensors, valid_meta_strings(tensors, format_version="3"))
+    with pytest.raises(FormatError, match=r"newer cnncli \(format 3 > 2\)"):
         weights.load(path)
-    with pytest.raises(FormatError, match="newer cnncli"):
-        weights.read_metadata(path)
+
+
+def test_older_format_version_without_metadata_checksum_is_refused(tmp_path):
+    tensors = make_tensors()
+    meta = valid_meta_strings(tensors, format_version="1")
+    del meta["metadata_sha256"]  # format 1 had none
+    path = raw_file(tmp_path / "m.safetensors", tensors, meta)
+    with pytest.raises(FormatError, match=r"older cnncli \(format 1\).*not covered by a checksum"):
+        weights.load(path)
+
+
+@pytest.mark.parametrize("key, value", [("classes", '["a", "c"]'), ("threshold", "0.6"), ("format", "cnncli "),
+                                        ("tensor_sha256", "0" * 64)])
+def test_any_changed_metadata_string_fails_the_metadata_checksum(tmp_path, key, value):
+    tensors = make_tensors()
+    meta = valid_meta_strings(tensors, threshold="0.5")
+    meta[key] = value
+    path = raw_file(tmp_path / "m.safetensors", tensors, meta)
+    with pytest.raises(FormatError, match="metadata does not match its checksum|not a cnncli weight file"):
+        weights.load(path)
+
+
+def test_update_metadata_refuses_a_file_that_changed_since_it_was_read(saved):
+    path, tensors = saved
+    _, meta = weights.load(path)
+    weights.update_metadata(path, {"note": "concurrent edit"})
+    before = path.read_bytes()
+    with pytest.raises(weights.ChangedError, match="replaced while this command ran") as info:
+        weights.update_metadata(path, {"threshold": 0.9}, expect=meta["metadata_sha256"])
+    assert info.value.exit_code == 75
+    assert path.read_bytes() == before
 
 
 @pytest.mark.parametrize("version", ["0", "one", "", "1.0", "-1"])
@@ -283,25 +305,6 @@ def test_oversized_file_refused_before_reading(tmp_path, monkeypatch):
         weights.load(path)
 
 
-def test_check_tensors_names_every_problem(saved):
-    path, _ = saved
-    tensors, _ = weights.load(path)
-    expected = {name: arr.shape for name, arr in tensors.items()}
-    weights.check_tensors(path, tensors, expected)  # matching: no error
-
-    broken = dict(tensors)
-    del broken["layers.0.bias"]
-    broken["layers.9.weight"] = np.zeros(2, np.float32)
-    broken["layers.3.weight"] = broken["layers.3.weight"].reshape(4, 18)
-    with pytest.raises(FormatError) as info:
-        weights.check_tensors(path, broken, expected)
-    msg = str(info.value)
-    assert "missing layers.0.bias" in msg
-    assert "unexpected layers.9.weight" in msg
-    assert "layers.3.weight has shape (4, 18), expected (2, 36)" in msg
-    assert "\n" not in msg and str(path) in msg
-
-
 # ---- property tests -------------------------------------------------------------------------------------
 
 _VALID = safetensors.numpy.save(
@@ -348,11 +351,10 @@ def test_mutated_header_only_ever_raises_format_error(tmp_path, edits, fix_lengt
         data = data[:cut]
     path = tmp_path / "fuzz.safetensors"
     path.write_bytes(data)
-    for reader in (weights.load, weights.read_metadata):
-        try:
-            reader(path)
-        except FormatError as exc:
-            assert str(path) in str(exc) and "\n" not in str(exc)
+    try:
+        weights.load(path)
+    except FormatError as exc:
+        assert str(path) in str(exc) and "\n" not in str(exc)
 
 
 _json = st.recursive(
@@ -377,6 +379,7 @@ def test_random_metadata_round_trips(tmp_path, meta):
 def test_random_raw_metadata_strings_only_ever_raise_format_error(tmp_path, raw):
     tensors = make_tensors()
     meta = {**raw, **valid_meta_strings(tensors)} if len(raw) % 2 else {**valid_meta_strings(tensors), **raw}
+    meta["metadata_sha256"] = weights.metadata_digest(meta)  # so the raw strings reach the JSON decoding
     path = raw_file(tmp_path / "m.safetensors", tensors, meta)
     try:
         _, loaded = weights.load(path)

@@ -109,10 +109,12 @@ def run(opts, on_warn=None):
     if picked:
         report["picked_threshold"] = picked
     if opts.save_threshold:
-        from cnncli.store import weights
-
+        if not 0.0 <= threshold <= 1.0:  # above every score: "nothing is positive" is no threshold to keep
+            raise DataError(f"--save-threshold: the picked threshold {threshold:.17g} is above every possible "
+                            "probability (it would classify nothing as positive); not saved")
         with modelfile.output_lock(model_path, wait=opts.wait):
-            weights.update_metadata(model_path, {"threshold": float(threshold)})
+            # Under the lock, and only if the file still holds what the threshold was picked on.
+            modelfile.save_threshold(model_path, threshold, expect=clf.digest)
         report["saved_threshold"] = {"file": str(model_path), "threshold": float(threshold)}
     if opts.errors:
         wrong = metrics.most_confident_errors([str(p) for p, _ in loaded.items], loaded.y, proba, opts.errors,

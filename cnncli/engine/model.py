@@ -9,6 +9,7 @@ name code to import or run. See README.md ("Architecture specs") for the full sy
 """
 
 import re
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -28,6 +29,14 @@ DEFAULT_FILTERS, DEFAULT_KERNEL, DEFAULT_POOL, DEFAULT_UNITS, DEFAULT_DROP = 32,
 MAX_SPEC_LENGTH = 4096
 MAX_LAYERS = 256
 MAX_DIM = 65536
+
+# Bounds on what a spec may ask for, checked by plan() with arithmetic only, before anything is allocated:
+# a weight file's metadata (or an --arch) must not be able to make cnncli allocate terabytes. See README.md
+# ("Weight files", "Limits").
+MAX_INPUT_SIDE = 1024  # input height and width in pixels, as train --size allows
+MAX_PARAMS = 2**26  # 67,108,864 parameters: 256 MiB of float32 (a checkpoint holds 4x, under the 2 GiB file cap)
+MAX_ACTIVATIONS = 2**27  # floats per image, input plus every layer's output: 512 MiB
+INFERENCE_FLOATS = 2**27  # activations in flight during inference: images_per_pass() keeps a pass under 512 MiB
 
 _SEP = re.compile(r"\s*(?:>>|->|[-,\s])\s*")
 _PAIR = r"(\d+)(?:x(\d+))?"
@@ -114,6 +123,71 @@ def _spell_spec(layers):
     return "-".join([layer.token for layer in layers[:-1]] + ["fc"])
 
 
+@dataclass
+class Plan:
+    """What a spec asks for on a given input, derived without allocating: fresh layers (parameters not yet
+    created), each layer's output shape (C, H, W), every parameter's shape by state_dict name, the parameter
+    count and the activations of one image (floats: the input plus every layer's output)."""
+
+    layers: list
+    shapes: list
+    params: dict
+    n_params: int
+    activations: int
+
+
+def _param_shapes(layer, in_shape):
+    """{"weight": shape, "bias": shape} a layer will create for input (C, H, W); {} for parameter-free layers."""
+    if isinstance(layer, Conv):
+        return {"weight": (layer.filters, in_shape[0], *layer.kernel), "bias": (layer.filters,)}
+    if isinstance(layer, Dense):
+        return {"weight": (layer.units, in_shape[0] * in_shape[1] * in_shape[2]), "bias": (layer.units,)}
+    shapes = getattr(layer, "param_shapes", None)  # a layer type that has parameters says which
+    return dict(shapes(in_shape)) if shapes is not None else {}
+
+
+def plan(spec, input_shape, num_classes):
+    """Parse spec for input (C, H, W) and num_classes outputs, and check it against the bounds above.
+
+    Pure arithmetic on Python ints. Raises SpecError naming the layer that does not fit, or the bound that
+    is exceeded (input side, parameter count, activations per image).
+    """
+    c, h, w = (int(v) for v in input_shape)
+    if not (1 <= h <= MAX_INPUT_SIDE and 1 <= w <= MAX_INPUT_SIDE and 1 <= c <= MAX_DIM):
+        raise SpecError(f"input {c}x{h}x{w} (CxHxW) is out of range: sides of 1 to {MAX_INPUT_SIDE} pixels")
+    if num_classes < 2:
+        raise SpecError(f"a classifier needs at least 2 classes, got {num_classes}")
+    layers = parse_spec(spec)
+    layers[-1].units = int(num_classes)
+    shape, shapes, params = (c, h, w), [], {}
+    activations = c * h * w
+    for i, layer in enumerate(layers):
+        try:
+            out = layer.output_shape(shape)
+        except SpecError as exc:
+            raise SpecError(f"layer {i + 1} {exc} (input {shape[0]}x{shape[1]}x{shape[2]} as CxHxW)") from None
+        for k, v in _param_shapes(layer, shape).items():
+            params[f"layers.{i}.{k}"] = tuple(int(d) for d in v)
+        activations += out[0] * out[1] * out[2]
+        shapes.append(out)
+        shape = out
+    n_params = sum(_count(v) for v in params.values())
+    if n_params > MAX_PARAMS:
+        raise SpecError(f"{_spell_spec(layers)} on {c}x{h}x{w} input needs {n_params:,} parameters, more than the "
+                        f"limit of {MAX_PARAMS:,}")
+    if activations > MAX_ACTIVATIONS:
+        raise SpecError(f"{_spell_spec(layers)} on {c}x{h}x{w} input needs {activations:,} activation values per "
+                        f"image, more than the limit of {MAX_ACTIVATIONS:,}")
+    return Plan(layers, shapes, params, n_params, activations)
+
+
+def _count(shape):
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
 class Model:
     """A CNN classifier: input (N, C, H, W) float32 -> logits (N, num_classes).
 
@@ -121,27 +195,20 @@ class Model:
     """
 
     def __init__(self, spec, input_shape, num_classes, seed=0):
-        if num_classes < 2:
-            raise SpecError(f"a classifier needs at least 2 classes, got {num_classes}")
+        # Shapes and bounds first (arithmetic only), so an oversized spec fails before anything is allocated.
+        p = plan(spec, input_shape, num_classes)
         self.input_shape = tuple(int(v) for v in input_shape)
         self.num_classes = int(num_classes)
-        self.layers = parse_spec(spec)
-        self.layers[-1].units = self.num_classes
+        self.layers, self.shapes, self.activations = p.layers, p.shapes, p.activations
         rng = np.random.default_rng(seed)
         shape = self.input_shape
-        self.shapes = []
         for i, layer in enumerate(self.layers):
-            try:
-                out = layer.output_shape(shape)
-            except SpecError as exc:
-                raise SpecError(f"layer {i + 1} {exc} (input {shape[0]}x{shape[1]}x{shape[2]} as CxHxW)") from None
             nxt = self.layers[i + 1] if i + 1 < len(self.layers) else None
             # He initialisation (gain 2) feeding a ReLU, LeCun (gain 1: variance 1/fan_in) otherwise.
             gain = 2.0 if isinstance(nxt, Activation) and nxt.kind == "relu" else 1.0
             if isinstance(layer, (Conv, Dense)):
                 layer.init(shape, rng, gain)
-            shape = out
-            self.shapes.append(out)
+            shape = self.shapes[i]
         self.spec = _spell_spec(self.layers)
 
     def forward(self, x, training=False):
@@ -167,9 +234,16 @@ class Model:
         return loss, logits
 
     def predict_proba(self, x, batch_size=256):
-        """Class probabilities (N, num_classes) float32 for x (N, C, H, W) float32."""
+        """Class probabilities (N, num_classes) float32 for x (N, C, H, W) float32, batch_size images per
+        pass at most (fewer when their activations would exceed INFERENCE_FLOATS)."""
+        batch_size = self.images_per_pass(batch_size)
         out = [softmax(self.forward(x[i:i + batch_size])) for i in range(0, len(x), batch_size)]
         return np.concatenate(out) if out else np.zeros((0, self.num_classes), np.float32)
+
+    def images_per_pass(self, limit=256):
+        """How many images one inference pass may hold so that their activations stay under INFERENCE_FLOATS
+        (at least 1, at most limit)."""
+        return max(1, min(limit, INFERENCE_FLOATS // max(1, self.activations)))
 
     def set_dropout_rng(self, rng):
         for layer in self.layers:

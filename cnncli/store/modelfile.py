@@ -15,10 +15,12 @@ from cnncli.store import weights
 from cnncli.store.atomic import OutputLock
 from cnncli.errors import FormatError, SpecError
 from cnncli.data.images import normalize
-from cnncli.engine.model import Model
+from cnncli.engine.model import Model, plan
 
 MAX_CLASSES = 10000
 RESIZE_RULE = "shorter-side-then-center-crop"
+MIN_SIDE, MAX_SIDE = 4, 1024  # input sides, as train --size allows
+MIN_STD, MAX_ABS = 1e-3, 1e3  # preprocess.std in [MIN_STD, MAX_ABS] (train floors it at 1e-3); |mean| <= MAX_ABS
 
 
 @dataclass
@@ -32,6 +34,7 @@ class Classifier:
     std: list
     threshold: float | None = None  # two-class decision threshold for the positive class (index 1)
     train: dict = field(default_factory=dict)
+    digest: str | None = None  # metadata_sha256 of the file it was loaded from (covers tensors and metadata)
 
     @property
     def size(self):
@@ -46,8 +49,16 @@ class Classifier:
         return normalize(x, self.mean, self.std)
 
     def proba(self, x):
-        """Class probabilities (N, K) float32 for uint8 images (N, C, H, W)."""
-        return self.model.predict_proba(self.to_float(x))
+        """Class probabilities (N, K) float32 for uint8 images (N, C, H, W).
+
+        Normalises one inference pass of images at a time (Model.images_per_pass), so a large batch never
+        holds a float32 copy of itself.
+        """
+        step = self.model.images_per_pass()
+        if len(x) <= step:
+            return self.model.predict_proba(self.to_float(x), step)
+        return np.concatenate([self.model.predict_proba(self.to_float(x[i:i + step]), step)
+                               for i in range(0, len(x), step)])
 
     def metadata(self):
         c, h, w = self.model.input_shape
@@ -74,16 +85,36 @@ def _need(path, cond, what):
         raise FormatError(f"{path}: invalid metadata: {what}")
 
 
-def _finite_list(path, value, n, name, positive=False):
-    ok = (isinstance(value, list) and len(value) == n
-          and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value))
-    _need(path, ok and (not positive or all(v > 0 for v in value)), f"'{name}' must be {n} finite numbers"
-          + (" > 0" if positive else ""))
+def _number(v):
+    """A real JSON number: int or float, not a bool (JSON true is not a threshold), and finite."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _finite_list(path, value, n, name, lo, hi):
+    ok = isinstance(value, list) and len(value) == n and all(_number(v) and lo <= v <= hi for v in value)
+    _need(path, ok, f"'{name}' must be {n} finite number{'s' if n > 1 else ''} in [{lo:g}, {hi:g}]")
     return [float(v) for v in value]
 
 
+def _check_tensors(path, tensors, expected):
+    """FormatError naming missing, extra and mis-shaped tensors against the shapes the spec implies."""
+    missing = sorted(set(expected) - set(tensors))
+    extra = sorted(set(tensors) - set(expected))
+    shaped = [f"{n} has shape {tuple(tensors[n].shape)}, the architecture needs {expected[n]}"
+              for n in sorted(set(expected) & set(tensors)) if tuple(tensors[n].shape) != expected[n]]
+    problems = ([f"missing {', '.join(missing[:5])}"] if missing else []) + (
+        [f"unexpected {', '.join(extra[:5])}"] if extra else []) + shaped[:3]
+    if problems:
+        raise FormatError(f"{path}: tensors do not match the architecture: {'; '.join(problems)}")
+
+
 def from_parts(path, tensors, meta):
-    """Build a Classifier from loaded tensors and metadata, validating every field; raises FormatError."""
+    """Build a Classifier from loaded tensors and metadata, validating every field; raises FormatError.
+
+    Order matters: the metadata is range-checked, then the spec's tensor shapes and memory are derived by
+    arithmetic (engine.model.plan, which refuses a model over the documented bounds) and compared with the
+    file's tensors, and only then is a Model built.
+    """
     arch, classes, inp, pre = meta.get("arch"), meta.get("classes"), meta.get("input"), meta.get("preprocess")
     _need(path, isinstance(arch, str), "'arch' must be a string")
     _need(path, isinstance(classes, list) and 2 <= len(classes) <= MAX_CLASSES
@@ -92,21 +123,45 @@ def from_parts(path, tensors, meta):
     _need(path, isinstance(inp, dict), "'input' missing")
     dims = [inp.get(k) for k in ("channels", "height", "width")]
     _need(path, all(isinstance(v, int) and not isinstance(v, bool) for v in dims)
-          and dims[0] in (1, 3) and all(1 <= v <= 4096 for v in dims[1:]), "'input' sizes out of range")
-    _need(path, inp.get("color") in ("gray", "rgb"), "'input.color' must be gray or rgb")
+          and dims[0] in (1, 3) and dims[1] == dims[2] and MIN_SIDE <= dims[1] <= MAX_SIDE,
+          f"'input' must be 1 or 3 channels of a square {MIN_SIDE} to {MAX_SIDE} pixels a side")
+    _need(path, inp.get("color") == ("gray" if dims[0] == 1 else "rgb"),
+          "'input.color' must be gray for 1 channel, rgb for 3")
     _need(path, isinstance(pre, dict), "'preprocess' missing")
-    mean = _finite_list(path, pre.get("mean"), dims[0], "preprocess.mean")
-    std = _finite_list(path, pre.get("std"), dims[0], "preprocess.std", positive=True)
+    _need(path, pre.get("resize") == RESIZE_RULE and _number(pre.get("scale"))
+          and abs(pre["scale"] * 255 - 1) < 1e-9 and pre.get("alpha_background") == "white"
+          and pre.get("exif_transpose") is True,
+          f"'preprocess' must say resize {RESIZE_RULE}, scale 1/255, alpha_background white, exif_transpose true "
+          "(the only preprocessing this cnncli does)")
+    mean = _finite_list(path, pre.get("mean"), dims[0], "preprocess.mean", -MAX_ABS, MAX_ABS)
+    std = _finite_list(path, pre.get("std"), dims[0], "preprocess.std", MIN_STD, MAX_ABS)
     threshold = meta.get("threshold")
-    _need(path, threshold is None or (isinstance(threshold, (int, float)) and 0.0 <= threshold <= 1.0),
+    _need(path, threshold is None or (_number(threshold) and 0.0 <= threshold <= 1.0),
           "'threshold' must be a number in [0, 1]")
+    try:
+        expected = plan(arch, tuple(dims), len(classes)).params
+    except SpecError as exc:
+        raise FormatError(f"{path}: {exc}") from None
+    _check_tensors(path, tensors, expected)
     try:
         model = Model(arch, tuple(dims), len(classes))
         model.load_state_dict(tensors)
     except SpecError as exc:
         raise FormatError(f"{path}: {exc}") from None
     train = meta.get("train") if isinstance(meta.get("train"), dict) else {}
-    return Classifier(model, classes, inp["color"], mean, std, threshold, train)
+    return Classifier(model, classes, inp["color"], mean, std, None if threshold is None else float(threshold),
+                      train, meta.get("metadata_sha256"))
+
+
+def save_threshold(path, threshold, expect):
+    """Write `threshold` into the weight file at path, only if the file still has metadata_sha256 `expect`
+    (the content the threshold was picked on) and the result is a valid model file (threshold in [0, 1]).
+
+    The caller holds the file's OutputLock. Raises weights.ChangedError (exit 75) if the file was replaced,
+    FormatError (exit 65) if the threshold is out of range; nothing is written in either case.
+    """
+    weights.update_metadata(path, {"threshold": float(threshold)}, expect=expect,
+                            check=lambda tensors, meta: from_parts(path, tensors, meta))
 
 
 def load(path):

@@ -4,10 +4,13 @@ A weight file is a safetensors file whose tensors are all float32 (little-endian
 `__metadata__` (a str -> str map) holds:
 
 - "format": the literal "cnncli"
-- "format_version": a decimal integer, currently "1"; newer files are refused with an upgrade hint
+- "format_version": a decimal integer, currently "2"; other versions are refused (newer: upgrade cnncli;
+  older: format 1 did not checksum its metadata, so nothing in it can be trusted to be what was trained)
 - "tensor_sha256": hex SHA-256 over the tensors in sorted name order, each contributing
   name \\0 dtype \\0 shape \\0 raw bytes (dtype "F32", shape as comma-joined decimals, e.g. "16,3,3,3")
 - every caller key (arch, classes, input, preprocess, train, threshold, ...) as a JSON-encoded string
+- "metadata_sha256": hex SHA-256 over every other metadata key and its string, in sorted key order, each as
+  key \\0 value \\0; it covers tensor_sha256 too, so one digest vouches for the whole file
 
 Loading reads the file into memory once (so a concurrent atomic replace cannot tear what we see), lets the
 audited safetensors parser check the structure, then checks the schema, dtypes, checksum and finiteness.
@@ -28,16 +31,20 @@ import safetensors
 import safetensors.numpy
 
 from cnncli.store.atomic import atomic_write_bytes
-from cnncli.errors import FormatError, NoInputError, WriteError
+from cnncli.errors import FormatError, LockedError, NoInputError, WriteError
 
 FORMAT_NAME = "cnncli"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 MAX_FILE_BYTES = 2 * 1024**3  # larger files are the wrong file or a denial of service, refused before reading
 MAX_HEADER_BYTES = 16 * 1024**2  # metadata is small; safetensors' own cap (100 MB) is far looser
 
-RESERVED_KEYS = ("format", "format_version", "tensor_sha256")
+RESERVED_KEYS = ("format", "format_version", "tensor_sha256", "metadata_sha256")
 _F32 = np.dtype("<f4")
+
+
+class ChangedError(LockedError):
+    """The file changed between reading it and writing it back (exit 75: retry)."""
 
 
 def tensor_digest(tensors: Mapping[str, np.ndarray]) -> str:
@@ -48,6 +55,15 @@ def tensor_digest(tensors: Mapping[str, np.ndarray]) -> str:
         h.update(name.encode("utf-8") + b"\0F32\0")
         h.update(",".join(str(d) for d in arr.shape).encode("ascii") + b"\0")
         h.update(memoryview(arr).cast("B"))
+    return h.hexdigest()
+
+
+def metadata_digest(raw: Mapping[str, str]) -> str:
+    """Hex SHA-256 of the stored metadata strings except metadata_sha256: sorted keys, each key\\0value\\0."""
+    h = hashlib.sha256()
+    for key in sorted(raw):
+        if key != "metadata_sha256":
+            h.update(key.encode("utf-8", "surrogatepass") + b"\0" + raw[key].encode("utf-8", "surrogatepass") + b"\0")
     return h.hexdigest()
 
 
@@ -90,6 +106,7 @@ def save(path: str | os.PathLike, tensors: Mapping[str, np.ndarray], metadata: M
     meta["format"] = FORMAT_NAME
     meta["format_version"] = str(FORMAT_VERSION)
     meta["tensor_sha256"] = tensor_digest(arrays)
+    meta["metadata_sha256"] = metadata_digest(meta)
     data = safetensors.numpy.save(arrays, metadata=meta)
     if len(data) > MAX_FILE_BYTES:
         raise WriteError(f"{path}: cannot write: model too large ({len(data)} bytes > {MAX_FILE_BYTES} limit)")
@@ -117,10 +134,17 @@ def _stat_input(path: Path) -> os.stat_result:
 
 def _read_file(path: Path, limit: int) -> bytes:
     try:
-        with open(path, "rb") as f:
-            data = f.read(limit + 1)
+        # O_NONBLOCK: a path swapped for a FIFO after _stat_input must not hang the read; fstat refuses it.
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError as exc:
         raise NoInputError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise FormatError(f"{path}: not a regular file")
+        try:
+            data = f.read(limit + 1)
+        except OSError as exc:
+            raise NoInputError(f"{path}: cannot read: {exc.strerror or exc}") from None
     if len(data) > limit:  # grew since stat
         raise FormatError(f"{path}: file too large for a weight file (> {limit} bytes)")
     return data
@@ -171,10 +195,17 @@ def _decode_metadata(path: Path, header: dict) -> dict[str, Any]:
         )
     if int(version) < 1:
         raise FormatError(f"{path}: bad format_version {version!r}")
-    digest = raw.get("tensor_sha256", "")
-    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
-        raise FormatError(f"{path}: missing or malformed tensor_sha256 in metadata")
-    meta: dict[str, Any] = {"format": FORMAT_NAME, "format_version": int(version), "tensor_sha256": digest}
+    if int(version) < FORMAT_VERSION:
+        raise FormatError(f"{path}: written by an older cnncli (format {int(version)}), whose metadata is not "
+                          "covered by a checksum; train it again with this version")
+    digests = {}
+    for key in ("tensor_sha256", "metadata_sha256"):
+        digests[key] = raw.get(key, "")
+        if len(digests[key]) != 64 or any(c not in "0123456789abcdef" for c in digests[key]):
+            raise FormatError(f"{path}: missing or malformed {key} in metadata")
+    if metadata_digest(raw) != digests["metadata_sha256"]:
+        raise FormatError(f"{path}: metadata does not match its checksum (file edited or damaged?)")
+    meta: dict[str, Any] = {"format": FORMAT_NAME, "format_version": int(version), **digests}
     for key, text in raw.items():
         if key in RESERVED_KEYS:
             continue
@@ -221,94 +252,33 @@ def load(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any]
     Returns (tensors, metadata): tensors maps name -> float32 C-contiguous writable ndarray; metadata holds
     the caller's keys JSON-decoded plus "format" (str), "format_version" (int) and "tensor_sha256" (str).
     Raises NoInputError (missing path, a directory, unreadable) or FormatError (anything else wrong).
-    Tensor names and shapes are not checked against an architecture here; see check_tensors.
+    Tensor names and shapes are not checked against an architecture here; modelfile does that.
     """
     path = Path(path)
     _stat_input(path)
     return _parse(path, _read_file(path, MAX_FILE_BYTES))
 
 
-def read_header(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, tuple[str, tuple[int, ...]]]]:
-    """Metadata (as load returns it) and {name: (dtype, shape)} without reading the tensor data.
-
-    Validates the safetensors structure (via safetensors.safe_open) and the cnncli format/version, but not
-    the checksum or finiteness, which need the data; use load() for that.
-    """
-    path = Path(path)
-    st = _stat_input(path)
-    try:
-        with open(path, "rb") as f:
-            n = _header_length(path, f.read(8), st.st_size)
-            raw = f.read(n)
-    except OSError as exc:
-        raise NoInputError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    header = _parse_header(path, raw)
-    meta = _decode_metadata(path, header)
-    try:
-        with safetensors.safe_open(str(path), framework="numpy") as f:  # structural checks, mmap only
-            f.keys()
-    except (KeyboardInterrupt, SystemExit):
-        raise
-    except BaseException as exc:
-        raise FormatError(f"{path}: damaged or truncated safetensors file ({_one_line(exc)})") from None
-    specs: dict[str, tuple[str, tuple[int, ...]]] = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            specs[name] = (str(info["dtype"]), tuple(int(d) for d in info["shape"]))
-        except (KeyError, TypeError, ValueError):
-            raise FormatError(f"{path}: tensor {name[:60]!r} has a malformed header entry") from None
-    return meta, specs
-
-
-def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """Validated metadata only (format, version, caller keys), without loading tensors; for `cnncli info`."""
-    return read_header(path)[0]
-
-
-def _listing(names: list[str], limit: int = 5) -> str:
-    shown = ", ".join(names[:limit])
-    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
-
-
-def check_tensors(
-    path: str | os.PathLike,
-    tensors: Mapping[str, np.ndarray],
-    expected: Mapping[str, tuple[int, ...]],
-) -> None:
-    """Raise FormatError naming missing, extra and mis-shaped tensors if `tensors` differ from `expected`.
-
-    expected: name -> shape the architecture implies, e.g. {"layers.0.weight": (16, 3, 3, 3)}.
-    """
-    missing = sorted(set(expected) - set(tensors))
-    extra = sorted(set(tensors) - set(expected))
-    shaped = [
-        f"{name} has shape {tuple(tensors[name].shape)}, expected {tuple(expected[name])}"
-        for name in sorted(set(expected) & set(tensors))
-        if tuple(tensors[name].shape) != tuple(expected[name])
-    ]
-    problems = []
-    if missing:
-        problems.append("missing " + _listing(missing))
-    if extra:
-        problems.append("unexpected " + _listing(extra))
-    if shaped:
-        problems.append(_listing(shaped, 3))
-    if problems:
-        raise FormatError(f"{path}: tensors do not match the architecture: {'; '.join(problems)}")
-
-
-def update_metadata(path: str | os.PathLike, changes: Mapping[str, Any]) -> None:
+def update_metadata(path: str | os.PathLike, changes: Mapping[str, Any], expect: str | None = None,
+                    check=None) -> None:
     """Atomically rewrite `path` with some metadata keys set to new values; tensors stay bit-identical.
 
-    Reserved keys (format, format_version, tensor_sha256) cannot be changed (ValueError). The caller should
-    hold the output's OutputLock. Raises what load() and save() raise.
+    expect: the metadata_sha256 the caller's decision was based on; if the file now holds anything else (a
+    concurrent `train --overwrite` replaced it), nothing is written and ChangedError (exit 75) is raised.
+    Reserved keys (format, format_version, tensor_sha256, metadata_sha256) cannot be changed (ValueError).
+    The caller must hold the output's OutputLock, so that the check and the write see the same file.
+    check(tensors, new_metadata), if given, runs before anything is written and raises to refuse the result.
+    Raises what load() and save() raise.
     """
     bad = [k for k in changes if k in RESERVED_KEYS]
     if bad:
         raise ValueError(f"cannot change reserved metadata keys: {', '.join(bad)}")
     tensors, meta = load(path)
+    if expect is not None and meta["metadata_sha256"] != expect:
+        raise ChangedError(f"{path}: the weight file was replaced while this command ran (another run wrote it); "
+                           "nothing saved, run the command again")
     meta.update(changes)
+    if check is not None:
+        check(tensors, meta)
     save(path, tensors, meta)
 
