@@ -4,8 +4,6 @@ No typer or rich here: the command line passes options in and receives progress 
 object with the methods info, warn, batch, epoch_end (see cli.TrainReporter).
 """
 
-import csv
-import io
 import math
 import os
 import signal
@@ -27,6 +25,7 @@ from cnncli.store import weights
 from cnncli.store.atomic import OutputLock, atomic_write_bytes, check_writable_target
 from cnncli.errors import (DataError, DivergedError, FormatError, NoInputError, OutputError, SpecError, UsageError,
                            one_line)
+from cnncli.report.lines import csv_row
 from cnncli.data.images import channel_stats
 from cnncli.engine.model import Model
 from cnncli.engine.optim import make_optimizer
@@ -110,12 +109,9 @@ def sidecars(output):
 
 def _history_csv(history):
     cols = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "time"]
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, cols, extrasaction="ignore", lineterminator="\n")
-    w.writeheader()
-    for rec in history:
-        w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in rec.items()})
-    return buf.getvalue().encode()
+    cell = lambda v: f"{v:.6g}" if isinstance(v, float) else ("" if v is None else v)  # noqa: E731
+    rows = [csv_row(cols)] + [csv_row([cell(rec.get(k)) for k in cols]) for rec in history]
+    return "".join(rows).encode()
 
 
 def _parts(ds, opts):
