@@ -361,3 +361,16 @@ def test_winograd_results_are_bit_identical_for_one_and_two_threads(dtype, threa
         results.append([run_forward(x, w, b, stride, padding).tobytes()]
                        + [a.tobytes() for a in run_backward(x, w, dout, stride, padding)])
     assert results[0] == results[1] == results[2]
+
+
+@pytest.mark.parametrize("geometry", [((2, 2), (2, 2), (0, 0)), ((3, 3), (2, 2), (1, 1))])
+def test_maxpool_without_indices_gives_the_same_maxima(geometry):
+    size, stride, padding = geometry
+    x = np.random.default_rng(2).standard_normal((3, 5, 9, 8)).astype(np.float32)
+    x[0, 0, :2, :2] = 1.5  # a tie
+    oh = naive.out_size(9, size[0], stride[0], padding[0])
+    ow = naive.out_size(8, size[1], stride[1], padding[1])
+    with_idx, without = np.empty((3, 5, oh, ow), np.float32), np.full((3, 5, oh, ow), np.nan, np.float32)
+    kernels.maxpool_forward(x, size, stride, padding, with_idx, np.empty((3, 5, oh, ow), np.int32))
+    kernels.maxpool_forward(x, size, stride, padding, without)
+    np.testing.assert_array_equal(without, with_idx)

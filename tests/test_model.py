@@ -343,3 +343,14 @@ def test_summary_and_parameter_count():
     assert [r[1] for r in rows] == [(2, 4, 4), (2, 4, 4), (2, 2, 2), (4, 1, 1)]
     assert [r[2] for r in rows] == [2 * 3 * 3 * 3 + 2, 0, 0, 4 * 8 + 4]
     assert model.num_params() == sum(r[2] for r in rows)
+
+
+@pytest.mark.parametrize("n", [3, 12])  # the numpy twins (small batches) and the numba kernels
+@pytest.mark.parametrize("spec", ["conv4k3-relu-pool2-conv6k3p1-relu-fc", "conv5k3s2-relu-conv4-relu-fc"])
+def test_inference_fuses_conv_and_relu_with_the_same_results(spec, n):
+    model = Model(spec, (3, 12, 12), 4, seed=1)
+    x = image((3, 12, 12), n=n, seed=2)
+    h = x
+    for layer in model.layers:  # layer by layer, no fusion
+        h = layer.forward(h).copy()
+    np.testing.assert_array_equal(model.forward(x), h.reshape(n, 4))

@@ -618,16 +618,16 @@ def _wino_fits(C, KH, KW, OH, OW, ph, pw):
             and 16 * C * ((OH + 1) // 2) * ((OW + 1) // 2) * 4 <= _WINO_MAX_IMAGE_BYTES)
 
 
-def _wino_conv(x, w, b, ph, pw, out):
-    """out = conv(x, w) + b through Winograd F(2x2, 3x3); chunks of images sized from the shapes only."""
+def _wino_plan(x, w, b, ph, pw, out):
+    """(chunk function, item count, arguments, chunk count) of out = conv(x, w) + b through Winograd F(2x2, 3x3);
+    chunks of images sized from the shapes only."""
     N, C = x.shape[:2]
     OH, OW = out.shape[2], out.shape[3]
     TH, TW = (OH + 1) // 2, (OW + 1) // 2
     U = np.empty((16, w.shape[0], C), dtype=x.dtype)
     _wino_weights(w, U)
     per_image = 16 * C * TH * TW * 4
-    n_chunks = max(1, min(N, -(-N * per_image // _WINO_CHUNK_BYTES)))
-    _run(_wino_chunk, N, x, U, b, ph, pw, TH, TW, out, n_chunks=n_chunks)
+    return _wino_chunk, N, (x, U, b, ph, pw, TH, TW, out), max(1, min(N, -(-N * per_image // _WINO_CHUNK_BYTES)))
 
 
 _LANES = 16
@@ -663,10 +663,11 @@ def _gemm_chunks(n_images, k_rows, cols_per_image):
     return max(1, min(n_images, max(CHUNKS, (n_images * per_image) // (512 * 1024))))
 
 
-def conv2d_forward(x, w, b, stride, padding, out):
+def conv2d_forward(x, w, b, stride, padding, out, relu=False):
     """out (N, F, OH, OW) = cross-correlation of x (N, C, H, W) with w (F, C, KH, KW), plus b (F,).
 
     stride and padding are (sh, sw) and (ph, pw); padding is zeros. All arrays C-contiguous, one float dtype.
+    relu=True applies ReLU to out as activation_forward would (inference fusion: no second pass over memory).
     """
     _check_conv(x, w, b, stride, padding, out, "out")
     N, C = x.shape[:2]
@@ -674,16 +675,27 @@ def conv2d_forward(x, w, b, stride, padding, out):
     (sh, sw), (ph, pw) = stride, padding
     OH, OW = out.shape[2], out.shape[3]
     if sh == 1 and sw == 1 and _wino_fits(C, KH, KW, OH, OW, ph, pw):
-        _wino_conv(x, w, b, ph, pw, out)
+        fn, total, args, n_chunks = _wino_plan(x, w, b, ph, pw, out)
+    elif sh == 1 and sw == 1 and C <= 3:
+        fn, total, args, n_chunks = _wide_forward_direct, N * F, (x, w, b, ph, pw, out), 2 * _threads
     elif sh == 1 and sw == 1:
-        if C <= 3:
-            _run(_wide_forward_direct, N * F, x, w, b, ph, pw, out, n_chunks=2 * _threads)
-        else:
-            _run(_wide_forward_gemm, N, x, w.reshape(F, C * KH * KW), b, KH, KW, ph, pw, out,
-                 n_chunks=_gemm_chunks(N, C * KH * KW, (OH - 1) * (x.shape[3] + 2 * pw) + OW))
+        fn, total, args = _wide_forward_gemm, N, (x, w.reshape(F, C * KH * KW), b, KH, KW, ph, pw, out)
+        n_chunks = _gemm_chunks(N, C * KH * KW, (OH - 1) * (x.shape[3] + 2 * pw) + OW)
     else:
-        w2 = w.reshape(F, C * KH * KW)
-        _run(_conv_gemm_chunk, N, x, w2, b, sh, sw, ph, pw, KH, KW, out.reshape(N, F, OH * OW), OH, OW)
+        fn, total, n_chunks = _conv_gemm_chunk, N, CHUNKS
+        args = (x, w.reshape(F, C * KH * KW), b, sh, sw, ph, pw, KH, KW, out.reshape(N, F, OH * OW), OH, OW)
+    if relu:
+        fn = _then_relu(fn, out.reshape(total, -1))
+    _run(fn, total, *args, n_chunks=n_chunks)
+
+
+def _then_relu(fn, items):
+    """A chunk function that runs fn and then ReLU in place over its own items (rows of items), still in cache."""
+    def chunk(*args):
+        fn(*args)
+        part = items[args[-2]:args[-1]].reshape(-1)
+        _relu_chunk(part, part, 0, part.size)
+    return chunk
 
 
 @njit(**JIT)
@@ -835,19 +847,54 @@ def _maxpool2_forward_chunk(x, out, argmax, lo, hi):
                 a[y, xo] = where
 
 
-def maxpool_forward(x, size, stride, padding, out, argmax):
+@njit(**JIT)
+def _maxpool2_max_chunk(x, out, lo, hi):
+    """2 x 2 windows, stride 2, no padding, maxima only (inference): the rule of _maxpool2_forward_chunk."""
+    C = x.shape[1]
+    OH, OW = out.shape[2], out.shape[3]
+    for nc in range(lo, hi):
+        n = nc // C
+        c = nc % C
+        img = x[n, c]
+        o = out[n, c]
+        for y in range(OH):
+            r0 = img[2 * y]
+            r1 = img[2 * y + 1]
+            orow = o[y]
+            for xo in range(OW):
+                j = 2 * xo
+                best = r0[j]
+                v = r0[j + 1]
+                if v > best:
+                    best = v
+                v = r1[j]
+                if v > best:
+                    best = v
+                v = r1[j + 1]
+                if v > best:
+                    best = v
+                orow[xo] = best
+
+
+def maxpool_forward(x, size, stride, padding, out, argmax=None):
     """out (N, C, OH, OW) = window maxima of x (N, C, H, W); argmax (int32, same shape) gets y * W + x of each.
 
-    size, stride, padding are (h, w) pairs; padding counts as -inf.
+    size, stride, padding are (h, w) pairs; padding counts as -inf. argmax=None (inference) skips the indices.
     """
     _input("x", x, 4)
     if padding[0] > size[0] // 2 or padding[1] > size[1] // 2:
         raise ValueError(f"padding {padding} may be at most half the window {size}")
     shape = (*x.shape[:2], *_out_shape(x.shape, size, stride, padding))
     _expect("out", out, shape, x.dtype)
-    _expect("argmax", argmax, shape, np.int32)
     N, C = x.shape[:2]
-    if tuple(size) == (2, 2) and tuple(stride) == (2, 2) and tuple(padding) == (0, 0):
+    two = tuple(size) == (2, 2) and tuple(stride) == (2, 2) and tuple(padding) == (0, 0)
+    if argmax is None:
+        if two:
+            _run(_maxpool2_max_chunk, N * C, x, out)
+            return
+        argmax = np.empty(shape, np.int32)
+    _expect("argmax", argmax, shape, np.int32)
+    if two:
         _run(_maxpool2_forward_chunk, N * C, x, out, argmax)
     else:
         _run(_maxpool_forward_chunk, N * C, x, size[0], size[1], stride[0], stride[1], padding[0], padding[1],

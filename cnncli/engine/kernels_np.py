@@ -15,11 +15,12 @@ def _pad(x, ph, pw, fill):
     return np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=fill) if ph or pw else x
 
 
-def conv2d_forward(x, w, b, stride, padding, out):
+def conv2d_forward(x, w, b, stride, padding, out, relu=False):
     """out (N, F, OH, OW) = cross-correlation of x (N, C, H, W) with w (F, C, KH, KW), plus b (F,).
 
     stride and padding are (sh, sw) and (ph, pw); padding is zeros; out C-contiguous. im2col and one GEMM per
     image: columns (N, C*KH*KW, OH*OW) copied from a window view, so the product lands in out's own layout.
+    relu=True applies ReLU to out afterwards, as the numba kernel's inference fusion does.
     """
     n, f, oh, ow = out.shape
     (sh, sw), (ph, pw) = stride, padding
@@ -28,16 +29,21 @@ def conv2d_forward(x, w, b, stride, padding, out):
     res = out.reshape(n, f, oh * ow)
     np.matmul(w.reshape(f, -1), cols, out=res)
     res += b[:, None]
+    if relu:  # the fused ReLU of the numba kernel, with activation_forward's rule
+        np.fmax(res, 0, out=res)
 
 
-def maxpool_forward(x, size, stride, padding, out, argmax):
-    """out (N, C, OH, OW) = window maxima of x (N, C, H, W); argmax (int32, same shape) gets y * W + x of each.
+def maxpool_forward(x, size, stride, padding, out, argmax=None):
+    """out (N, C, OH, OW) = window maxima of x (N, C, H, W); argmax (int32, same shape) gets y * W + x of each
+    (argmax=None: a scratch array, for inference).
 
     size, stride, padding are (h, w) pairs; padding counts as -inf. The numba kernel's rule, one tap at a time:
     start from each window's first valid value (so padding never wins) and move to a later value only when it
     is strictly greater (the first maximum wins ties; NaNs never win, and a NaN first value is kept).
     """
     (kh, kw), (sh, sw), (ph, pw) = size, stride, padding
+    if argmax is None:
+        argmax = np.empty(out.shape, np.int32)
     width = x.shape[3]
     oh, ow = out.shape[2:]
     top = np.arange(oh)[:, None] * sh - ph  # each window's top-left corner, possibly in the padding

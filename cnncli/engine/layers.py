@@ -117,12 +117,14 @@ class Conv(Layer):
             "bias": np.zeros(self.filters, np.float32),
         }
 
-    def forward(self, x, training=False):
+    def forward(self, x, training=False, relu=False):
+        """relu=True (inference only) also applies the ReLU that follows, in the same pass over the output."""
         w = self.params["weight"]
         n, _, h, wd = x.shape
         _, oh, ow = self.output_shape(x.shape[1:])
         out = _take(self._fwd_slot, (n, self.filters, oh, ow), x.dtype)
-        _forward_kernels(x, training).conv2d_forward(x, w, self.params["bias"], self.stride, self.padding, out)
+        _forward_kernels(x, training).conv2d_forward(x, w, self.params["bias"], self.stride, self.padding, out,
+                                                     relu=relu and not training)
         self.x = x
         return out
 
@@ -160,7 +162,8 @@ class MaxPool(Layer):
     def forward(self, x, training=False):
         _, oh, ow = self.output_shape(x.shape[1:])
         out = _take(self._fwd_slot, (x.shape[0], x.shape[1], oh, ow), x.dtype)
-        self.argmax = _take(self._arg_slot, out.shape, np.dtype(np.int32))
+        # Only training needs the indices of the maxima (for backward); inference skips writing them.
+        self.argmax = _take(self._arg_slot, out.shape, np.dtype(np.int32)) if training else None
         _forward_kernels(x, training).maxpool_forward(x, self.size, self.stride, self.padding, out, self.argmax)
         self.in_shape = x.shape
         return out

@@ -216,8 +216,13 @@ class Model:
         if x.shape[1:] != self.input_shape:
             raise ValueError(f"input shape {x.shape[1:]} does not match the model's {self.input_shape}")
         h = np.ascontiguousarray(x)
-        for layer in self.layers:
-            h = layer.forward(h, training)
+        layers, i = self.layers, 0
+        while i < len(layers):
+            # Outside training a conv followed by ReLU runs as one fused pass (the ReLU layer is skipped).
+            fuse = (not training and isinstance(layers[i], Conv) and i + 1 < len(layers)
+                    and isinstance(layers[i + 1], Activation) and layers[i + 1].kind == "relu")
+            h = layers[i].forward(h, training, relu=True) if fuse else layers[i].forward(h, training)
+            i += 2 if fuse else 1
         return h.reshape(h.shape[0], self.num_classes)
 
     def backward(self, dlogits):
