@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from test_io_formats import _model
-from test_robust_helpers import child_env
+from robust_helpers import child_env
 
 pytestmark = pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux /proc")
 

@@ -14,7 +14,7 @@ from PIL import Image
 from cnncli.commands.predict_inputs import PATH_MAX, stdin_paths
 from conftest import make_image_folder
 from test_io_formats import _model, _png
-from test_robust_helpers import FAST, child_env, run_child, run_main
+from robust_helpers import FAST, child_env, run_child, run_main
 
 
 def _shell(cmd_tail, args, tmp_path):

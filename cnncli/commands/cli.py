@@ -432,6 +432,15 @@ def main(argv=None):
     sys.exit(code)
 
 
+def _traceback():
+    import traceback
+
+    try:
+        traceback.print_exc()
+    except (OSError, ValueError):  # stderr closed or full: nowhere to show it
+        pass
+
+
 def _run(argv):
     """Run the command line argv (None: sys.argv); returns the exit code."""
     try:  # typer >= 0.29 carries its own copy of click
@@ -456,9 +465,7 @@ def _run(argv):
         code = EXIT_SIGINT
     except CnnError as exc:
         if debug:
-            import traceback
-
-            traceback.print_exc()
+            _traceback()
         if isinstance(exc, UsageError):
             sub = next((a for a in args if a in command.commands), None) if hasattr(command, "commands") else None
             _say(f"Usage error: {one_line(exc)}\nTry 'cnncli {sub + ' ' if sub else ''}-h' for help.")
@@ -474,9 +481,7 @@ def _run(argv):
         code = exc.code if isinstance(exc.code, int) else 1
     except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, no locals
         if debug:
-            import traceback
-
-            traceback.print_exc()
+            _traceback()
         first = str(exc).splitlines()[0] if str(exc).strip() else ""
         _say(f"cnncli: internal error: {type(exc).__name__}: {one_line(first)} "
              "(run again with --debug for a traceback)")

@@ -6,6 +6,8 @@ The bar redraws with cursor escapes, so it runs only on a terminal, never with N
 import os
 import sys
 
+from cnncli.commands.streams import say
+
 
 def _stderr_console():
     from rich.console import Console
@@ -34,8 +36,7 @@ class TrainReporter:
         if self.progress is not None:
             self.progress.console.print(msg, markup=False, highlight=False)
         else:
-            sys.stderr.write(msg + "\n")
-            sys.stderr.flush()
+            say(msg)  # a closed or full stderr loses the line, never the training run
 
     def batch(self, state, per_epoch, epochs, loss, acc, rate):
         if not self.live:
