@@ -27,6 +27,7 @@ PRESETS = {
 
 DEFAULT_FILTERS, DEFAULT_KERNEL, DEFAULT_POOL, DEFAULT_UNITS, DEFAULT_DROP = 32, 3, 2, 128, 0.5
 MAX_SPEC_LENGTH = 4096
+OUTPUT_INIT_SCALE = 0.01  # the output layer's random weights are scaled by this: first logits near 0
 MAX_LAYERS = 256
 MAX_DIM = 65536
 
@@ -209,6 +210,11 @@ class Model:
             if isinstance(layer, (Conv, Dense)):
                 layer.init(shape, rng, gain)
             shape = self.shapes[i]
+        # The output layer starts small, so the first logits are near 0 and the first loss near ln(K):
+        # with He-initialised weights and no normalisation, random output weights gave first logits of several
+        # units at 128 px and more, and Adam's first steps then blew the loss up (18.7 within 3 batches).
+        out_layer = self.layers[-1]
+        out_layer.params["weight"] *= OUTPUT_INIT_SCALE
         self.spec = _spell_spec(self.layers)
 
     def forward(self, x, training=False):

@@ -16,6 +16,8 @@ from cnncli.engine.layers import softmax
 from cnncli.errors import DivergedError
 from cnncli.engine.optim import clip_by_global_norm, learning_rate, make_optimizer
 
+WARMUP_MIN_STEPS = 10
+
 
 @dataclass
 class TrainConfig:
@@ -74,6 +76,15 @@ def augment_batch(x, rng, shift=2):
     return out
 
 
+def warmup_steps(optimizer, per_epoch, total):
+    """Optimizer steps of linear learning-rate warm-up: SGD half an epoch; Adam one epoch, at least 5 % of the
+    run, and at least WARMUP_MIN_STEPS (Adam's first steps move every weight by about lr whatever its gradient,
+    which wide dense layers turn into huge logits); never more than 200 steps or a quarter of the run."""
+    if optimizer == "sgd":
+        return min(per_epoch // 2, 200)
+    return min(max(per_epoch, total // 20, WARMUP_MIN_STEPS), 200, max(1, total // 4))
+
+
 def evaluate(model, x, y, to_float, batch_size=256):
     """(mean loss, accuracy, probabilities (N, K)) of model on uint8 images x (N, C, H, W) with labels y (N,)."""
     proba = np.concatenate([model.predict_proba(to_float(x[i:i + batch_size]), batch_size)
@@ -98,7 +109,7 @@ def fit(model, x, y, cfg, to_float, x_val=None, y_val=None, state=None, optimize
     n = len(x)
     per_epoch = math.ceil(n / cfg.batch_size)
     total = per_epoch * cfg.epochs
-    warmup = min(per_epoch // 2, 200) if cfg.optimizer == "sgd" else 0
+    warmup = warmup_steps(cfg.optimizer, per_epoch, total)
     weights = None if cfg.class_weights is None else np.asarray(cfg.class_weights, np.float32)
     started = time.monotonic() - state.elapsed
     while state.epoch < cfg.epochs:
