@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 from conftest import make_image_folder
-from test_robust_helpers import run_main
+from robust_helpers import run_main
 
 from cnncli.engine.model import Model
 from cnncli.engine.training import warmup_steps
