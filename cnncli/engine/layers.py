@@ -162,8 +162,8 @@ class MaxPool(Layer):
     def forward(self, x, training=False):
         _, oh, ow = self.output_shape(x.shape[1:])
         out = _take(self._fwd_slot, (x.shape[0], x.shape[1], oh, ow), x.dtype)
-        # Only training needs the indices of the maxima (for backward); inference skips writing them.
-        self.argmax = _take(self._arg_slot, out.shape, np.dtype(np.int32)) if training else None
+        # The indices of the maxima, kept in inference too: `cnncli show` traces gradients through them.
+        self.argmax = _take(self._arg_slot, out.shape, np.dtype(np.int32))
         _forward_kernels(x, training).maxpool_forward(x, self.size, self.stride, self.padding, out, self.argmax)
         self.in_shape = x.shape
         return out
