@@ -1,9 +1,11 @@
 """Issue 11 on photos: stable first steps by default and collapse warnings, through the real command."""
 
 import csv
+import json
 import math
 
 import numpy as np
+from PIL import Image
 from conftest import make_image_folder
 from robust_helpers import run_main
 
@@ -39,3 +41,49 @@ def test_adam_warms_up_for_an_epoch_within_bounds():
     assert warmup_steps("adam", 3, 100) == 10  # tiny folders: at least ten steps
     assert warmup_steps("adam", 3, 9) == 2  # never more than a quarter of a short run
     assert warmup_steps("sgd", 750, 4500) == 200
+
+
+def _noise_folder(root, counts=(12, 6), size=16):
+    """Classes whose images are all the same kind of noise: nothing to learn, so a model can only collapse."""
+    rng = np.random.default_rng(0)
+    for name, n in zip(("many", "few"), counts):
+        (root / name).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 256, (size, size), dtype=np.uint8)).save(root / name / f"{i}.png")
+    return root
+
+
+def test_a_collapsed_run_warns_records_it_and_can_fail(tmp_path, capsys):
+    data = _noise_folder(tmp_path / "noise")
+    out = tmp_path / "m.safetensors"
+    base = ["train", data, "-o", out, "--arch", "tiny", "--epochs", "2", "--batch-size", "8", "--val-split", "0.5"]
+    code, _, err = run_main(base + ["-q"], capsys)
+    assert code == 0, err
+    assert "no better than always guessing the largest class" in err and "--lr" in err
+    code, out_text, _ = run_main(["info", out], capsys)
+    assert code == 0 and "no better than always guessing" in out_text
+    code, info_json, _ = run_main(["info", out, "--json"], capsys)
+    assert "no better than always guessing" in json.loads(info_json)["train"]["warnings"][0]
+
+    failed = tmp_path / "f.safetensors"
+    code, _, err = run_main([*base[:3], failed, *base[4:], "--fail-on-collapse"], capsys)
+    assert code == 3
+    assert "--fail-on-collapse" in err.strip().splitlines()[-1]
+    assert not failed.exists()
+
+
+def test_a_healthy_run_has_no_collapse_warning(tmp_path, capsys):
+    data = make_image_folder(tmp_path / "d", n_per_class=16, size=12)
+    out = tmp_path / "m.safetensors"
+    code, _, err = run_main(["train", data, "-o", out, "--arch", "tiny", "--epochs", "4", "--batch-size", "8",
+                             "--fail-on-collapse"], capsys)
+    assert code == 0, err
+    assert "collapsed" not in err and "far above chance" not in err
+
+
+def test_a_runaway_first_epoch_loss_is_named_with_a_lower_lr():
+    from cnncli.engine.health import collapse_warnings
+
+    found = collapse_warnings([{"train_loss": 7.0}], None, None, 2, 0.002)
+    assert len(found) == 1 and "far above chance" in found[0] and "--lr 0.0005" in found[0]
+    assert collapse_warnings([{"train_loss": 1.3}], np.array([0, 1, 1]), 1.0, 2, 0.002) == []

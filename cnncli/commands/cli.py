@@ -88,6 +88,8 @@ def train(
     wait: Annotated[float, typer.Option(help="Seconds to wait for another run writing the same output.")] = 0.0,
     plot: Annotated[Optional[Path], typer.Option(
         help="Also draw the training curves into this file (.png, .svg or .pdf).")] = None,
+    fail_on_collapse: Annotated[bool, typer.Option(
+        help="Exit 3 without writing weights when training collapsed (one class for all, or a runaway loss).")] = False,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Only warnings and errors on stderr.")] = False,
 ):
     """Train a classifier on a labeled image folder and write a weight file."""
@@ -111,7 +113,7 @@ def train(
                         val_split=val_split, seed=seed, augment=augment, class_weights=class_weights.value,
                         patience=patience, max_time=max_time, clip_norm=clip_norm, threads=threads,
                         overwrite=overwrite, resume=resume, strict=strict, wait=wait,
-                        plot=str(plot) if plot else None)
+                        plot=str(plot) if plot else None, fail_on_collapse=fail_on_collapse)
     from cnncli.commands.progress import TrainReporter
 
     reporter = TrainReporter(quiet)

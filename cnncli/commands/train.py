@@ -23,10 +23,11 @@ from cnncli.store import manifest, modelfile
 
 from cnncli.store import weights
 from cnncli.store.atomic import OutputLock, atomic_write_bytes, check_writable_target
-from cnncli.errors import (DataError, DivergedError, FormatError, NoInputError, OutputError, SpecError, UsageError,
-                           one_line)
+from cnncli.errors import (DataError, DivergedError, FormatError, GateError, NoInputError, OutputError, SpecError,
+                           UsageError, one_line)
 from cnncli.report.lines import csv_row
 from cnncli.data.images import channel_stats
+from cnncli.engine.health import collapse_warnings
 from cnncli.engine.model import Model
 from cnncli.engine.optim import make_optimizer
 from cnncli.engine.training import TrainConfig, TrainState, class_weights_auto, evaluate, fit
@@ -59,6 +60,7 @@ class TrainOptions:
     strict: bool = False
     wait: float = 0.0
     plot: str | None = None
+    fail_on_collapse: bool = False
 
 
 AUTO_STEPS, AUTO_MIN_EPOCHS, AUTO_MAX_EPOCHS = 4500, 3, 50
@@ -206,6 +208,21 @@ def _build(opts, channels, size, n_classes):
         return Model(opts.arch, (channels, size, size), n_classes, seed=opts.seed)
     except SpecError as exc:
         raise UsageError(f"--arch: {exc}") from None
+
+
+def _check_collapse(state, val, summary, clf, cfg, report, fail):
+    """Warn about a collapsed run, record the warnings in the training summary, and with `fail` refuse to
+    write the weights (GateError, exit 3)."""
+    found = collapse_warnings(state.history, val.y if val is not None else None, summary.get("val_accuracy"),
+                              len(clf.classes), cfg.lr)
+    for text in found:
+        report.warn(text)
+    if found:
+        clf.train["warnings"] = found
+        summary["warnings"] = found
+        if fail:
+            raise GateError(f"--fail-on-collapse: training collapsed ({found[0].split(':')[0]}); "
+                            "the weight file was not written")
 
 
 def run(opts, report):
@@ -360,6 +377,7 @@ def _run_locked(opts, report, out, side, stop):
                  "lr": cfg.lr, "batch_size": cfg.batch_size, "augment": cfg.augment, "images": len(train.y),
                  "val_accuracy": summary.get("val_accuracy"), "test_accuracy": summary.get("test_accuracy"),
                  "stop_reason": state.stop_reason, "data": data_path, "run_id": run_id}
+    _check_collapse(state, val, summary, clf, cfg, report, opts.fail_on_collapse)
     modelfile.save(out, clf)
     _finish_files(side, ds, parts, drawn, bool(bad), opts, run_id, summary)
     if opts.plot:

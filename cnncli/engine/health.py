@@ -1,0 +1,35 @@
+"""Signs that a training run collapsed, as warnings a person can act on.
+
+A run that predicts one class for every image, or whose loss is far above chance, still ends with exit 0 and a
+weight file; these checks make it say so. Pure functions over the history and labels: no printing here.
+"""
+
+import math
+
+import numpy as np
+
+# The first epoch's mean training loss above this multiple of chance (ln K) means the first steps blew up.
+FIRST_LOSS_LIMIT = 2.0
+
+
+def collapse_warnings(history, val_labels, val_accuracy, num_classes, lr):
+    """Warnings (list of one-line strings, empty when healthy) for a finished run.
+
+    history: the per-epoch records (dicts with 'train_loss'); val_labels: int array (N,) of the validation set
+    or None; val_accuracy: the kept weights' validation accuracy or None; lr: the peak learning rate used.
+    """
+    out = []
+    chance = math.log(num_classes)
+    if history and history[0]["train_loss"] > FIRST_LOSS_LIMIT * chance:
+        out.append(f"first-epoch loss {history[0]['train_loss']:.3g} is far above chance ({chance:.3g} = ln "
+                   f"{num_classes}): the first steps blew up, most likely a learning rate too high for this input "
+                   f"size; try --lr {lr / 4:g} or --clip-norm 1")
+    if val_labels is not None and len(val_labels) and val_accuracy is not None:
+        counts = np.bincount(np.asarray(val_labels), minlength=num_classes)
+        majority = counts.max() / counts.sum()
+        if val_accuracy <= majority + 1e-9:
+            out.append(f"validation accuracy {val_accuracy:.4f} is no better than always guessing the largest "
+                       f"class ({majority:.4f}): the model has collapsed to (nearly) one class; likely causes are a "
+                       f"learning rate too high, too few epochs or imbalanced classes; try --lr {lr / 4:g}, more "
+                       f"--epochs or --class-weights auto")
+    return out
