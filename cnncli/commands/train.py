@@ -23,11 +23,11 @@ from cnncli.store import manifest, modelfile
 
 from cnncli.store import weights
 from cnncli.store.atomic import OutputLock, atomic_write_bytes, check_writable_target
-from cnncli.errors import (DataError, DivergedError, FormatError, GateError, NoInputError, OutputError, SpecError,
-                           UsageError, one_line)
+from cnncli.errors import (DataError, DivergedError, FormatError, NoInputError, OutputError, SpecError, UsageError,
+                           one_line)
 from cnncli.report.lines import csv_row
 from cnncli.data.images import channel_stats
-from cnncli.engine.health import collapse_warnings
+from cnncli.engine.health import check_collapse
 from cnncli.engine.model import Model
 from cnncli.engine.optim import make_optimizer
 from cnncli.engine.training import TrainConfig, TrainState, class_weights_auto, evaluate, fit
@@ -210,21 +210,6 @@ def _build(opts, channels, size, n_classes):
         raise UsageError(f"--arch: {exc}") from None
 
 
-def _check_collapse(state, val, summary, clf, cfg, report, fail):
-    """Warn about a collapsed run, record the warnings in the training summary, and with `fail` refuse to
-    write the weights (GateError, exit 3)."""
-    found = collapse_warnings(state.history, val.y if val is not None else None, summary.get("val_accuracy"),
-                              len(clf.classes), cfg.lr)
-    for text in found:
-        report.warn(text)
-    if found:
-        clf.train["warnings"] = found
-        summary["warnings"] = found
-        if fail:
-            raise GateError(f"--fail-on-collapse: training collapsed ({found[0].split(':')[0]}); "
-                            "the weight file was not written")
-
-
 def run(opts, report):
     """Train as the options say; returns a summary dict. Raises CnnError subclasses for user-facing failures."""
     out = Path(opts.output)
@@ -377,7 +362,10 @@ def _run_locked(opts, report, out, side, stop):
                  "lr": cfg.lr, "batch_size": cfg.batch_size, "augment": cfg.augment, "images": len(train.y),
                  "val_accuracy": summary.get("val_accuracy"), "test_accuracy": summary.get("test_accuracy"),
                  "stop_reason": state.stop_reason, "data": data_path, "run_id": run_id}
-    _check_collapse(state, val, summary, clf, cfg, report, opts.fail_on_collapse)
+    for text in check_collapse(state.history, val.y if val is not None else None, summary.get("val_accuracy"),
+                               len(clf.classes), cfg.lr, opts.fail_on_collapse):
+        report.warn(text)
+        clf.train.setdefault("warnings", []).append(text)
     modelfile.save(out, clf)
     _finish_files(side, ds, parts, drawn, bool(bad), opts, run_id, summary)
     if opts.plot:

@@ -8,6 +8,8 @@ import math
 
 import numpy as np
 
+from cnncli.errors import GateError
+
 # The first epoch's mean training loss above this multiple of chance (ln K) means the first steps blew up.
 FIRST_LOSS_LIMIT = 2.0
 
@@ -33,3 +35,13 @@ def collapse_warnings(history, val_labels, val_accuracy, num_classes, lr):
                        f"learning rate too high, too few epochs or imbalanced classes; try --lr {lr / 4:g}, more "
                        f"--epochs or --class-weights auto")
     return out
+
+
+def check_collapse(history, val_labels, val_accuracy, num_classes, lr, fail=False):
+    """collapse_warnings(...) for a run about to be saved; with `fail`, any warning raises GateError (exit 3)
+    naming --fail-on-collapse, before the caller writes the weight file."""
+    found = collapse_warnings(history, val_labels, val_accuracy, num_classes, lr)
+    if found and fail:
+        raise GateError(f"--fail-on-collapse: training collapsed ({found[0].split(':')[0]}); "
+                        "the weight file was not written")
+    return found
