@@ -37,6 +37,11 @@ def _require(cond, option, msg):
         raise UsageError(f"{option}: {msg}")
 
 
+def _unit_interval(value, option):
+    _require(value is None or (math.isfinite(value) and 0 <= value <= 1), option,
+             f"must be a number in [0, 1], got {value}")
+
+
 def _positive_finite(value, option, allow_zero=False):
     if value is not None:
         _require(math.isfinite(value) and (value > 0 or (allow_zero and value == 0)), option,
@@ -211,6 +216,9 @@ def predict(
     uncertain: Annotated[Optional[str], typer.Option(
         metavar="LOW:HIGH", help="Two-class models: label 'uncertain' when LOW <= P(positive) <= HIGH.",
         show_default=False)] = None,
+    min_confidence: Annotated[Optional[float], typer.Option(
+        metavar="P", help="Label 'unknown' when the top class probability is below P (default: the model's "
+                          "stored value, else never).", show_default=False)] = None,
     null: Annotated[bool, typer.Option("-0", "--null", help="Paths on stdin are NUL-separated.")] = False,
     batch_size: Annotated[int, typer.Option(help="Images decoded and classified together.")] = 256,
 ):
@@ -220,12 +228,13 @@ def predict(
     _require(1 <= batch_size <= 65536, "--batch-size", f"must be between 1 and 65536, got {batch_size}")
     _require(threshold is None or (math.isfinite(threshold) and 0 <= threshold <= 1), "--threshold",
              f"must be a number in [0, 1], got {threshold}")
+    _unit_interval(min_confidence, "--min-confidence")
     from cnncli.commands.predict import PredictOptions, parse_band, run
 
     opts = PredictOptions(inputs=list(inputs), model=str(model) if model else None,
                           format=fmt.value if fmt else None, top_k=top_k, all_probs=all_probs,
                           threshold=threshold, uncertain=parse_band(uncertain) if uncertain else None,
-                          null=null, batch_size=batch_size)
+                          null=null, batch_size=batch_size, min_confidence=min_confidence)
     try:
         code = run(opts, on_error=lambda path, msg: _say(f"cnncli: {one_line(path)}: {msg}"))
     except BrokenPipeError:  # the reader stopped early (`| head -1`): that is a normal end, not a failure
@@ -250,7 +259,13 @@ def eval_(
     pick_threshold: Annotated[Optional[str], typer.Option(
         metavar="RULE", help="Choose the threshold on the validation part: sensitivity=X, specificity=X or youden.",
         show_default=False)] = None,
-    save_threshold: Annotated[bool, typer.Option(help="Write the picked threshold into the weight file.")] = False,
+    save_threshold: Annotated[bool, typer.Option(
+        help="Write the picked threshold (and --min-confidence) into the weight file.")] = False,
+    calibrate: Annotated[bool, typer.Option(
+        help="Fit temperature scaling on the validation part; store the temperature in the weight file.")] = False,
+    min_confidence: Annotated[Optional[float], typer.Option(
+        metavar="P", help="Report how many images a top-probability cut-off of P would call 'unknown'.",
+        show_default=False)] = None,
     errors: Annotated[int, typer.Option(help="List the N most confidently wrong files.", metavar="N")] = 0,
     errors_image: Annotated[Optional[Path], typer.Option(
         help="Draw the N (--errors, default 16) most confidently wrong images with their labels into this "
@@ -273,6 +288,7 @@ def eval_(
              f"must be a number in [0, 1], got {threshold}")
     _require(threshold is None or pick_threshold is None, "--threshold", "cannot be combined with --pick-threshold")
     _require(math.isfinite(wait) and wait >= 0, "--wait", f"must be a finite number >= 0, got {wait}")
+    _unit_interval(min_confidence, "--min-confidence")
     from cnncli.commands.evaluate import EvalOptions, format_table, run
     from cnncli.commands.predict import resolve_model
 
@@ -280,7 +296,8 @@ def eval_(
                        pick_threshold=pick_threshold, save_threshold=save_threshold, errors=errors,
                        errors_image=str(errors_image) if errors_image else None,
                        fail_under=fail_under, plot=str(plot) if plot else None, wait=wait,
-                       split=split.value if split else None, overwrite=overwrite)
+                       split=split.value if split else None, overwrite=overwrite, calibrate=calibrate,
+                       min_confidence=min_confidence)
     report = run(opts, on_warn=lambda msg: _say(f"warning: {one_line(msg)}"))
     sys.stdout.write(json.dumps(report) + "\n" if fmt == EvalFormat.json else format_table(report))
     sys.stdout.flush()

@@ -11,7 +11,8 @@ import numpy as np
 from cnncli.commands import eval_splits, gates, outputs
 from cnncli.data import folders
 from cnncli.errors import DataError, UsageError, one_line
-from cnncli.report import metrics, thresholds
+from cnncli.commands import eval_decisions
+from cnncli.report import calibration, metrics, thresholds
 from cnncli.store import modelfile
 
 
@@ -29,6 +30,8 @@ class EvalOptions:
     wait: float = 0.0
     split: str | None = None  # train, val, test, all; None: see eval_splits.Splits.scored / tuning
     overwrite: bool = False  # may --plot replace an existing file
+    calibrate: bool = False  # fit a temperature on the tuning part and store it in the weight file
+    min_confidence: float | None = None  # report (and with save_threshold store) this "unknown" cut-off
 
 
 def _load(part, clf, on_warn):
@@ -44,30 +47,58 @@ def _load(part, clf, on_warn):
     return loaded, clf.proba(loaded.x)
 
 
-def _pick(opts, rule, splits, scored, scored_data, clf, on_warn):
-    """Pick the threshold by rule (kind, target) on the tuning part (reusing scored_data = (loaded, proba)
-    when that part is the scored one); returns (threshold, picked dict)."""
+def _tuning(opts, splits, scored, scored_loaded, clf, on_warn, what):
+    """The tuning part (eval_splits.Splits.tuning) and its decoded images, reusing scored_loaded when it is the
+    scored part; warns when the tuning spends the test images or is scored on itself."""
     tune = splits.tuning(opts.split)
     warn = on_warn or (lambda msg: None)
     if tune.split in ("test", "all") and splits.has_test:
-        warn(f"threshold picked on the test images ({tune.source}): their figures are no longer unbiased")
+        warn(f"{what} on the test images ({tune.source}): their figures are no longer unbiased")
     elif tune.source == scored.source:
-        warn(f"threshold picked on the images it is scored on ({tune.source}): expect lower figures on new "
+        warn(f"{what} on the images it is scored on ({tune.source}): expect lower figures on new "
              "images; score a separate test/ folder")
-    loaded, proba = scored_data if tune.source == scored.source else _load(tune, clf, on_warn)
+    return tune, (scored_loaded if tune.source == scored.source else _load(tune, clf, on_warn)[0])
+
+
+def _pick(rule, tune, loaded, clf, on_warn):
+    """Pick the threshold by rule (kind, target) on the tuning images (a folders.Loaded); returns
+    (threshold, picked dict)."""
+    proba = clf.proba(loaded.x)
     y01 = (loaded.y == 1).astype(np.int64)
     if y01.min() == y01.max():
         raise DataError(f"{tune.source}: --pick-threshold needs images of both classes")
     threshold, picked = thresholds.pick_threshold(y01, proba[:, 1], *rule)
     picked["source"] = tune.source
-    if picked.get("warning"):
-        warn(f"{tune.source}: {picked['warning']}")
+    if picked.get("warning") and on_warn is not None:
+        on_warn(f"{tune.source}: {picked['warning']}")
     return threshold, picked
+
+
+def _save(opts, model_path, digest, report, threshold):
+    """Write what eval decided into the weight file, in one update under its lock: the temperature
+    (--calibrate), the picked threshold and the min confidence (--save-threshold)."""
+    keys = {"temperature": report["calibration"]["temperature"]} if "calibration" in report else {}
+    if opts.save_threshold and opts.pick_threshold:
+        keys["threshold"] = float(threshold)
+    if opts.save_threshold and opts.min_confidence is not None:
+        keys["min_confidence"] = float(opts.min_confidence)
+    if not keys:
+        return
+    if not 0.0 <= keys.get("threshold", 0.0) <= 1.0:  # above every score: "nothing is positive" is no threshold
+        raise DataError(f"--save-threshold: the picked threshold {threshold:.17g} is above every possible "
+                        "probability (it would classify nothing as positive); not saved")
+    with modelfile.output_lock(model_path, wait=opts.wait):
+        # Under the lock, and only if the file still holds what these were fitted on.
+        modelfile.save_decisions(model_path, keys, expect=digest)
+    if "threshold" in keys:
+        report["saved_threshold"] = {"file": str(model_path), "threshold": keys["threshold"]}
+    report["saved"] = {"file": str(model_path), **keys}
 
 
 def run(opts, on_warn=None):
     """Evaluate; returns the report dict (metrics.classification_report keys plus "source", "split", "model",
-    "skipped_files", "gate_failures", and optional "picked_threshold", "saved_threshold", "errors").
+    "skipped_files", "ece", "brier", "gate_failures", and optional "picked_threshold", "calibration",
+    "min_confidence", "saved" (and "saved_threshold"), "errors").
     Missed --fail-under bars are listed in report["gate_failures"] (one text per bar); the caller prints the
     report, then one line per missed bar, and exits 3. on_warn(message) receives warnings (skipped files, a threshold
     tuned on test images, too few examples for a target)."""
@@ -80,11 +111,11 @@ def run(opts, on_warn=None):
         outputs.check_outputs(plot_out, opts.overwrite)
     clf = modelfile.load(model_path)
     binary = len(clf.classes) == 2
-    if not binary and (opts.threshold is not None or opts.pick_threshold or opts.save_threshold):
-        raise UsageError("--threshold / --pick-threshold / --save-threshold need a two-class model, "
+    if not binary and (opts.threshold is not None or opts.pick_threshold):
+        raise UsageError("--threshold / --pick-threshold need a two-class model, "
                          f"this one has {len(clf.classes)} classes")
-    if opts.save_threshold and not opts.pick_threshold:
-        raise UsageError("--save-threshold: needs --pick-threshold RULE")
+    if opts.save_threshold and not opts.pick_threshold and opts.min_confidence is None:
+        raise UsageError("--save-threshold: needs --pick-threshold RULE or --min-confidence P")
     if opts.split is not None and opts.split not in eval_splits.SPLITS:
         raise UsageError(f"--split: must be one of {', '.join(eval_splits.SPLITS)}, got {opts.split!r}")
     bars = gates.parse_fail_under(opts.fail_under, clf.classes) if opts.fail_under else []
@@ -99,23 +130,31 @@ def run(opts, on_warn=None):
     scored = splits.scored(opts.split)
     outputs.check_not_inputs(plot_out, [model_path, *(p for p, _ in scored.items)], root=opts.data)
     threshold = opts.threshold if opts.threshold is not None else clf.threshold
-    picked = None
+    picked = calibrated = None
     loaded, proba = _load(scored, clf, on_warn)
+    if opts.calibrate or opts.pick_threshold:
+        what = "temperature fitted" if opts.calibrate else "threshold picked"
+        tune, tune_loaded = _tuning(opts, splits, scored, loaded, clf, on_warn, what)
+    if opts.calibrate:  # first: a threshold is then picked on the calibrated probabilities predict will see
+        calibrated = eval_decisions.fit(tune_loaded, clf, tune.source)
+        before, clf.temperature = proba, calibrated["temperature"]
+        proba = clf.proba(loaded.x)
+        calibrated["scored"] = eval_decisions.scored_figures(loaded.y, before, proba)
     if rule:
-        threshold, picked = _pick(opts, rule, splits, scored, (loaded, proba), clf, on_warn)
+        threshold, picked = _pick(rule, tune, tune_loaded, clf, on_warn)
     report = metrics.classification_report(loaded.y, proba, clf.classes, threshold if binary else None)
     report.update({"source": scored.source, "split": scored.split, "model": str(model_path),
-                   "skipped_files": len(loaded.bad)})
+                   "skipped_files": len(loaded.bad), "ece": calibration.ece(loaded.y, proba),
+                   "brier": calibration.brier(loaded.y, proba)})
     if picked:
         report["picked_threshold"] = picked
-    if opts.save_threshold:
-        if not 0.0 <= threshold <= 1.0:  # above every score: "nothing is positive" is no threshold to keep
-            raise DataError(f"--save-threshold: the picked threshold {threshold:.17g} is above every possible "
-                            "probability (it would classify nothing as positive); not saved")
-        with modelfile.output_lock(model_path, wait=opts.wait):
-            # Under the lock, and only if the file still holds what the threshold was picked on.
-            modelfile.save_threshold(model_path, threshold, expect=clf.digest)
-        report["saved_threshold"] = {"file": str(model_path), "threshold": float(threshold)}
+    if calibrated:
+        report["calibration"] = calibrated
+    min_conf = opts.min_confidence if opts.min_confidence is not None else clf.min_confidence
+    if min_conf is not None:
+        report["min_confidence"] = eval_decisions.confidence(
+            loaded.y, proba, metrics.predict_labels(proba, threshold if binary else None), min_conf)
+    _save(opts, model_path, clf.digest, report, threshold)
     if opts.errors:
         wrong = metrics.most_confident_errors([str(p) for p, _ in loaded.items], loaded.y, proba, opts.errors,
                                               threshold if binary else None)
@@ -123,8 +162,8 @@ def run(opts, on_warn=None):
                             for p, t, k, v in wrong]
     if opts.plot:
         # Hook: a report that carries calibration also gets a reliability diagram.
-        calibration = eval_chart.reliability_bins(loaded.y, proba) if "calibration" in report else None
-        eval_chart.plot_eval(opts.plot, report, loaded.y, proba, calibration)
+        reliability = eval_chart.reliability_bins(loaded.y, proba) if "calibration" in report else None
+        eval_chart.plot_eval(opts.plot, report, loaded.y, proba, reliability)
     if opts.errors_image:
         mosaic.plot_errors(opts.errors_image, loaded.x, loaded.y, proba, clf.classes, [p for p, _ in loaded.items],
                            opts.errors or mosaic.DEFAULT_TILES, threshold if binary else None)
@@ -167,9 +206,12 @@ def format_table(report):
         if "target_lo" in pt:
             line += f"; 95% lower bound of the achieved {pt['rule'].split('=')[0]}: {pt['target_lo']:.4f}"
         out.append(line)
-    if "saved_threshold" in report:
-        out.append(f"saved threshold {report['saved_threshold']['threshold']:.6g} "
-                   f"to {one_line(report['saved_threshold']['file'])}")
+    out += eval_decisions.table_lines(report)
+    out.append(f"ECE: {report['ece']:.4f}; Brier: {report['brier']:.4f}")
+    if "saved" in report:
+        saved = {k: v for k, v in report["saved"].items() if k != "file"}
+        out.append("saved " + ", ".join(f"{k} {v:.6g}" for k, v in saved.items())
+                   + f" to {one_line(report['saved']['file'])}")
     w = max(8, *(len(c) for c in classes))
     cw_ = 25 if "ci" in report else 9
     out += ["", f"{'class':<{w}}  {'precision':<{cw_}}  {'recall':<{cw_}}  f1      support"]

@@ -25,6 +25,7 @@ DEFAULT_MODEL = "model.safetensors"
 MODEL_ENV = "CNNCLI_MODEL"
 FORMATS = ("table", "tsv", "csv", "jsonl")
 UNCERTAIN = "uncertain"
+UNKNOWN = "unknown"
 
 
 @dataclass
@@ -38,6 +39,7 @@ class PredictOptions:
     uncertain: tuple | None = None  # (low, high) on the positive-class probability
     null: bool = False  # "-" reads NUL-separated paths
     batch_size: int = 256
+    min_confidence: float | None = None  # None: the model's stored value (eval --save-threshold), else never
     workers: int = 2
 
 
@@ -90,8 +92,9 @@ def _batches(entries, n):
 class Decider:
     """Turns a probability row into (label, probability of label, the other classes ranked)."""
 
-    def __init__(self, classes, threshold=None, band=None, stored=False):
+    def __init__(self, classes, threshold=None, band=None, stored=False, min_confidence=None):
         self.classes = list(classes)
+        self.min_confidence = min_confidence  # below this top probability the row is "unknown", any K
         self.binary = len(self.classes) == 2
         if not self.binary and (threshold is not None or band is not None):
             what = "--threshold" if threshold is not None else "--uncertain"
@@ -109,6 +112,8 @@ class Decider:
     def decide(self, p):
         """p: probabilities (K,) -> (label, probability, [(class, prob), ...] others by descending prob)."""
         order = sorted(range(len(p)), key=lambda i: -p[i])
+        if self.min_confidence is not None and float(p[order[0]]) < self.min_confidence:
+            return UNKNOWN, float(p[order[0]]), [(self.classes[i], float(p[i])) for i in order]
         if self.binary and self.band is not None and self.band[0] <= float(p[1]) <= self.band[1]:
             return UNCERTAIN, float(p[1]), [(self.classes[i], float(p[i])) for i in order]
         k = int(decide([p], self.threshold if self.binary else None)[0])  # the rule eval and training use
@@ -120,7 +125,7 @@ class Writer:
 
     def __init__(self, fmt, classes, top_k, all_probs, out, band=False):
         self.fmt, self.classes, self.top_k, self.all_probs, self.out = fmt, list(classes), top_k, all_probs, out
-        self.band = band  # rows may say "uncertain (...)", which is wider
+        self.band = band  # rows may say "uncertain (...)" or "unknown (...)", which is wider
         self.width = 0
 
     def _table_width(self):
@@ -137,35 +142,38 @@ class Writer:
             for k in range(2, self.top_k + 1):
                 cols += [f"label_{k}", f"probability_{k}"]
             if self.all_probs:
-                cols += [f"p[{c}]" for c in self.classes]
+                cols += [f"p[{c}]" for c in self.classes] + ["ood_score"]
             cols.append("error")
             self._row(cols)
 
     def _row(self, cells):
         self.out.write(row(self.fmt, cells))
 
-    def result(self, path, label, prob, others, p):
+    def result(self, path, label, prob, others, p, ood):
+        """One row: label (a class, "uncertain" or "unknown"), its probability, the other classes ranked,
+        every class probability p (K,), and the out-of-distribution score ood (report.ood.energy)."""
         top = others[: self.top_k - 1]
         if self.fmt == "jsonl":
             doc = {"path": one_line(path), "label": label, "probability": round(prob, 6),
                    "top": [[c, round(v, 6)] for c, v in top]}
             if self.all_probs:
                 doc["probabilities"] = {c: round(float(v), 6) for c, v in zip(self.classes, p)}
+            doc["ood_score"] = round(float(ood), 6)
             self.out.write(json.dumps(doc) + "\n")
         elif self.fmt == "table":
-            if label == UNCERTAIN:  # no probability of its own: show the classes it hesitates between
-                text = f"{UNCERTAIN} (" + ", ".join(f"{v:.2f} {c}" for c, v in others[: self.top_k]) + ")"
+            if label in (UNCERTAIN, UNKNOWN):  # no probability of its own: show the classes it hesitates between
+                text = f"{label} (" + ", ".join(f"{v:.2f} {c}" for c, v in others[: self.top_k]) + ")"
             else:
                 text = ", ".join(f"{v:.2f} {c}" for c, v in [(label, prob), *top])
             if self.all_probs:
-                text += "  [" + " ".join(f"{c}={float(v):.3f}" for c, v in zip(self.classes, p)) + "]"
+                text += "  [" + " ".join(f"{c}={float(v):.3f}" for c, v in zip(self.classes, p)) + f" ood={ood:.3f}]"
             self.out.write(f"{one_line(text):<{self._table_width()}}  {one_line(path)}\n")
         else:
             cells = [path, label, f"{prob:.6f}"]
             for i in range(self.top_k - 1):
                 cells += [top[i][0], f"{top[i][1]:.6f}"] if i < len(top) else ["", ""]
             if self.all_probs:
-                cells += [f"{float(v):.6f}" for v in p]
+                cells += [f"{float(v):.6f}" for v in p] + [f"{float(ood):.6f}"]
             self._row(cells + [""])
 
     def error(self, path, message):
@@ -174,7 +182,7 @@ class Writer:
         elif self.fmt == "table":
             self.out.write(f"{'error':<{self._table_width()}}  {one_line(path)}: {one_line(message)}\n")
         else:
-            n = 2 + 2 * (self.top_k - 1) + (len(self.classes) if self.all_probs else 0)
+            n = 2 + 2 * (self.top_k - 1) + (len(self.classes) + 1 if self.all_probs else 0)
             self._row([path] + [""] * n + [message])
 
 
@@ -274,6 +282,7 @@ def run(opts, on_error=None, out=None):
     modelfile.load raises for a bad weight file.
     """
     from cnncli.store import modelfile  # numpy and the kernels load here, not at import
+    from cnncli.report.ood import energy
     from cnncli.data.images import bombs_are_errors
 
     out = sys.stdout if out is None else out
@@ -281,11 +290,14 @@ def run(opts, on_error=None, out=None):
     threshold = opts.threshold if opts.threshold is not None else clf.threshold
     if len(clf.classes) != 2:
         threshold = opts.threshold  # a stored threshold only exists for two classes; Decider refuses others
-    decider = Decider(clf.classes, threshold, opts.uncertain, stored=opts.threshold is None)
+    min_confidence = opts.min_confidence if opts.min_confidence is not None else clf.min_confidence
+    decider = Decider(clf.classes, threshold, opts.uncertain, stored=opts.threshold is None,
+                      min_confidence=min_confidence)
     fmt = opts.format or ("table" if out.isatty() else "tsv")
     top_k = opts.top_k if opts.top_k is not None else (3 if fmt == "table" else 1)
     top_k = max(1, min(top_k, len(clf.classes)))
-    writer = Writer(fmt, clf.classes, top_k, opts.all_probs, out, band=opts.uncertain is not None)
+    writer = Writer(fmt, clf.classes, top_k, opts.all_probs, out,
+                    band=opts.uncertain is not None or min_confidence is not None)
     writer.header()
     size, channels = clf.size, clf.channels
     seen = failed = 0
@@ -314,14 +326,16 @@ def run(opts, on_error=None, out=None):
                 upcoming = _in_background(read_ahead)
                 decoded = _gather(current, pending)
                 good = [i for i, r in enumerate(decoded) if not isinstance(r, str)]
-                proba = clf.proba(np.stack([decoded[i] for i in good])) if good else None
+                logits = clf.logits(np.stack([decoded[i] for i in good])) if good else None
+                proba = clf.proba_from_logits(logits) if good else None
+                ood = energy(logits) if good else None
                 rows = dict(zip(good, range(len(good))))
                 for i, (path, _) in enumerate(current):
                     seen += 1
                     if i in rows:
                         p = proba[rows[i]]
                         label, prob, others = decider.decide(p)
-                        writer.result(path, label, prob, others, p)
+                        writer.result(path, label, prob, others, p, ood[rows[i]])
                     else:
                         failed += 1
                         writer.error(path, decoded[i])

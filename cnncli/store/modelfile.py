@@ -15,6 +15,7 @@ from cnncli.store import weights
 from cnncli.store.atomic import OutputLock
 from cnncli.errors import FormatError, SpecError
 from cnncli.data.images import normalize
+from cnncli.engine.layers import softmax
 from cnncli.engine.model import Model, plan
 
 MAX_CLASSES = 10000
@@ -35,6 +36,8 @@ class Classifier:
     threshold: float | None = None  # two-class decision threshold for the positive class (index 1)
     train: dict = field(default_factory=dict)
     digest: str | None = None  # metadata_sha256 of the file it was loaded from (covers tensors and metadata)
+    temperature: float = 1.0  # logits are divided by it before the softmax (eval --calibrate)
+    min_confidence: float | None = None  # predict says "unknown" below this top probability
 
     @property
     def size(self):
@@ -48,13 +51,26 @@ class Classifier:
         """uint8 (N, C, H, W) -> normalised float32 (N, C, H, W)."""
         return normalize(x, self.mean, self.std)
 
+    def logits(self, x):
+        """Raw logits (N, K) float32 for uint8 images (N, C, H, W), before the temperature; normalised and run
+        one inference pass (Model.images_per_pass) at a time."""
+        step = self.model.images_per_pass()
+        out = [self.model.forward(self.to_float(x[i:i + step])) for i in range(0, len(x), step)]
+        return np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)
+
+    def proba_from_logits(self, z):
+        """Class probabilities (N, K) float32 from raw logits (N, K): softmax(logits / temperature)."""
+        return softmax(z if self.temperature == 1.0 else z / np.float32(self.temperature))
+
     def proba(self, x):
-        """Class probabilities (N, K) float32 for uint8 images (N, C, H, W).
+        """Class probabilities (N, K) float32 for uint8 images (N, C, H, W): softmax(logits / temperature).
 
         Normalises one inference pass of images at a time (Model.images_per_pass), so a large batch never
         holds a float32 copy of itself.
         """
         step = self.model.images_per_pass()
+        if self.temperature != 1.0:
+            return self.proba_from_logits(self.logits(x))
         if len(x) <= step:
             return self.model.predict_proba(self.to_float(x), step)
         return np.concatenate([self.model.predict_proba(self.to_float(x[i:i + step]), step)
@@ -72,6 +88,10 @@ class Classifier:
         }
         if self.threshold is not None:
             meta["threshold"] = float(self.threshold)
+        if self.temperature != 1.0:
+            meta["temperature"] = float(self.temperature)
+        if self.min_confidence is not None:
+            meta["min_confidence"] = float(self.min_confidence)
         return meta
 
 
@@ -149,19 +169,26 @@ def from_parts(path, tensors, meta):
     except SpecError as exc:
         raise FormatError(f"{path}: {exc}") from None
     train = meta.get("train") if isinstance(meta.get("train"), dict) else {}
+    temperature, min_conf = meta.get("temperature", 1.0), meta.get("min_confidence")
+    _need(path, isinstance(temperature, (int, float)) and not isinstance(temperature, bool)
+          and 0.01 <= temperature <= 100, "'temperature' must be a number in [0.01, 100]")
+    _need(path, min_conf is None or (isinstance(min_conf, (int, float)) and not isinstance(min_conf, bool)
+                                     and 0.0 <= min_conf <= 1.0), "'min_confidence' must be a number in [0, 1]")
     return Classifier(model, classes, inp["color"], mean, std, None if threshold is None else float(threshold),
-                      train, meta.get("metadata_sha256"))
+                      train, meta.get("metadata_sha256"), float(temperature), None if min_conf is None else float(min_conf))
 
 
-def save_threshold(path, threshold, expect):
-    """Write `threshold` into the weight file at path, only if the file still has metadata_sha256 `expect`
-    (the content the threshold was picked on) and the result is a valid model file (threshold in [0, 1]).
+def save_decisions(path, values, expect):
+    """Write decision metadata (any of threshold, temperature, min_confidence: float) into the weight file at
+    path, only if the file still has metadata_sha256 `expect` (the content they were fitted on) and the result
+    is a valid model file (every value in its range).
 
     The caller holds the file's OutputLock. Raises weights.ChangedError (exit 75) if the file was replaced,
-    FormatError (exit 65) if the threshold is out of range; nothing is written in either case.
+    FormatError (exit 65) if a value is out of range; nothing is written in either case.
     """
-    weights.update_metadata(path, {"threshold": float(threshold)}, expect=expect,
+    weights.update_metadata(path, {k: float(v) for k, v in values.items()}, expect=expect,
                             check=lambda tensors, meta: from_parts(path, tensors, meta))
+
 
 
 def load(path):
