@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cnncli.engine import kernels_np
 from cnncli.engine.layers import Activation, Conv, Dense, Dropout, MaxPool, softmax
 
 
@@ -35,9 +36,13 @@ def trace(model, x) -> Trace:
     inputs, outputs, argmax = [], [], {}
     for i, layer in enumerate(model.layers):
         inputs.append(h)
-        out = layer.forward(h, training=False)
-        if isinstance(layer, MaxPool):
-            argmax[i] = np.array(layer.argmax, copy=True)
+        if isinstance(layer, MaxPool):  # the layer keeps no winners outside training: pool here, keeping them
+            _, oh, ow = layer.output_shape(h.shape[1:])
+            out = np.empty((1, h.shape[1], oh, ow), np.float32)
+            argmax[i] = np.empty(out.shape, np.int32)
+            kernels_np.maxpool_forward(h, layer.size, layer.stride, layer.padding, out, argmax[i])
+        else:
+            out = layer.forward(h, training=False)
         h = np.array(out, dtype=np.float32, copy=True)
         outputs.append(h)
     logits = h.reshape(1, -1)
