@@ -250,10 +250,11 @@ def _limited_child(args, cwd, gib=3):
     return proc.returncode, proc.stdout.decode(), proc.stderr.decode()
 
 
-def _huge(tmp_path, name, arch, channels, side):
-    """A small file (a few KB, valid checksums) whose metadata describes a model beyond the bounds."""
+def _huge(tmp_path, name, arch, channels, side, fc=0):
+    """A small file (a few KB, valid checksums) whose metadata describes a model beyond the bounds; its
+    tensors are an output layer `layers.{fc}` of 2 x 3 (all pool4096-fc on 3 channels needs: a valid file)."""
     color = "gray" if channels == 1 else "rgb"
-    tensors = {"layers.0.weight": np.zeros((2, 3), np.float32), "layers.0.bias": np.zeros(2, np.float32)}
+    tensors = {f"layers.{fc}.weight": np.zeros((2, 3), np.float32), f"layers.{fc}.bias": np.zeros(2, np.float32)}
     meta = {"arch": arch, "classes": ["cat", "dog"],
             "input": {"channels": channels, "height": side, "width": side, "color": color},
             "preprocess": _pre(mean=[0.5] * channels, std=[0.25] * channels), "train": {}}
@@ -264,19 +265,19 @@ def _huge(tmp_path, name, arch, channels, side):
 
 
 HUGE = {
-    # (arch, channels, side, what the message names)
-    "fc65536-fc at 3x4096x4096": ("fc65536-fc", 3, 4096, "input"),
-    "pool4096-fc at 3x4096x4096": ("pool4096-fc", 3, 4096, "input"),
-    "fc65536-fc65536 at 1x28x28": ("fc65536-fc65536-fc", 1, 28, "parameters"),
-    "conv256k1-pool1024 at 3x1024x1024": ("conv256k1-pool1024-fc", 3, 1024, "activation values per image"),
+    # (arch, channels, side, what the message names, index of the output layer's tensors in the file)
+    "fc65536-fc at 3x4096x4096": ("fc65536-fc", 3, 4096, "input", 0),
+    "pool4096-fc at 3x4096x4096 (a valid file)": ("pool4096-fc", 3, 4096, "input", 1),
+    "fc65536-fc65536 at 1x28x28": ("fc65536-fc65536-fc", 1, 28, "parameters", 0),
+    "conv256k1-pool1024 at 3x1024x1024": ("conv256k1-pool1024-fc", 3, 1024, "activation values per image", 0),
 }
 
 
 @pytest.mark.parametrize("command", ["info", "predict", "eval"])
 @pytest.mark.parametrize("case", sorted(HUGE))
 def test_a_model_beyond_the_bounds_is_refused_before_allocating(tmp_path, case, command):
-    arch, channels, side, what = HUGE[case]
-    path = _huge(tmp_path, "m.safetensors", arch, channels, side)
+    arch, channels, side, what, fc = HUGE[case]
+    path = _huge(tmp_path, "m.safetensors", arch, channels, side, fc)
     data = make_image_folder(tmp_path / "data", n_per_class=2, size=8, mode="L" if channels == 1 else "RGB")
     argv = {"info": ["info", path], "predict": ["predict", data / "cat", "-m", path],
             "eval": ["eval", data, "-m", path]}[command]
@@ -347,3 +348,70 @@ def test_save_threshold_saves_when_the_model_is_unchanged(tmp_path, capsys):
     tensors_after, meta = weights.load(model)
     assert meta["threshold"] == json.loads(out)["saved_threshold"]["threshold"]
     assert all(tensors_after[k].tobytes() == v.tobytes() for k, v in tensors_before.items())
+
+
+# ---------------------------------------------------------------- damaged checkpoints
+
+
+def _drop(d, key):
+    d = dict(d)
+    del d[key]
+    return d
+
+
+CHECKPOINT_DAMAGE = {
+    # name: (change the metadata dict in place, change the tensors dict in place, word the error names)
+    "state lacks epoch": (lambda m: m.update(state=_drop(m["state"], "epoch")), None, "'state' lacks epoch"),
+    "state has an unknown key": (lambda m: m["state"].update(bogus=1), None, "'state' has unknown bogus"),
+    "state.running lacks seen": (lambda m: m["state"].update(running={"loss": 0.0, "correct": 0}), None,
+                                 "'state.running'"),
+    "config lacks batch_size": (lambda m: m.update(config=_drop(m["config"], "batch_size")), None,
+                                "'config' lacks batch_size"),
+    "config batch_size 0": (lambda m: m["config"].update(batch_size=0), None, "'config.batch_size'"),
+    "config epochs 0": (lambda m: m["config"].update(epochs=0), None, "'config.epochs'"),
+    "config unknown optimizer": (lambda m: m["config"].update(optimizer="rmsprop"), None, "'config.optimizer'"),
+    "config has an unknown key": (lambda m: m["config"].update(momentum=0.5), None, "'config' has unknown momentum"),
+    "no optimizer_step": (lambda m: m.pop("optimizer_step"), None, "'optimizer_step'"),
+    "options size a string": (lambda m: m["options"].update(size="big"), None, "'options.size'"),
+    "options not an object": (lambda m: m.update(options=[1, 2]), None, "'options'"),
+    "an optimizer tensor missing": (None, lambda t: t.pop(sorted(k for k in t if k.startswith("opt/"))[0]),
+                                    "opt/ tensors do not match"),
+    "an unknown tensor group": (None, lambda t: t.update({"junk/x": np.zeros(2, np.float32)}),
+                                "unexpected tensors under junk"),
+}
+
+
+def test_resume_refuses_a_checkpoint_with_missing_extra_or_bad_keys(tmp_path, capsys, monkeypatch):
+    """One real interrupted run, then each damage applied to a copy of its checkpoint (re-signed, so only the
+    key checks can catch it): --resume exits 65 with one line naming the file and the key, never 70."""
+    from train_helpers import interrupt_after_reads
+
+    data = make_image_folder(tmp_path / "data", n_per_class=10, size=8)
+    out = tmp_path / "m.safetensors"
+    ckpt = tmp_path / "m.ckpt.safetensors"
+    args = ["--arch", "tiny", "--batch-size", "4", "--epochs", "2", "--seed", "5"]
+    with interrupt_after_reads(monkeypatch, 3):
+        code, _, err = run_main(["train", data, "-o", out, *args], capsys)
+    assert code == 130, err
+    good = ckpt.read_bytes()
+    seen = {}
+    for name, (meta_edit, tensor_edit, word) in CHECKPOINT_DAMAGE.items():
+        ckpt.write_bytes(good)
+        tensors, meta = weights.load(ckpt)
+        meta = json.loads(json.dumps(meta))  # deep copy
+        if meta_edit:
+            meta_edit(meta)
+        if tensor_edit:
+            tensor_edit(tensors)
+        weights.save(ckpt, tensors, meta)
+        damaged = ckpt.read_bytes()
+        code, stdout, err = run_main(["train", data, "-o", out, "--resume"], capsys)
+        lines = [line for line in err.strip().splitlines() if not line.startswith("warning: ")]
+        seen[name] = (code, stdout == "" and len(lines) == 1 and str(ckpt) in lines[0]
+                      and "damaged checkpoint" in lines[0] and word in lines[0], err.strip()[-300:])
+        assert ckpt.read_bytes() == damaged and not out.exists()
+    bad = {k: v for k, v in seen.items() if v[0] != 65 or not v[1]}
+    assert bad == {}
+    ckpt.write_bytes(good)  # and the undamaged checkpoint still resumes
+    code, _, err = run_main(["train", data, "-o", out, "--resume"], capsys)
+    assert code == 0, err

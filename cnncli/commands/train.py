@@ -19,7 +19,7 @@ from cnncli.data import audit, folders
 
 from cnncli.engine import kernels
 
-from cnncli.store import manifest, modelfile
+from cnncli.store import checkpoint, manifest, modelfile
 
 from cnncli.store import weights
 from cnncli.store.atomic import OutputLock, atomic_write_bytes, check_writable_target
@@ -183,23 +183,8 @@ def _save_checkpoint(path, clf, optimizer, state, cfg, opts, meta_extra):
 
 
 def _read_checkpoint(path):
-    tensors, meta = weights.load(path)
-    if meta.get("kind") != CHECKPOINT_KIND or not isinstance(meta.get("state"), dict):
-        raise FormatError(f"{path}: not a cnncli training checkpoint")
-    parts = {}
-    for name, arr in tensors.items():
-        prefix, _, rest = name.partition("/")
-        parts.setdefault(prefix, {})[rest] = arr
-    try:
-        clf = modelfile.from_parts(path, parts.get("model", {}), meta)
-        st = dict(meta["state"])
-        st["best_score"] = -math.inf if st.get("best_score") is None else st["best_score"]
-        st["best_weights"] = parts.get("best")
-        state = TrainState(**st)
-        cfg = TrainConfig(**meta["config"])
-    except (TypeError, KeyError) as exc:
-        raise FormatError(f"{path}: damaged checkpoint ({exc})") from None
-    return clf, state, cfg, parts.get("opt", {}), meta
+    """(Classifier, TrainState, TrainConfig, optimizer tensors, metadata); every key checked (exit 65)."""
+    return checkpoint.read(path)
 
 
 def _build(opts, channels, size, n_classes):
