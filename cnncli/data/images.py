@@ -15,7 +15,9 @@ Rules, applied in this order by `decode`:
    [0, 1] are multiplied by 255, in [0, 255] used as is, otherwise min-max scaled (NaN -> 0). CMYK, YCbCr
    and other colour modes are converted to RGB by Pillow.
 6. Gray output uses Pillow's ITU-R 601-2 luma conversion of colour images.
-7. Resizing keeps the aspect ratio: the image is scaled so its SHORTER side equals `size` (bilinear, with
+7. A JPEG much larger than `size` is decoded at 1/2, 1/4 or 1/8 scale (Pillow's draft(), JPEG's own DCT
+   scaling) as long as its shorter side stays at least 2 x `size`; the resize below then works from that.
+8. Resizing keeps the aspect ratio: the image is scaled so its SHORTER side equals `size` (bilinear, with
    antialiasing when shrinking) and the centre `size` x `size` square is kept. Images with a side shorter
    than `MIN_SIDE` (4) pixels are refused as "image too small".
 
@@ -24,6 +26,7 @@ Every failure raises BadImageError("<path>: <short reason>"). Files are only eve
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import warnings
@@ -157,6 +160,22 @@ def _fit(im: Image.Image, size: int) -> Image.Image:
     return im.resize((size, size), Image.Resampling.BILINEAR, box=box, reducing_gap=3.0)
 
 
+DRAFT_MARGIN = 2  # JPEG DCT scaling keeps the shorter side at least this many times the target size
+
+
+def _draft(im: Image.Image, size: int) -> None:
+    """Let a JPEG decode at 1/2, 1/4 or 1/8 scale (DCT scaling, far cheaper than a full decode) when its shorter
+    side stays >= DRAFT_MARGIN * size, so the bilinear resize that follows still averages over 2+ pixels per
+    output pixel. Other formats, and JPEGs too small to shrink, are left alone. Mode is never changed here."""
+    if im.format != "JPEG":
+        return
+    w, h = im.size
+    scale = min(w, h) / (DRAFT_MARGIN * size)
+    if scale >= 2:
+        # draft() picks the largest reduction that keeps the image at least this big on both sides.
+        im.draft(im.mode, (math.ceil(w / scale), math.ceil(h / scale)))
+
+
 def _decode(path: str | os.PathLike, size: int, rgb: bool) -> np.ndarray:
     """Core of `decode`, without warning handling: uint8 (H, W) for a gray source (even with rgb=True) or
     luma (rgb=False), (H, W, 3) for a colour source with rgb=True."""
@@ -177,6 +196,7 @@ def _decode(path: str | os.PathLike, size: int, rgb: bool) -> np.ndarray:
             w, h = im.size
             if w < MIN_SIDE or h < MIN_SIDE:
                 raise BadImageError(f"{path}: image too small ({w}x{h}; each side must be >= {MIN_SIDE} px)")
+            _draft(im, size)
             im.load()  # decode everything now: verify() accepts a half JPEG
             im = _exif_transpose(im)
             im = _to_8bit(im)
