@@ -131,11 +131,15 @@ def test_precision_recall_curve_by_hand():
 
 
 def test_reliability_bins_by_hand():
+    from cnncli.report import calibration
+
     proba = np.array([[0.95, 0.05], [0.92, 0.08], [0.4, 0.6], [0.3, 0.7]])
     cal = eval_chart.reliability_bins([0, 1, 1, 0], proba, bins=10)
-    assert cal["count"][9] == 2 and cal["count"][6] == 1 and cal["count"][7] == 1 and sum(cal["count"]) == 4
+    # bins are right-closed, as the report's ECE bins them: 0.6 falls in (0.5, 0.6]
+    assert cal["count"][9] == 2 and cal["count"][5] == 1 and cal["count"][6] == 1 and sum(cal["count"]) == 4
     assert cal["accuracy"][9] == 0.5 and cal["confidence"][9] == pytest.approx(0.935)
     assert cal["ece"] == pytest.approx((2 * 0.435 + 0.4 + 0.7) / 4)
+    assert cal["ece"] == pytest.approx(calibration.ece([0, 1, 1, 0], proba, 10))
 
 
 @pytest.fixture(scope="module")
@@ -228,3 +232,18 @@ def test_eval_errors_image_command(two_class, tmp_path):
     assert svg.count(b"true: cat") == 3 and svg.count(b"<image") == 3
     code, stdout, stderr = _run(["eval", data, "-m", model, "--errors-image", tmp_path / "m.jpg"])
     assert code == 2 and "m.jpg" in stderr and stdout == ""
+
+
+def test_eval_calibrate_plot_draws_the_reliability_diagram_before_and_after(tmp_path):
+    data = make_image_folder(tmp_path / "d", n_per_class=4, size=12, split=True, n_test=6, n_val=6)
+    model = tmp_path / "m.safetensors"
+    modelfile.save(model, modelfile.Classifier(Model("conv4k3-relu-pool2-fc", (1, 12, 12), 2, seed=1),
+                                               ["cat", "dog"], "gray", [0.5], [0.25]))
+    out = tmp_path / "eval.svg"
+    code, stdout, stderr = _run(["eval", data, "-m", model, "--calibrate", "--plot", out])
+    assert code == 0, stderr
+    svg = out.read_bytes()
+    assert b"Reliability (ECE = " in svg and b"before calibration (ECE " in svg and b"after calibration" in svg
+    code, _, stderr = _run(["eval", data, "-m", model, "--plot", tmp_path / "plain.svg"])  # stored temperature
+    assert code == 0 and b"Reliability (ECE = " in (tmp_path / "plain.svg").read_bytes()
+    assert b"before calibration" not in (tmp_path / "plain.svg").read_bytes()

@@ -161,8 +161,13 @@ def run(opts, on_warn=None):
         report["errors"] = [{"path": p, "true": clf.classes[t], "predicted": clf.classes[k], "probability": v}
                             for p, t, k, v in wrong]
     if opts.plot:
-        # Hook: a report that carries calibration also gets a reliability diagram.
-        reliability = eval_chart.reliability_bins(loaded.y, proba) if "calibration" in report else None
+        # Calibrated probabilities (stored temperature or --calibrate) get a reliability diagram; with
+        # --calibrate it also shows the probabilities before.
+        reliability = None
+        if calibrated or clf.temperature != 1.0:
+            reliability = eval_chart.reliability_bins(loaded.y, proba)
+            if calibrated:
+                reliability["before"] = eval_chart.reliability_bins(loaded.y, before)
         eval_chart.plot_eval(opts.plot, report, loaded.y, proba, reliability)
     if opts.errors_image:
         mosaic.plot_errors(opts.errors_image, loaded.x, loaded.y, proba, clf.classes, [p for p, _ in loaded.items],

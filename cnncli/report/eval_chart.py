@@ -46,18 +46,23 @@ def precision_recall_curve(y_true01, score) -> tuple[np.ndarray, np.ndarray, flo
     return recall, precision, ap
 
 
-def reliability_bins(y_true, proba, bins: int = 10) -> dict:
-    """Top-class confidence against accuracy in ``bins`` equal-width bins over [0, 1].
+def reliability_bins(y_true, proba, bins: int | None = None) -> dict:
+    """Top-class confidence against accuracy in ``bins`` equal-width bins (default: calibration.BINS), binned
+    as ``calibration.ece`` bins them (bin b holds confidences in (b/bins, (b+1)/bins]), so the ECE here is
+    the report's.
 
     ``y_true`` int ``(N,)``, ``proba`` float ``(N, K)``. Returns {"confidence", "accuracy", "count"} (lists of
-    ``bins`` floats / ints, NaN for empty bins) and "ece" (expected calibration error: the count-weighted
-    mean gap between confidence and accuracy).
+    ``bins`` floats / ints, NaN for empty bins) and "ece" (the count-weighted mean gap between confidence
+    and accuracy).
     """
+    from cnncli.report import calibration
+
+    bins = bins or calibration.BINS
     p = np.asarray(proba, dtype=np.float64)
     y = np.asarray(y_true, dtype=np.int64)
     conf = p.max(axis=1)
     hit = (p.argmax(axis=1) == y).astype(np.float64)
-    idx = np.minimum((conf * bins).astype(np.int64), bins - 1)
+    idx = np.clip(np.ceil(conf * bins).astype(np.int64) - 1, 0, bins - 1)
     count = np.bincount(idx, minlength=bins)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_conf = np.bincount(idx, conf, bins) / count
@@ -164,8 +169,12 @@ def _reliability(ax, cal):
     ax.plot([0, 1], [0, 1], color=charts.GREY, linestyle=":", linewidth=1, label="perfect calibration")
     ax.bar(centers, np.nan_to_num(acc), width=1 / bins, edgecolor="white", color=charts.BLUE, alpha=0.35,
            label="accuracy in bin", zorder=1)
+    before = cal.get("before")
+    if before is not None:
+        ax.plot(before["confidence"], before["accuracy"], "s--", color=charts.GREY, markersize=3, linewidth=1,
+                zorder=2, label=f"before calibration (ECE {before['ece']:.3f})")
     ax.plot(cal["confidence"], acc, "o-", color=charts.ORANGE, markersize=4, linewidth=1, zorder=3,
-            label="accuracy at mean confidence")
+            label=f"after calibration (ECE {cal['ece']:.3f})" if before is not None else "accuracy at mean confidence")
     ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="confidence (top-class probability)", ylabel="accuracy",
            title=f"Reliability (ECE = {cal['ece']:.3f})")
     ax.set_aspect("equal")
@@ -176,7 +185,8 @@ def eval_figure(report: dict, y_true, proba, calibration: dict | None = None):
     """The evaluation picture for ``metrics.classification_report`` output.
 
     ``y_true`` int ``(N,)`` and ``proba`` float ``(N, K)`` are the scored labels and probabilities (for the
-    curves). ``calibration``: ``reliability_bins`` output, drawn as a reliability diagram when given.
+    curves). ``calibration``: ``reliability_bins`` output, drawn as a reliability diagram when given; its
+    optional "before" entry (the same for the uncalibrated probabilities) is drawn beside it.
     Row 1: the confusion matrix as counts and as row percentages. Row 2 (two classes with both present, or
     calibration): ROC with the operating point labelled, precision-recall, reliability.
     """
