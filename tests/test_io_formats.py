@@ -137,3 +137,25 @@ def test_a_tie_is_the_same_class_in_training_eval_and_predict(tmp_path, capsys):
     x = np.zeros((2, 1, SIZE, SIZE), np.float32)
     _, acc, _ = evaluate(clf.model, x, np.array([1, 1]), lambda b: b)  # training's validation accuracy
     assert acc == 1.0
+
+
+def test_csv_rows_and_the_training_history_come_from_one_csv_writer(tmp_path, capsys):
+    """Quotes and commas in names survive predict --format csv; train's history CSV is the same dialect."""
+    import csv
+    import io
+
+    from cnncli.commands.train import _history_csv
+    from cnncli.report.lines import csv_row
+
+    model = tmp_path / "m.safetensors"
+    _model(model)
+    img = _png(tmp_path / 'say "hi", ok.png')
+    code, out, err = run_main(["predict", img, "-m", model, "--format", "csv"], capsys)
+    assert code == 0, err
+    rows = list(csv.reader(io.StringIO(out)))
+    assert rows[0][:3] == ["path", "label", "probability"] and rows[1][0] == str(img)
+    assert out.splitlines()[1] == csv_row([str(img), *rows[1][1:]]).rstrip("\n")
+    history = _history_csv([{"epoch": 1, "train_loss": 0.5, "lr": 0.001}]).decode()
+    assert list(csv.DictReader(io.StringIO(history))) == [
+        {"epoch": "1", "train_loss": "0.5", "train_accuracy": "", "val_loss": "", "val_accuracy": "", "lr": "0.001",
+         "time": ""}]
