@@ -40,7 +40,6 @@ from robust_helpers import FAST, child_env, read_pty, run_main
     ["train", "DATA", "--batch-size", "0"],
     ["train", "DATA", "--clip-norm", "nan"],
     ["train", "DATA", "--optimizer", "rmsprop"],
-    ["info"],
     ["info", "m.safetensors", "--bogus"],
     ["no-such-command"],
     ["--no-such-global-option", "info", "m.safetensors"],

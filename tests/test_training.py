@@ -51,7 +51,8 @@ def test_tiny_preset_learns_the_bundled_fashion_mnist_sample():
 
     model = Model("tiny", (1, 28, 28), len(ds.classes), seed=0)
     _, acc_before, _ = evaluate(model, test.x, test.y, norm)
-    state, _ = fit(model, train.x, train.y, TrainConfig(epochs=5, batch_size=16, lr=3e-3, seed=0), norm)
+    cfg = TrainConfig(epochs=5, batch_size=16, lr=3e-3, seed=0, optimizer="adam")
+    state, _ = fit(model, train.x, train.y, cfg, norm)
     assert state.stop_reason == "completed" and len(state.history) == 5
     assert state.history[-1]["train_loss"] < state.history[0]["train_loss"]
     loss, acc, proba = evaluate(model, test.x, test.y, norm)
@@ -158,7 +159,7 @@ def test_stopped_and_resumed_run_ends_bit_identical(stop_after, optimizer):
 
 def test_a_resumed_run_that_finishes_reports_completed():
     x, y = toy_problem(16)
-    cfg = TrainConfig(epochs=2, batch_size=8)
+    cfg = TrainConfig(epochs=2, batch_size=8, lr=1e-3, optimizer="adam")
     model = Model("conv4k3-relu-pool2-fc", (1, 8, 8), 2, seed=0)
     state, opt = fit(model, x, y, cfg, to_float, should_stop=lambda: True)
     assert state.stop_reason == "interrupted" and state.step == 1
@@ -189,7 +190,7 @@ def test_early_stopping_restores_the_best_validation_weights():
         snapshots[state.epoch] = weights_bytes(model)
 
     model = Model("conv4k3-relu-pool2-fc", (1, 8, 8), 2, seed=0)
-    cfg = TrainConfig(epochs=30, batch_size=8, lr=0.02, patience=2, schedule="constant")
+    cfg = TrainConfig(epochs=30, batch_size=8, lr=0.02, patience=2, schedule="constant", optimizer="adam")
     state, _ = fit(model, x, y, cfg, to_float, xv, yv, on_epoch=on_epoch)
     assert state.stop_reason == "early-stopped"
     ran = len(state.history)
@@ -205,7 +206,7 @@ def test_early_stopping_restores_the_best_validation_weights():
 def test_max_time_stops_early():
     x, y = toy_problem(48)
     model = Model("conv4k3-relu-pool2-fc", (1, 8, 8), 2, seed=0)
-    cfg = TrainConfig(epochs=50, batch_size=8, lr=0.01, max_time=1e-9)
+    cfg = TrainConfig(epochs=50, batch_size=8, lr=0.01, max_time=1e-9, optimizer="adam")
     state, _ = fit(model, x, y, cfg, to_float)
     assert state.stop_reason == "time-limit"
     assert state.step == 1 and len(state.history) == 1
@@ -216,14 +217,14 @@ def test_class_weights_are_used_in_training():
     x, y = toy_problem(32)
     a = Model("conv4k3-relu-pool2-fc", (1, 8, 8), 2, seed=0)
     b = Model("conv4k3-relu-pool2-fc", (1, 8, 8), 2, seed=0)
-    fit(a, x, y, TrainConfig(epochs=1, batch_size=8, lr=0.01), to_float)
-    fit(b, x, y, TrainConfig(epochs=1, batch_size=8, lr=0.01, class_weights=[1.0, 5.0]), to_float)
+    fit(a, x, y, TrainConfig(epochs=1, batch_size=8, lr=0.01, optimizer="adam"), to_float)
+    fit(b, x, y, TrainConfig(epochs=1, batch_size=8, lr=0.01, class_weights=[1.0, 5.0], optimizer="adam"), to_float)
     assert weights_bytes(a) != weights_bytes(b)
 
 
 def test_fit_returns_a_resumable_state_object():
     x, y = toy_problem(16)
     model = Model("conv4k3-relu-pool2-fc", (1, 8, 8), 2, seed=0)
-    state, opt = fit(model, x, y, TrainConfig(epochs=2, batch_size=8), to_float)
+    state, opt = fit(model, x, y, TrainConfig(epochs=2, batch_size=8, lr=1e-3, optimizer="adam"), to_float)
     assert isinstance(state, TrainState) and state.epoch == 2 and state.step == 4 and state.batch == 0
     assert isinstance(opt, Adam) and opt.state["step"] == 4

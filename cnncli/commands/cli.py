@@ -1,25 +1,25 @@
-"""The command line: thin typed commands over the job modules, and the one place errors become exit codes.
+"""The command line: what a user can type, as thin typed commands over the job modules.
 
-Only this module imports typer and rich. Data goes to stdout, messages and progress to stderr; colour and
+Typer and rich are imported only in cnncli/commands (shared option pieces: options.py; running the app and
+turning outcomes into exit codes: entry.py). Data goes to stdout, messages and progress to stderr; colour and
 progress bars only on a terminal, never with NO_COLOR. See README.md for the exit codes.
 """
 
-import math
-import os
-import signal
 import sys
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from cnncli import __version__
-from cnncli.commands.streams import DataOut, reserve_std_fds, say, stderr_on_null
-from cnncli.errors import (EXIT_GATE, EXIT_INTERNAL, EXIT_IOERR, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, CnnError,
-                           UsageError, WriteError, one_line)
+from cnncli.commands.options import (DATA, MODEL, MODEL_HELP, OPTIMISATION, OUTPUT, RUN, CheckFormat, ClassWeights,
+                                     Color, EvalFormat, EvalSplit, HelpCommand, HelpGroup, OptimizerName,
+                                     PredictFormat, ShowFormat, examples, positive_finite, probability, require)
+from cnncli.commands.streams import say
+from cnncli.errors import EXIT_GATE, one_line
 
 app = typer.Typer(
+    cls=HelpGroup,
     help="Train, evaluate and run convolutional image classifiers on a CPU.",
     no_args_is_help=True,
     add_completion=False,
@@ -28,89 +28,89 @@ app = typer.Typer(
 )
 
 
+def command(*lines, **kw):
+    """app.command with the help layout of options.HelpCommand and these example lines under the help."""
+    return app.command(cls=HelpCommand, epilog=examples(*lines), **kw)
+
+
 def _say(msg):
     say(msg)  # best effort: a closed or full stderr loses messages, never the run's work
 
 
-def _require(cond, option, msg):
-    if not cond:
-        raise UsageError(f"{option}: {msg}")
-
-
-def _unit_interval(value, option):
-    _require(value is None or (math.isfinite(value) and 0 <= value <= 1), option,
-             f"must be a number in [0, 1], got {value}")
-
-
-def _positive_finite(value, option, allow_zero=False):
-    if value is not None:
-        _require(math.isfinite(value) and (value > 0 or (allow_zero and value == 0)), option,
-                 f"must be a finite number {'>= 0' if allow_zero else '> 0'}, got {value}")
-
-
-class Color(str, Enum):
-    auto = "auto"
-    gray = "gray"
-    rgb = "rgb"
-
-
-class OptimizerName(str, Enum):
-    adam = "adam"
-    sgd = "sgd"
-
-
-class ClassWeights(str, Enum):
-    none = "none"
-    auto = "auto"
-
-
-@app.command()
+# The defaults in these signatures are the only ones: the job option classes (TrainOptions, EvalOptions, ...)
+# and engine.training.TrainConfig take every value from here, and --help shows them.
+@command("cnncli train photos/             # photos/<class>/*.jpg -> model.safetensors",
+         "cnncli train photos/ -o cats.safetensors --arch m1 --epochs 10 --augment",
+         "cnncli train photos/ -o cats.safetensors --resume  # after Ctrl-C")
 def train(
-    data: Annotated[Path, typer.Argument(metavar="DATA", help="Labeled image folder: DATA/<class>/ or DATA/train/<class>/ "
-                                              "(+ val/, test/).", show_default=False)],
-    output: Annotated[str, typer.Option("-o", "--output", help="Weight file to write.")] = "model.safetensors",
-    arch: Annotated[str, typer.Option(help="Architecture spec or preset (tiny, m1, default).")] = "default",
-    size: Annotated[Optional[int], typer.Option(help="Input size in pixels (square). Default: from the data.")] = None,
-    color: Annotated[Color, typer.Option(help="auto: gray only if every training image is gray.")] = Color.auto,
+    data: Annotated[Path, typer.Argument(metavar="DATA", help="Labeled image folder: DATA/<class>/ or "
+                                         "DATA/train/<class>/ (+ val/, test/).", show_default=False)],
+    size: Annotated[Optional[int], typer.Option(help="Input size in pixels (square). Default: from the data.",
+                                                rich_help_panel=DATA)] = None,
+    color: Annotated[Color, typer.Option(help="auto: gray only if every training image is gray.",
+                                         rich_help_panel=DATA)] = Color.auto,
+    val_split: Annotated[float, typer.Option(help="Fraction held out for validation when there is no val/ folder.",
+                                             rich_help_panel=DATA)] = 0.2,
+    augment: Annotated[bool, typer.Option("--augment", help="Random flips and 2-pixel shifts.",
+                                          rich_help_panel=DATA)] = False,
+    class_weights: Annotated[ClassWeights, typer.Option(help="auto: weight the loss against class imbalance.",
+                                                        rich_help_panel=DATA)] = ClassWeights.none,
+    strict: Annotated[bool, typer.Option("--strict", help="Stop at the first unreadable image instead of "
+                                         "skipping it.", rich_help_panel=DATA)] = False,
+    arch: Annotated[str, typer.Option(help="Architecture spec or preset (tiny, m1, default).",
+                                      rich_help_panel=MODEL)] = "default",
+    seed: Annotated[int, typer.Option(help="Seed for initial weights, split, shuffling and augmentation.",
+                                      rich_help_panel=MODEL)] = 0,
     epochs: Annotated[Optional[int], typer.Option(
-        help="Passes over the training images (default: auto, about 4,500 gradient steps, 3 to 50 epochs).",
-        show_default=False)] = None,
-    batch_size: Annotated[int, typer.Option(help="Images per gradient step.")] = 64,
-    lr: Annotated[float, typer.Option(help="Peak learning rate (cosine decay).")] = 2e-3,
-    optimizer: Annotated[OptimizerName, typer.Option(help="adam or sgd (momentum 0.9).")] = OptimizerName.adam,
-    weight_decay: Annotated[float, typer.Option(help="Weight decay (L2 for sgd, decoupled for adam).")] = 0.0,
-    val_split: Annotated[float, typer.Option(help="Fraction held out for validation when there is no val/ folder.")] = 0.2,
-    seed: Annotated[int, typer.Option(help="Seed for initial weights, split, shuffling and augmentation.")] = 0,
-    augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Random flips and 2-pixel shifts.")] = False,
-    class_weights: Annotated[ClassWeights, typer.Option(help="auto: weight the loss against class imbalance.")] = ClassWeights.none,
-    patience: Annotated[Optional[int], typer.Option(help="Stop after this many epochs without a better validation accuracy.")] = None,
-    max_time: Annotated[Optional[float], typer.Option(help="Stop training after this many seconds.")] = None,
-    clip_norm: Annotated[Optional[float], typer.Option(help="Clip gradients to this global L2 norm.")] = None,
-    threads: Annotated[Optional[int], typer.Option(help="Worker threads (default: all CPUs).")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
-    resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its checkpoint.")] = False,
-    strict: Annotated[bool, typer.Option(help="Stop at the first unreadable image instead of skipping it.")] = False,
-    wait: Annotated[float, typer.Option(help="Seconds to wait for another run writing the same output.")] = 0.0,
-    plot: Annotated[Optional[Path], typer.Option(
-        help="Also draw the training curves into this file (.png, .svg or .pdf).")] = None,
+        help="Passes over the training images (default: about 4,500 gradient steps, 3 to 50 epochs).",
+        show_default=False, rich_help_panel=OPTIMISATION)] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per gradient step.",
+                                            rich_help_panel=OPTIMISATION)] = 64,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (cosine decay).",
+                                      rich_help_panel=OPTIMISATION)] = 2e-3,
+    optimizer: Annotated[OptimizerName, typer.Option(help="adam or sgd (momentum 0.9).",
+                                                     rich_help_panel=OPTIMISATION)] = OptimizerName.adam,
+    weight_decay: Annotated[float, typer.Option(help="L2 for sgd, decoupled for adam.",
+                                                rich_help_panel=OPTIMISATION)] = 0.0,
+    clip_norm: Annotated[Optional[float], typer.Option(help="Clip gradients to this global L2 norm.",
+                                                       rich_help_panel=OPTIMISATION)] = None,
+    output: Annotated[str, typer.Option("-o", "--output", help="Weight file to write.",
+                                        rich_help_panel=OUTPUT)] = "model.safetensors",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file.",
+                                            rich_help_panel=OUTPUT)] = False,
+    plot: Annotated[Optional[Path], typer.Option(help="Also draw the training curves into this file (.png, .svg "
+                                                 "or .pdf).", rich_help_panel=OUTPUT)] = None,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Only warnings and errors on stderr.",
+                                        rich_help_panel=OUTPUT)] = False,
     fail_on_collapse: Annotated[bool, typer.Option(
-        help="Exit 3 without writing weights when training collapsed (one class for all, or a runaway loss).")] = False,
-    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Only warnings and errors on stderr.")] = False,
+        "--fail-on-collapse", help="Exit 3 without writing weights when training collapsed (one class for all, or "
+        "a runaway loss).", rich_help_panel=RUN)] = False,
+    patience: Annotated[Optional[int], typer.Option(help="Stop after this many epochs without a better validation "
+                                                    "accuracy.", rich_help_panel=RUN)] = None,
+    max_time: Annotated[Optional[float], typer.Option(help="Stop training after this many seconds.",
+                                                      rich_help_panel=RUN)] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its checkpoint.",
+                                         rich_help_panel=RUN)] = False,
+    threads: Annotated[Optional[int], typer.Option(help="Worker threads (default: all CPUs).",
+                                                   rich_help_panel=RUN)] = None,
+    wait: Annotated[float, typer.Option(help="Seconds to wait for another run writing the same output.",
+                                        rich_help_panel=RUN)] = 0.0,
 ):
     """Train a classifier on a labeled image folder and write a weight file."""
-    _require(output != "", "--output", "the file name is empty")
-    _require(epochs is None or epochs >= 1, "--epochs", f"must be at least 1, got {epochs}")
-    _require(batch_size >= 1, "--batch-size", f"must be at least 1, got {batch_size}")
-    _positive_finite(lr, "--lr")
-    _positive_finite(weight_decay, "--weight-decay", allow_zero=True)
-    _require(math.isfinite(val_split) and 0 <= val_split < 1, "--val-split", f"must be in [0, 1), got {val_split}")
-    _require(size is None or 4 <= size <= 1024, "--size", f"must be between 4 and 1024, got {size}")
-    _require(0 <= seed < 2**32, "--seed", f"must be between 0 and 4294967295, got {seed}")
-    _require(patience is None or patience >= 1, "--patience", f"must be at least 1, got {patience}")
-    _positive_finite(max_time, "--max-time")
-    _positive_finite(clip_norm, "--clip-norm")
-    _require(threads is None or 1 <= threads <= 1024, "--threads", f"must be at least 1, got {threads}")
-    _require(math.isfinite(wait) and wait >= 0, "--wait", f"must be a finite number >= 0, got {wait}")
+    require(output != "", "--output", "the file name is empty")
+    require(epochs is None or epochs >= 1, "--epochs", f"must be at least 1, got {epochs}")
+    require(batch_size >= 1, "--batch-size", f"must be at least 1, got {batch_size}")
+    positive_finite(lr, "--lr")
+    positive_finite(weight_decay, "--weight-decay", allow_zero=True)
+    require(0 <= val_split < 1, "--val-split", f"must be in [0, 1), got {val_split}")
+    require(size is None or 4 <= size <= 1024, "--size", f"must be between 4 and 1024, got {size}")
+    require(0 <= seed < 2**32, "--seed", f"must be between 0 and 4294967295, got {seed}")
+    require(patience is None or patience >= 1, "--patience", f"must be at least 1, got {patience}")
+    positive_finite(max_time, "--max-time")
+    positive_finite(clip_norm, "--clip-norm")
+    require(threads is None or 1 <= threads <= 1024, "--threads", f"must be at least 1, got {threads}")
+    positive_finite(wait, "--wait", allow_zero=True)
+    from cnncli.commands.progress import TrainReporter, summary_lines
     from cnncli.commands.train import TrainOptions, run
 
     opts = TrainOptions(data=str(data), output=str(output), arch=arch, size=size, color=color.value, epochs=epochs,
@@ -119,8 +119,6 @@ def train(
                         patience=patience, max_time=max_time, clip_norm=clip_norm, threads=threads,
                         overwrite=overwrite, resume=resume, strict=strict, wait=wait,
                         plot=str(plot) if plot else None, fail_on_collapse=fail_on_collapse)
-    from cnncli.commands.progress import TrainReporter
-
     reporter = TrainReporter(quiet)
     try:
         summary = run(opts, reporter)
@@ -131,104 +129,62 @@ def train(
              f"batch {summary['batch'] + 1}); continue with: cnncli train {data} -o {output} --resume")
         raise typer.Exit(128 + summary["interrupted"])
     if not quiet:
-        per_class = ", ".join(f"{c} {n}" for c, n in zip(summary["classes"], summary["images_per_class"]))
-        lines = [f"images per class: {per_class}; skipped files: {summary['skipped_files']}"
-                 + (f" (listed in {summary['bad_files']})" if "bad_files" in summary else ""),
-                 f"epochs: {summary['epochs_run']} ({summary['stop_reason']}), best epoch {summary['best_epoch']}"]
-        if "val_accuracy" in summary:
-            lines.append(f"validation accuracy: {summary['val_accuracy']:.4f}")
-        if "test_accuracy" in summary:
-            lines.append(f"test accuracy: {summary['test_accuracy']:.4f}")
-        lines.append(f"time: {summary['seconds']:.1f}s")
-        lines.append(f"weights: {summary['output']} (history: {summary['history']})")
-        _say("\n".join(lines))
+        _say("\n".join(summary_lines(summary)))
 
 
-@app.command()
+@command("cnncli info                      # ./model.safetensors (or $CNNCLI_MODEL)",
+         "cnncli info cats.safetensors --json | jq .classes")
 def info(
-    model: Annotated[Path, typer.Argument(help="Weight file.", show_default=False)],
+    model: Annotated[Optional[Path], typer.Argument(metavar="MODEL", help=MODEL_HELP, show_default=False)] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")] = False,
 ):
     """Show a weight file's architecture, layer shapes, classes, input and training summary."""
     import json
 
-    from cnncli.store import modelfile
+    from cnncli.commands.info import describe, format_text
+    from cnncli.commands.model_path import resolve_model
 
-    clf = modelfile.load(model)
-    m = clf.model
-    layers = [{"layer": t, "output_shape": list(s), "params": p} for t, s, p in m.summary()]
-    doc = {"file": str(model), "arch": m.spec, "classes": clf.classes,
-           "input": {"channels": clf.channels, "height": m.input_shape[1], "width": m.input_shape[2],
-                     "color": clf.color},
-           "params": int(m.num_params()), "layers": layers, "threshold": clf.threshold, "train": clf.train}
-    if json_out:
-        sys.stdout.write(json.dumps(doc) + "\n")
-        return
-    c, h, w = m.input_shape
-    out = [f"file: {one_line(model)}", f"arch: {m.spec}",
-           f"input: {w}x{h}, {clf.color} ({c} channel{'s' if c > 1 else ''})",
-           f"classes ({len(clf.classes)}): {', '.join(map(one_line, clf.classes))}", "layers:"]
-    out += [f"  {i + 1:>3} {t:<16} {'x'.join(map(str, s)):>12} {p:>10,}" for i, (t, s, p) in enumerate(m.summary())]
-    out.append(f"parameters: {m.num_params():,}")
-    if clf.threshold is not None:
-        out.append(f"threshold: {clf.threshold:g}")
-    if clf.train:
-        out.append("training: " + ", ".join(f"{k} {one_line(v)}" for k, v in clf.train.items() if v is not None))
-    sys.stdout.write("\n".join(out) + "\n")
+    doc = describe(resolve_model(model))
+    sys.stdout.write(json.dumps(doc) + "\n" if json_out else format_text(doc))
 
 
-class PredictFormat(str, Enum):
-    table = "table"
-    tsv = "tsv"
-    csv = "csv"
-    jsonl = "jsonl"
-
-
-class EvalSplit(str, Enum):
-    train = "train"
-    val = "val"
-    test = "test"
-    all = "all"
-
-
-class EvalFormat(str, Enum):
-    table = "table"
-    json = "json"
-
-
-_MODEL_HELP = "Weight file (default: $CNNCLI_MODEL, else ./model.safetensors)."
-
-
-@app.command()
+@command("cnncli predict img.png                       # uses ./model.safetensors",
+         "cnncli predict photos/ 'more/**/*.jpg' -m cats.safetensors --format jsonl",
+         "find in -name '*.png' -print0 | cnncli predict -0 - --format csv > out.csv")
 def predict(
     inputs: Annotated[Optional[list[str]], typer.Argument(
-        help="Image files, folders (recursive), glob patterns, or - to read paths from stdin.",
+        metavar="INPUT", help="Image files, folders (recursive), glob patterns, or - to read paths from stdin.",
         show_default=False)] = None,
-    model: Annotated[Optional[Path], typer.Option("-m", "--model", help=_MODEL_HELP, show_default=False)] = None,
-    fmt: Annotated[Optional[PredictFormat], typer.Option(
-        "--format", help="Output format (default: table on a terminal, tsv otherwise).", show_default=False)] = None,
-    top_k: Annotated[Optional[int], typer.Option(
-        help="Classes to show per image (default: 3 in the table, 1 otherwise).", show_default=False)] = None,
-    all_probs: Annotated[bool, typer.Option("--all-probs", help="Also print every class's probability.")] = False,
+    model: Annotated[Optional[Path], typer.Option("-m", "--model", help=MODEL_HELP, show_default=False,
+                                                  rich_help_panel=MODEL)] = None,
     threshold: Annotated[Optional[float], typer.Option(
         help="Two-class models: predict the positive (second) class when its probability >= this "
-             "(default: the model's stored threshold, else 0.5).", show_default=False)] = None,
+             "(default: the model's stored threshold, else 0.5).", show_default=False, rich_help_panel=MODEL)] = None,
     uncertain: Annotated[Optional[str], typer.Option(
         metavar="LOW:HIGH", help="Two-class models: label 'uncertain' when LOW <= P(positive) <= HIGH.",
-        show_default=False)] = None,
+        show_default=False, rich_help_panel=MODEL)] = None,
     min_confidence: Annotated[Optional[float], typer.Option(
         metavar="P", help="Label 'unknown' when the top class probability is below P (default: the model's "
-                          "stored value, else never).", show_default=False)] = None,
-    null: Annotated[bool, typer.Option("-0", "--null", help="Paths on stdin are NUL-separated.")] = False,
-    batch_size: Annotated[int, typer.Option(help="Images decoded and classified together.")] = 256,
+                          "stored value, else never).", show_default=False, rich_help_panel=MODEL)] = None,
+    null: Annotated[bool, typer.Option("-0", "--null", help="Paths on stdin are NUL-separated.",
+                                       rich_help_panel=DATA)] = False,
+    fmt: Annotated[Optional[PredictFormat], typer.Option(
+        "--format", help="Default: table on a terminal, tsv otherwise.", show_default=False,
+        rich_help_panel=OUTPUT)] = None,
+    top_k: Annotated[Optional[int], typer.Option(
+        help="Classes to show per image (default: 3 in the table, 1 otherwise).", show_default=False,
+        rich_help_panel=OUTPUT)] = None,
+    all_probs: Annotated[bool, typer.Option("--all-probs", help="Also print every class's probability.",
+                                            rich_help_panel=OUTPUT)] = False,
+    batch_size: Annotated[int, typer.Option(help="Images decoded and classified together.",
+                                            rich_help_panel=RUN)] = 256,
 ):
     """Classify images; one result row per input on stdout, streamed as each batch finishes."""
-    _require(inputs, "INPUTS", "give image files, folders, glob patterns or - for stdin")
-    _require(top_k is None or top_k >= 1, "--top-k", f"must be at least 1, got {top_k}")
-    _require(1 <= batch_size <= 65536, "--batch-size", f"must be between 1 and 65536, got {batch_size}")
-    _require(threshold is None or (math.isfinite(threshold) and 0 <= threshold <= 1), "--threshold",
-             f"must be a number in [0, 1], got {threshold}")
-    _unit_interval(min_confidence, "--min-confidence")
+    require(inputs, "INPUT", "give image files, folders, glob patterns or - for stdin")
+    require(top_k is None or top_k >= 1, "--top-k", f"must be at least 1, got {top_k}")
+    require(1 <= batch_size <= 65536, "--batch-size", f"must be between 1 and 65536, got {batch_size}")
+    probability(threshold, "--threshold")
+    probability(min_confidence, "--min-confidence")
     from cnncli.commands.predict import PredictOptions, parse_band, run
 
     opts = PredictOptions(inputs=list(inputs), model=str(model) if model else None,
@@ -238,59 +194,71 @@ def predict(
     try:
         code = run(opts, on_error=lambda path, msg: _say(f"cnncli: {one_line(path)}: {msg}"))
     except BrokenPipeError:  # the reader stopped early (`| head -1`): that is a normal end, not a failure
-        _quiet_broken_pipe()
+        from cnncli.commands.entry import quiet_broken_pipe
+
+        quiet_broken_pipe()
         raise typer.Exit(0) from None
     if code:
         raise typer.Exit(code)
 
 
-@app.command(name="eval")
+@command("cnncli eval photos/          # photos/test/, else val/, else held-out files",
+         "cnncli eval photos/ --fail-under accuracy=0.9,sensitivity.lo=0.8  # 3: below",
+         "cnncli eval photos/ --pick-threshold sensitivity=0.95 --save-threshold", name="eval")
 def eval_(
     data: Annotated[Path, typer.Argument(
-        help="Labeled folder: DATA/test/ is scored, else DATA/val/, else the held-out part recorded at training "
+        metavar="DATA", help="Labeled folder: DATA/test/ is scored, else DATA/val/, else the held-out part recorded at training "
              "time, else DATA/<class>/.", show_default=False)],
     split: Annotated[Optional[EvalSplit], typer.Option(
         help="Score this part of DATA (and pick thresholds on it). Default: score test/ (else val/), pick on "
-             "the validation part, never on test/.", show_default=False)] = None,
-    model: Annotated[Optional[Path], typer.Option("-m", "--model", help=_MODEL_HELP, show_default=False)] = None,
-    fmt: Annotated[EvalFormat, typer.Option("--format", help="table or json.")] = EvalFormat.table,
+             "the validation part, never on test/.", show_default=False, rich_help_panel=DATA)] = None,
+    model: Annotated[Optional[Path], typer.Option("-m", "--model", help=MODEL_HELP, show_default=False,
+                                                  rich_help_panel=MODEL)] = None,
     threshold: Annotated[Optional[float], typer.Option(
-        help="Two-class models: decision threshold (default: the model's, else 0.5).", show_default=False)] = None,
+        help="Two-class models: decision threshold (default: the model's, else 0.5).", show_default=False,
+        rich_help_panel=MODEL)] = None,
     pick_threshold: Annotated[Optional[str], typer.Option(
         metavar="RULE", help="Choose the threshold on the validation part: sensitivity=X, specificity=X or youden.",
-        show_default=False)] = None,
-    save_threshold: Annotated[bool, typer.Option(
-        help="Write the picked threshold (and --min-confidence) into the weight file.")] = False,
+        show_default=False, rich_help_panel=MODEL)] = None,
+    save_threshold: Annotated[bool, typer.Option("--save-threshold", help="Write the picked threshold (and "
+                                                 "--min-confidence) into the weight file.", rich_help_panel=MODEL)
+                              ] = False,
     calibrate: Annotated[bool, typer.Option(
-        help="Fit temperature scaling on the validation part; store the temperature in the weight file.")] = False,
+        "--calibrate", help="Fit temperature scaling on the validation part; store the temperature in the weight "
+        "file.", rich_help_panel=MODEL)] = False,
     min_confidence: Annotated[Optional[float], typer.Option(
         metavar="P", help="Report how many images a top-probability cut-off of P would call 'unknown'.",
-        show_default=False)] = None,
-    errors: Annotated[int, typer.Option(help="List the N most confidently wrong files.", metavar="N")] = 0,
+        show_default=False, rich_help_panel=MODEL)] = None,
+    fmt: Annotated[EvalFormat, typer.Option("--format", help="table or json.",
+                                            rich_help_panel=OUTPUT)] = EvalFormat.table,
+    errors: Annotated[int, typer.Option(help="List the N most confidently wrong files.", metavar="N",
+                                        rich_help_panel=OUTPUT)] = 0,
+    plot: Annotated[Optional[Path], typer.Option(
+        help="Draw the confusion matrices (and ROC and precision-recall curves for two classes) into this file "
+             "(.png, .svg or .pdf).", show_default=False, rich_help_panel=OUTPUT)] = None,
     errors_image: Annotated[Optional[Path], typer.Option(
         help="Draw the N (--errors, default 16) most confidently wrong images with their labels into this "
-             "PNG, SVG or PDF.", show_default=False)] = None,
+             "PNG, SVG or PDF.",
+        show_default=False, rich_help_panel=OUTPUT)] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Let --plot and --errors-image replace existing "
+                                            "files.", rich_help_panel=OUTPUT)] = False,
     fail_under: Annotated[Optional[list[str]], typer.Option(
         metavar="METRIC=BAR", help="Exit 3 when a metric is below the bar, e.g. accuracy=0.9 or "
                                    "sensitivity.lo=0.9 (95% lower bound) (repeatable).",
-        show_default=False)] = None,
-    plot: Annotated[Optional[Path], typer.Option(
-        help="Draw the confusion matrices (and ROC and precision-recall curves for two classes) into this file "
-             "(.png, .svg or .pdf).", show_default=False)] = None,
-    overwrite: Annotated[bool, typer.Option(help="Let --plot and --errors-image replace existing files.")] = False,
-    wait: Annotated[float, typer.Option(help="Seconds to wait for another run writing the model file.")] = 0.0,
+        show_default=False, rich_help_panel=RUN)] = None,
+    wait: Annotated[float, typer.Option(help="Seconds to wait for another run writing the model file.",
+                                        rich_help_panel=RUN)] = 0.0,
 ):
     """Score a model on labeled images: accuracy, per-class metrics, confusion matrix, ROC for two classes."""
     import json
 
-    _require(errors >= 0, "--errors", f"must be >= 0, got {errors}")
-    _require(threshold is None or (math.isfinite(threshold) and 0 <= threshold <= 1), "--threshold",
-             f"must be a number in [0, 1], got {threshold}")
-    _require(threshold is None or pick_threshold is None, "--threshold", "cannot be combined with --pick-threshold")
-    _require(math.isfinite(wait) and wait >= 0, "--wait", f"must be a finite number >= 0, got {wait}")
-    _unit_interval(min_confidence, "--min-confidence")
+    require(errors >= 0, "--errors", f"must be >= 0, got {errors}")
+    probability(threshold, "--threshold")
+    require(threshold is None or pick_threshold is None, "--threshold", "cannot be combined with --pick-threshold")
+    positive_finite(wait, "--wait", allow_zero=True)
+    probability(min_confidence, "--min-confidence")
     from cnncli.commands.evaluate import EvalOptions, format_table, run
-    from cnncli.commands.predict import resolve_model
+    from cnncli.commands.model_path import resolve_model
 
     opts = EvalOptions(data=str(data), model=str(resolve_model(str(model) if model else None)), threshold=threshold,
                        pick_threshold=pick_threshold, save_threshold=save_threshold, errors=errors,
@@ -307,15 +275,16 @@ def eval_(
         raise typer.Exit(EXIT_GATE)
 
 
-@app.command()
+@command("cnncli export model.safetensors              # -> model.onnx",
+         "cnncli export cats.safetensors -o cats.onnx --with-preprocess --overwrite")
 def export(
-    model: Annotated[Path, typer.Argument(help="Weight file to export.", show_default=False)],
+    model: Annotated[Path, typer.Argument(metavar="MODEL", help="Weight file to export.", show_default=False)],
     output: Annotated[Optional[Path], typer.Option(
         "-o", "--output", help="ONNX file to write (default: the model's name with .onnx).",
         show_default=False)] = None,
     with_preprocess: Annotated[bool, typer.Option(
         "--with-preprocess", help="The graph takes uint8 NxHxWxC images and normalises them itself.")] = False,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file.")] = False,
 ):
     """Write the model as ONNX (softmax included; classes and preprocessing in its metadata)."""
     from cnncli.commands.export import ExportOptions, run
@@ -326,12 +295,8 @@ def export(
          "output probabilities float32 NxK)")
 
 
-class CheckFormat(str, Enum):
-    text = "text"
-    json = "json"
-
-
-@app.command()
+@command("cnncli check photos/     # exit 3 when a duplicate crosses splits or classes",
+         "cnncli check photos/ --format json | jq .leaks")
 def check(
     data: Annotated[Path, typer.Argument(metavar="DATA", help="Labeled image folder: DATA/<class>/ or "
                                          "DATA/train/<class>/ (+ val/, test/).", show_default=False)],
@@ -354,25 +319,23 @@ def check(
         raise typer.Exit(code)
 
 
-class ShowFormat(str, Enum):
-    picture = "picture"
-    json = "json"
-
-
-@app.command()
+@command("cnncli show model.safetensors                 # first-layer filters -> show.png",
+         "cnncli show model.safetensors cat.png -o inside.png --overwrite")
 def show(
-    model: Annotated[Path, typer.Argument(help="Weight file.", show_default=False)],
+    model: Annotated[Path, typer.Argument(metavar="MODEL", help="Weight file.", show_default=False)],
     image: Annotated[Optional[Path], typer.Argument(
-        help="An image: adds its feature maps and a saliency map for the predicted class.", show_default=False)] = None,
+        metavar="IMAGE", help="An image: adds its feature maps and a saliency map for the predicted class.",
+        show_default=False)] = None,
     output: Annotated[Optional[Path], typer.Option(
         "-o", "--output", help="Picture file (.png, .svg, .pdf), or a folder for one PNG per part "
                                "(default: show.png; none with --format json).", show_default=False)] = None,
-    fmt: Annotated[ShowFormat, typer.Option("--format", help="picture, or json (raw numbers on stdout).")] = ShowFormat.picture,
+    fmt: Annotated[ShowFormat, typer.Option("--format", help="picture, or json (raw numbers on stdout).")
+                   ] = ShowFormat.picture,
     max_maps: Annotated[int, typer.Option(help="Feature maps drawn per layer.")] = 16,
-    overwrite: Annotated[bool, typer.Option(help="Replace existing picture files.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing picture files.")] = False,
 ):
     """Look inside a model: first-layer filters, an image's feature maps per layer, and saliency."""
-    _require(1 <= max_maps <= 256, "--max-maps", f"must be between 1 and 256, got {max_maps}")
+    require(1 <= max_maps <= 256, "--max-maps", f"must be between 1 and 256, got {max_maps}")
     from cnncli.commands.show import ShowOptions, run
 
     opts = ShowOptions(model=str(model), image=str(image) if image else None,
@@ -397,115 +360,9 @@ def _root(
     """cnncli: train, evaluate and run CNN image classifiers on a CPU. Exit codes: see README.md."""
 
 
-def _quiet_broken_pipe():
-    # The reader went away (e.g. `| head -1`): stop quietly, and keep Python from complaining at exit.
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except OSError:
-        pass
-
-
-def _on_sigterm(signum, frame):
-    # Unwind like Ctrl-C does, so `finally` blocks run: predict's decode workers are stopped, locks released.
-    raise SystemExit(EXIT_SIGTERM)
-
-
-def _plain_help_without_color():
-    # NO_COLOR: typer's rich help would still send bold and dim escapes to a terminal; no colour system, none.
-    if os.environ.get("NO_COLOR"):
-        try:
-            import typer.rich_utils
-
-            typer.rich_utils.COLOR_SYSTEM = None
-        except ImportError:  # pragma: no cover - typer without rich: plain help anyway
-            pass
-
-
 def main(argv=None):
-    """Entry point: run the app and map every outcome to a documented exit code."""
-    reserve_std_fds()  # before anything is opened: no file may land on fd 1 or 2
-    if sys.stderr is None:
-        sys.stderr = stderr_on_null()
-    saved_stdout = sys.stdout
-    data_closed = saved_stdout is None
-    sys.stdout = DataOut(saved_stdout if not data_closed else open(os.devnull, "w"), closed=data_closed)
-    import threading
+    """Entry point (the `cnncli` script, python -m cnncli): run the app on argv (None: sys.argv) and exit with the
+    documented code for how it ended (commands/entry.py)."""
+    from cnncli.commands.entry import run
 
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    old_term = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
-    _plain_help_without_color()
-    try:
-        code = _run(argv)
-        try:
-            sys.stdout.flush()
-        except BrokenPipeError:
-            _quiet_broken_pipe()
-        except WriteError as exc:
-            _say(f"cnncli: error: {one_line(exc)}")
-            code = EXIT_IOERR if code in (EXIT_OK, EXIT_GATE, 1) else code
-    finally:
-        sys.stdout = saved_stdout
-        if in_main_thread:
-            signal.signal(signal.SIGTERM, old_term)
-    sys.exit(code)
-
-
-def _traceback():
-    import traceback
-
-    try:
-        traceback.print_exc()
-    except (OSError, ValueError):  # stderr closed or full: nowhere to show it
-        pass
-
-
-def _run(argv):
-    """Run the command line argv (None: sys.argv); returns the exit code."""
-    try:  # typer >= 0.29 carries its own copy of click
-        from typer._click.exceptions import ClickException
-    except ImportError:  # pragma: no cover - older typer on top of click
-        from click.exceptions import ClickException
-
-    args = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in args or os.environ.get("CNNCLI_DEBUG", "") not in ("", "0")
-    if "--debug" in args:
-        args.remove("--debug")
-    command = typer.main.get_command(app)
-    try:
-        code = command.main(args=args, prog_name="cnncli", standalone_mode=False)
-        code = code if isinstance(code, int) else 0
-    except typer.Exit as exc:
-        code = exc.exit_code
-    except ClickException as exc:
-        exc.show(file=sys.stderr)
-        code = exc.exit_code
-    except typer.Abort:
-        code = EXIT_SIGINT
-    except CnnError as exc:
-        if debug:
-            _traceback()
-        if isinstance(exc, UsageError):
-            sub = next((a for a in args if a in command.commands), None) if hasattr(command, "commands") else None
-            _say(f"Usage error: {one_line(exc)}\nTry 'cnncli {sub + ' ' if sub else ''}-h' for help.")
-        else:
-            _say(f"cnncli: error: {one_line(exc)}")
-        code = exc.exit_code
-    except KeyboardInterrupt:
-        code = EXIT_SIGINT
-    except BrokenPipeError:
-        _quiet_broken_pipe()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, no locals
-        if debug:
-            _traceback()
-        first = str(exc).splitlines()[0] if str(exc).strip() else ""
-        _say(f"cnncli: internal error: {type(exc).__name__}: {one_line(first)} "
-             "(run again with --debug for a traceback)")
-        code = EXIT_INTERNAL
-    # typer turns Ctrl-C into a bare exit status 130, so the reason is said here, once, however the run ended.
-    if code in (EXIT_SIGINT, EXIT_SIGTERM):
-        _say("cnncli: interrupted" if code == EXIT_SIGINT else "cnncli: terminated")
-    return code
+    run(app, argv)

@@ -14,15 +14,13 @@ import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
+from cnncli.commands.model_path import resolve_model
 from cnncli.commands.predict_inputs import iter_inputs
 from cnncli.engine.decision import DEFAULT_THRESHOLD, decide
 from cnncli.errors import EXIT_OK, EXIT_PARTIAL, BadImageError, NoInputError, UsageError, one_line
 from cnncli.report.lines import row
 
-DEFAULT_MODEL = "model.safetensors"
-MODEL_ENV = "CNNCLI_MODEL"
 FORMATS = ("table", "tsv", "csv", "jsonl")
 UNCERTAIN = "uncertain"
 UNKNOWN = "unknown"
@@ -41,18 +39,6 @@ class PredictOptions:
     batch_size: int = 256
     min_confidence: float | None = None  # None: the model's stored value (eval --save-threshold), else never
     workers: int = 2
-
-
-def resolve_model(option):
-    """The weight file to use: --model, else $CNNCLI_MODEL, else ./model.safetensors; NoInputError if none."""
-    if option:
-        return Path(option)
-    env = os.environ.get(MODEL_ENV, "")
-    if env:
-        return Path(env)
-    if Path(DEFAULT_MODEL).exists():
-        return Path(DEFAULT_MODEL)
-    raise NoInputError(f"{DEFAULT_MODEL}: no such file; pass --model PATH or set {MODEL_ENV}")
 
 
 def parse_band(text):

@@ -67,3 +67,18 @@ class TrainReporter:
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
+
+
+def summary_lines(summary):
+    """The end-of-run summary of a finished `train` (commands/train.run's dict) as lines of text."""
+    per_class = ", ".join(f"{c} {n}" for c, n in zip(summary["classes"], summary["images_per_class"]))
+    lines = [f"images per class: {per_class}; skipped files: {summary['skipped_files']}"
+             + (f" (listed in {summary['bad_files']})" if "bad_files" in summary else ""),
+             f"epochs: {summary['epochs_run']} ({summary['stop_reason']}), best epoch {summary['best_epoch']}"]
+    if "val_accuracy" in summary:
+        lines.append(f"validation accuracy: {summary['val_accuracy']:.4f}")
+    if "test_accuracy" in summary:
+        lines.append(f"test accuracy: {summary['test_accuracy']:.4f}")
+    lines.append(f"time: {summary['seconds']:.1f}s")
+    lines.append(f"weights: {summary['output']} (history: {summary['history']})")
+    return lines

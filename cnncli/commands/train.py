@@ -37,30 +37,32 @@ CHECKPOINT_KIND = "checkpoint"
 
 @dataclass
 class TrainOptions:
+    """train's options, all given by the command line (cli.train's signature holds the defaults)."""
+
     data: str
-    output: str = "model.safetensors"
-    arch: str = "default"
-    size: int | None = None
-    color: str = "auto"
-    epochs: int | None = None  # None: auto_epochs()
-    batch_size: int = 64
-    lr: float = 2e-3
-    optimizer: str = "adam"
-    weight_decay: float = 0.0
-    val_split: float = 0.2
-    seed: int = 0
-    augment: bool = False
-    class_weights: str = "none"
-    patience: int | None = None
-    max_time: float | None = None
-    clip_norm: float | None = None
-    threads: int | None = None
-    overwrite: bool = False
-    resume: bool = False
-    strict: bool = False
-    wait: float = 0.0
-    plot: str | None = None
-    fail_on_collapse: bool = False
+    output: str
+    arch: str
+    size: int | None
+    color: str
+    epochs: int | None  # None: auto_epochs()
+    batch_size: int
+    lr: float
+    optimizer: str
+    weight_decay: float
+    val_split: float
+    seed: int
+    augment: bool
+    class_weights: str
+    patience: int | None
+    max_time: float | None
+    clip_norm: float | None
+    threads: int | None
+    overwrite: bool
+    resume: bool
+    strict: bool
+    wait: float
+    plot: str | None
+    fail_on_collapse: bool
 
 
 AUTO_STEPS, AUTO_MIN_EPOCHS, AUTO_MAX_EPOCHS = 4500, 3, 50
@@ -215,7 +217,7 @@ def _resume_options(opts, side):
     resumed = _read_checkpoint(side["checkpoint"])
     known = {f.name for f in fields(opts)}
     saved = {k: v for k, v in resumed[4]["options"].items() if k in known}
-    merged = {**saved, "data": opts.data, "output": opts.output, "resume": True, "wait": opts.wait,
+    merged = {**asdict(opts), **saved, "data": opts.data, "output": opts.output, "resume": True, "wait": opts.wait,
               "threads": opts.threads, "overwrite": bool(saved.get("overwrite", True) or opts.overwrite),
               "plot": opts.plot or saved.get("plot")}
     if merged["plot"]:
@@ -344,7 +346,8 @@ def _run_locked(opts, report, out, side, stop):
     if test is not None:
         summary["test_accuracy"] = evaluate(model, test.x, test.y, clf.to_float)[1]
     clf.train = {"epochs": state.epoch, "best_epoch": state.best_epoch, "seed": cfg.seed, "optimizer": cfg.optimizer,
-                 "lr": cfg.lr, "batch_size": cfg.batch_size, "augment": cfg.augment, "images": len(train.y),
+                 "lr": cfg.lr, "weight_decay": cfg.weight_decay, "batch_size": cfg.batch_size, "augment": cfg.augment,
+                 "class_weights": cfg.class_weights, "images": len(train.y),
                  "val_accuracy": summary.get("val_accuracy"), "test_accuracy": summary.get("test_accuracy"),
                  "stop_reason": state.stop_reason, "data": data_path, "run_id": run_id}
     for text in check_collapse(state.history, val.y if val is not None else None, summary.get("val_accuracy"),

@@ -21,10 +21,13 @@ WARMUP_MIN_STEPS = 10
 
 @dataclass
 class TrainConfig:
-    epochs: int = 10
-    batch_size: int = 64
-    lr: float = 1e-3
-    optimizer: str = "adam"
+    """How to train. The tuning values have no defaults here: the command line owns them (cli.train's
+    signature, which --help shows); the rest default to off."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    optimizer: str  # "adam" or "sgd"
     weight_decay: float = 0.0
     schedule: str = "cosine"
     seed: int = 0

@@ -1,0 +1,77 @@
+"""Pieces every command's options share: value checks, choices, help panels and the help layout.
+
+The option signatures themselves are in cli.py; their defaults come from the job modules' option classes
+(TrainOptions, PredictOptions, EvalOptions), so a default is written once.
+"""
+
+import math
+from enum import Enum
+
+from typer.core import TyperArgument, TyperCommand, TyperGroup
+
+from cnncli.errors import UsageError
+
+# Help panels, in the order a reader needs them.
+DATA, MODEL, OPTIMISATION, OUTPUT, RUN = "Data", "Model", "Optimisation", "Output", "Run control"
+MODEL_HELP = "Weight file (default: $CNNCLI_MODEL, else ./model.safetensors)."
+
+
+class _PlainTypes:
+    """--help without what says nothing: `<bool>` after a flag (a flag takes no value) and `<list[str]>` after a
+    repeatable argument (its name is already followed by ...)."""
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)
+        for p in params:
+            if getattr(p, "is_flag", False) and not getattr(p, "count", False):
+                p.metavar = ""
+            elif isinstance(p, TyperArgument) and p.nargs != 1:
+                p.display_type_rich = lambda ctx: None
+        return params
+
+
+class HelpCommand(_PlainTypes, TyperCommand):
+    """Every cnncli command (cli.command registers them with it)."""
+
+
+class HelpGroup(_PlainTypes, TyperGroup):
+    """The `cnncli` group itself (its --version, --debug and --help)."""
+
+
+def examples(*lines):
+    """A help epilog listing example command lines, one per paragraph (rich help joins single lines)."""
+    return "Examples:\n\n" + "\n\n".join(f"  {line}" for line in lines)
+
+
+def require(cond, option, msg):
+    """UsageError "OPTION: msg" unless cond."""
+    if not cond:
+        raise UsageError(f"{option}: {msg}")
+
+
+def positive_finite(value, option, allow_zero=False):
+    """UsageError unless value is None or a finite number > 0 (>= 0 with allow_zero)."""
+    if value is not None:
+        require(math.isfinite(value) and (value > 0 or (allow_zero and value == 0)), option,
+                f"must be a finite number {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+
+def probability(value, option):
+    """UsageError unless value is None or a number in [0, 1]."""
+    require(value is None or (math.isfinite(value) and 0 <= value <= 1), option,
+            f"must be a number in [0, 1], got {value}")
+
+
+def _choices(name, *values):
+    """A str Enum whose members are spelled like their values, for a typer option with a fixed set of values."""
+    return Enum(name, [(v, v) for v in values], type=str)
+
+
+Color = _choices("Color", "auto", "gray", "rgb")
+OptimizerName = _choices("OptimizerName", "adam", "sgd")
+ClassWeights = _choices("ClassWeights", "none", "auto")
+PredictFormat = _choices("PredictFormat", "table", "tsv", "csv", "jsonl")
+EvalSplit = _choices("EvalSplit", "train", "val", "test", "all")
+EvalFormat = _choices("EvalFormat", "table", "json")
+CheckFormat = _choices("CheckFormat", "text", "json")
+ShowFormat = _choices("ShowFormat", "picture", "json")
