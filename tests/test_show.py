@@ -145,3 +145,26 @@ def test_show_loads_neither_numba_nor_onnx(fashion_model, tmp_path):
                          capture_output=True, timeout=120, cwd=tmp_path,
                          env={**os.environ, "HOME": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path / "c")})
     assert res.stderr.decode().strip().endswith("0 []"), res.stderr
+
+
+def test_a_layer_without_numpy_gradient_costs_only_the_saliency(fashion_model, tmp_path, monkeypatch):
+    root, model, img = fashion_model
+
+    def no_gradient(model, tr, i, dy):
+        raise ValueError(f"no gradient for layer {model.layers[i].token}")
+
+    monkeypatch.setattr(inspect, "input_grad", no_gradient)
+    code, _, stderr = _run(["show", model, img, "-o", tmp_path / "parts"])
+    assert code == 0 and "warning: no saliency map: no gradient for layer fc" in stderr, stderr
+    assert sorted(os.listdir(tmp_path / "parts")) == ["feature_maps.png", "filters.png"]
+
+
+def test_map_mosaic_tiles_scaled_maps_with_gaps():
+    from cnncli.report.inspect_chart import map_mosaic
+
+    maps = np.stack([np.arange(4, dtype=np.float32).reshape(2, 2) * (k + 1) for k in range(3)] + [np.ones((2, 2))])
+    m = map_mosaic(maps, 4, cols=3)
+    assert m.shape == (2 * 3 - 1, 3 * 3 - 1)
+    np.testing.assert_allclose(m[0:2, 3:5], [[0, 1 / 3], [2 / 3, 1]])  # map 1 scaled by its own range
+    assert np.isnan(m[2]).all() and np.isnan(m[:, 2]).all()  # gaps
+    assert (m[3:5, 0:2] == 0).all() and np.isnan(m[3:5, 3:]).all()  # a constant map is 0; empty tiles blank

@@ -341,7 +341,7 @@ def show(
     opts = ShowOptions(model=str(model), image=str(image) if image else None,
                        output=str(output) if output else None, json=fmt == ShowFormat.json, max_maps=max_maps,
                        overwrite=overwrite)
-    for path in run(opts, write=sys.stdout.write):
+    for path in run(opts, write=sys.stdout.write, warn=lambda msg: _say(f"warning: {one_line(msg)}")):
         _say(f"wrote {one_line(path)}")
 
 

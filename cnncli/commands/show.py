@@ -55,13 +55,15 @@ def _json_doc(opts, clf, inspect, conv, tr, sal, maps):
         doc["probabilities"] = {c: round(float(p), 6) for c, p in zip(clf.classes, tr.proba)}
         doc["feature_maps"] = [{"layer": i + 1, "token": t, "shape": list(m.shape), "values": nums(m)}
                                for i, t, m in maps]
-        doc["saliency"] = {"method": sal["method"], "layer": None if sal["layer"] is None else sal["layer"] + 1,
-                           "class": clf.classes[sal["class"]], "heat": nums(sal["heat"])}
+        if sal is not None:
+            doc["saliency"] = {"method": sal["method"], "layer": None if sal["layer"] is None else sal["layer"] + 1,
+                               "class": clf.classes[sal["class"]], "heat": nums(sal["heat"])}
     return doc
 
 
-def run(opts, write=None):
-    """Draw and/or print; returns [paths written]. ``write(text)`` receives the JSON document."""
+def run(opts, write=None, warn=None):
+    """Draw and/or print; returns [paths written]. ``write(text)`` receives the JSON document, ``warn(text)``
+    warnings."""
     from cnncli.data.images import decode
     from cnncli.report import inspect
 
@@ -80,7 +82,12 @@ def run(opts, write=None):
             raise NoInputError(f"{opts.image}: no such file")
         u8 = decode(opts.image, clf.size, clf.channels)
         tr = inspect.trace(model, clf.to_float(u8[None]))
-        sal = inspect.saliency(model, tr)
+        try:
+            sal = inspect.saliency(model, tr)
+        except ValueError as exc:  # a layer kind without a numpy gradient here: show the rest
+            sal = None
+            if warn is not None:
+                warn(f"no saliency map: {exc}")
         maps = [(i, model.layers[i].token, tr.outputs[i][0]) for i in inspect.shown_layers(model)]
     elif conv is None:
         raise UsageError(f"{opts.model}: this model has no convolution, so no filters to show; give an image")
@@ -98,12 +105,14 @@ def _draw(targets, clf, conv, u8, tr, sal, maps, max_maps):
     if conv is not None:
         w = clf.model.layers[conv].params["weight"]
         parts["filters"] = (ic.filters_height(w), lambda sub: ic.draw_filters(sub, w, clf.model.layers[conv].token))
-    if tr is not None:
+    if sal is not None:
         k = sal["class"]
         parts["saliency"] = (ic.SALIENCY_HEIGHT, lambda sub: ic.draw_saliency(
             sub, u8, sal["heat"], sal["method"], clf.classes[k], float(tr.proba[k])))
-        if maps:
-            parts["maps"] = (ic.maps_height(len(maps), max_maps), lambda sub: ic.draw_maps(sub, maps, max_maps))
+    if maps:
+        parts["maps"] = (ic.maps_height(len(maps), max_maps), lambda sub: ic.draw_maps(sub, maps, max_maps))
+    if not parts:
+        raise UsageError(f"{clf.model.spec}: nothing to show (no convolution, no map, no saliency)")
     if "all" in targets:
         charts.save(ic.combined(list(parts.values())), targets["all"])
         return [str(targets["all"])]

@@ -52,17 +52,35 @@ def maps_height(n_layers: int, max_maps: int) -> float:
     return n_layers * (0.55 + TILE * math.ceil(max_maps / COLS))
 
 
+def map_mosaic(maps, n: int, cols: int = COLS):
+    """The first ``n`` of ``maps`` float (C, H, W) tiled ``cols`` to a row into one float array, each map
+    scaled to [0, 1] by its own range (a constant map is 0), with one-pixel NaN gaps between tiles."""
+    c, h, w = maps.shape
+    rows = max(1, math.ceil(n / cols))
+    width = min(n, cols)
+    out = np.full((rows * (h + 1) - 1, width * (w + 1) - 1), np.nan, np.float32)
+    for k in range(n):
+        m = maps[k].astype(np.float32)
+        lo, hi = float(m.min()), float(m.max())
+        r, col = divmod(k, cols)
+        out[r * (h + 1):r * (h + 1) + h, col * (w + 1):col * (w + 1) + w] = (m - lo) / (hi - lo) if hi > lo else 0
+    return out
+
+
 def draw_maps(sub, layers: list, max_maps: int) -> None:
     """One band per layer: ``layers`` = [(index, token, maps float (C, H, W))]; the first ``max_maps``
-    channels, each scaled to its own range (viridis: bright = strong)."""
-    bands = sub.subfigures(len(layers), 1) if len(layers) > 1 else [sub]
-    for band, (i, token, maps) in zip(np.atleast_1d(bands), layers):
+    channels tiled into one picture (viridis, each map scaled to its own range: bright = strong)."""
+    import matplotlib
+
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="white")
+    axes = np.atleast_1d(sub.subplots(len(layers), 1, squeeze=False)).ravel()
+    for ax, (i, token, maps) in zip(axes, layers):
         c, h, w = maps.shape
         n = min(c, max_maps)
-        for k, ax in zip(range(n), _grid(band, max_maps)):
-            ax.imshow(maps[k], cmap="viridis", interpolation="nearest")
-        band.suptitle(f"layer {i + 1} {token}: {c}x{h}x{w}" + (f" (first {n} maps)" if n < c else ""),
-                      fontsize=9, x=0.02, ha="left")
+        ax.imshow(map_mosaic(maps, n), cmap=cmap, vmin=0, vmax=1, interpolation="nearest", aspect="equal")
+        ax.axis("off")
+        ax.set_title(f"layer {i + 1} {token}: {c}x{h}x{w}" + (f" (first {n} maps)" if n < c else ""),
+                     fontsize=9, loc="left")
 
 
 def draw_saliency(sub, image_chw, heat, method: str, label: str, probability: float) -> None:
