@@ -27,12 +27,12 @@ ROWS = ["train:m1", "train:default28", "train:default64", "train:default128", "i
 OURS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY")
 
 
-def envs():
-    """(cnncli's environment, the reference engines' environment)."""
+def envs(cnncli_path=HERE.parent):
+    """(cnncli's environment, the reference engines' environment); cnncli_path is the checkout cnncli runs from."""
     ref = {k: v for k, v in os.environ.items()
            if k not in OURS and not k.startswith(("NUMBA_", "CNNCLI_")) and k != "PYTHONPATH"}
     mine = dict(os.environ)
-    mine["PYTHONPATH"] = os.pathsep.join([str(HERE.parent)] + [p for p in [os.environ.get("PYTHONPATH")] if p])
+    mine["PYTHONPATH"] = os.pathsep.join([str(cnncli_path)] + [p for p in [os.environ.get("PYTHONPATH")] if p])
     return mine, ref
 
 
@@ -59,9 +59,11 @@ def main():
     ap.add_argument("--seconds", type=float, default=3.0, help="timed seconds per process")
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     ap.add_argument("--rows", default=",".join(ROWS))
+    ap.add_argument("--cnncli-path", default=str(HERE.parent),
+                    help="the cnncli checkout to measure (default: this one; older, flat layouts work too)")
     ap.add_argument("--json", help="also write every measurement to this file")
     args = ap.parse_args()
-    mine, ref = envs()
+    mine, ref = envs(args.cnncli_path)
     if not args.torch_python:
         print("run.py: no --torch-python (or CNNCLI_BENCH_TORCH_PYTHON): measuring cnncli only", file=sys.stderr)
     print(f"{args.threads} threads per side, {args.rounds} interleaved rounds, {args.seconds:g} s per process; "

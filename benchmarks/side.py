@@ -58,13 +58,24 @@ def _timed_passes(run_pass, n_images, seconds, minimum=3):
     return statistics.median(rates), len(rates)
 
 
-def cnncli_train(net, threads, seconds, x, y, bs, lr):
+def cnncli_api():
+    """(kernels, model module, optim module) of the cnncli on the path: the engine/ layout or an older flat one."""
+    import importlib
+
     import cnncli.config  # noqa: F401  (what the cnncli command sets up before numpy work)
-    from cnncli.engine import kernels
-    from cnncli.engine.model import PRESETS, Model
-    from cnncli.engine.optim import SGD
+    for base in ("cnncli.engine", "cnncli"):
+        try:
+            return tuple(importlib.import_module(f"{base}.{m}") for m in ("kernels", "model", "optim"))
+        except ImportError:
+            continue
+    sys.exit("side.py: cannot find cnncli's kernels, model and optim modules")
+
+
+def cnncli_train(net, threads, seconds, x, y, bs, lr):
     from nets import DEFAULT, NETS
 
+    kernels, model_mod, optim = cnncli_api()
+    PRESETS, Model, SGD = model_mod.PRESETS, model_mod.Model, optim.SGD
     if PRESETS["default"] != DEFAULT:
         sys.exit("benchmarks/nets.py: DEFAULT differs from cnncli's default preset; update it")
     kernels.set_threads(threads)
@@ -103,11 +114,10 @@ def torch_train(net, threads, seconds, x, y, bs, lr):
 
 
 def cnncli_infer(net, threads, seconds, x, bs):
-    import cnncli.config  # noqa: F401
-    from cnncli.engine import kernels
-    from cnncli.engine.model import Model
     from nets import NETS
 
+    kernels, model_mod, _ = cnncli_api()
+    Model = model_mod.Model
     kernels.set_threads(threads)
     spec, shape, classes, _, _ = NETS[net]
     model = Model(spec, shape, classes, seed=0)

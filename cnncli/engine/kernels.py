@@ -11,8 +11,11 @@ Design, from measurements on a 2-core machine:
   kernels took 4-17 s each, which matters for a cold first `cnncli predict`.
 - Stride-1 convolutions work in "wide" coordinates (see _pad_image below): every filter tap is one contiguous
   shift of the padded image, so inner loops are long, unit-stride and vectorized. With 1-3 input channels the
-  forward pass is direct (3 x 3 filters unrolled); otherwise, and for every backward pass, im2col (one row copy
-  per tap) + one GEMM per chunk of images. Other strides use the older general loops.
+  forward pass is direct (one vectorized pass over the output per filter tap, any filter size); otherwise, and
+  for every backward pass, im2col (one row copy per tap) + one GEMM per chunk of images. Other strides use
+  im2col + GEMM with general index arithmetic.
+- 3 x 3 stride-1 convolutions with 4 or more input channels (the bulk of a training step) use Winograd
+  F(2x2, 3x3) instead, forward and backward (see that section below): 16 GEMMs, 2.25x fewer multiplies.
 - The GEMMs are numpy's matmul, called between compiled steps: numba never binds BLAS itself, so no process
   imports scipy (0.3-0.5 s here). BLAS is single-threaded (see cnncli.config) and releases the GIL, so
   exactly one thread pool is busy at any time.
@@ -146,8 +149,10 @@ def _valid_range(size, stride, offset, limit):
 
 
 @njit(**JIT)
-def _im2col(img, kh, kw, sh, sw, ph, pw, oh, ow, cols, col0):
-    """Write image (C, H, W)'s patches into cols[:, col0 : col0 + oh*ow]; rows are (c, i, j)."""
+def _im2col(img, kh, kw, sh, sw, ph, pw, oh, ow, cols, col0, back=False):
+    """Write image (C, H, W)'s patches into cols[:, col0 : col0 + oh*ow]; rows are (c, i, j), padding gives zeros.
+
+    back=True is the inverse (col2im): add those columns back into img instead."""
     C, H, W = img.shape
     row = 0
     for c in range(C):
@@ -157,35 +162,19 @@ def _im2col(img, kh, kw, sh, sw, ph, pw, oh, ow, cols, col0):
                 for y in range(oh):
                     src = y * sh + i - ph
                     base = col0 + y * ow
-                    if src < 0 or src >= H:
-                        for x in range(ow):
+                    inside = 0 <= src < H
+                    if back:
+                        if inside:
+                            for x in range(x_lo, x_hi):
+                                img[c, src, x * sw + j - pw] += cols[row, base + x]
+                        continue
+                    for x in range(x_lo if inside else ow):
+                        cols[row, base + x] = 0.0
+                    if inside:
+                        for x in range(x_lo, x_hi):
+                            cols[row, base + x] = img[c, src, x * sw + j - pw]
+                        for x in range(x_hi, ow):
                             cols[row, base + x] = 0.0
-                        continue
-                    for x in range(x_lo):
-                        cols[row, base + x] = 0.0
-                    for x in range(x_lo, x_hi):
-                        cols[row, base + x] = img[c, src, x * sw + j - pw]
-                    for x in range(x_hi, ow):
-                        cols[row, base + x] = 0.0
-                row += 1
-
-
-@njit(**JIT)
-def _col2im_add(cols, col0, kh, kw, sh, sw, ph, pw, oh, ow, img):
-    """Inverse of _im2col: add cols[:, col0 : col0 + oh*ow] back into image (C, H, W)."""
-    C, H, W = img.shape
-    row = 0
-    for c in range(C):
-        for i in range(kh):
-            for j in range(kw):
-                x_lo, x_hi = _valid_range(ow, sw, j - pw, W)
-                for y in range(oh):
-                    src = y * sh + i - ph
-                    if src < 0 or src >= H:
-                        continue
-                    base = col0 + y * ow
-                    for x in range(x_lo, x_hi):
-                        img[c, src, x * sw + j - pw] += cols[row, base + x]
                 row += 1
 
 
@@ -421,8 +410,8 @@ def _wide_backward_gemm(x, w2t, dout, KH, KW, ph, pw, need_dx, dx, dw_parts, db_
 # channels, the element-wise product becomes 16 independent GEMMs, M[k] (F, tiles) = U[k] (F, C) @ V[k] (C, tiles):
 # 16 multiplies per tile per (f, c) where the direct form needs 36. The transforms are additions only (G holds
 # halves, exact in binary). The same routine gives the input gradient: a full correlation of dout with the
-# filters flipped and transposed. Against float64 direct convolution the float32 results differ by about 1e-6
-# of the output's scale (tests/test_kernels.py pins the bound).
+# filters flipped and transposed, and the weight gradient comes through the transposed transforms. Against float64
+# direct convolution the float32 results differ by about 1e-6 of the output's scale (tests pin 1e-5).
 # ---------------------------------------------------------------------------------------------------------------
 
 @njit(**JIT)
@@ -566,20 +555,20 @@ def _wino_dout(dout, TH, TW, dM, lo, hi):
 @njit(**JIT)
 def _wino_weight_grad(dU, dw):
     """dw[f, c] (3 x 3) = G^T X G for X = dU[:, f, c] as a 4 x 4 tile: the gradient through U = G g G^T."""
-    F, C = dw.shape[0], dw.shape[1]
+    C = dw.shape[1]
     t = np.empty((3, 4), dtype=dw.dtype)
     half = 0.5
-    for f in range(F):
-        for c in range(C):
-            for j in range(4):  # t = G^T X: rows X0 + (X1 + X2) / 2, (X1 - X2) / 2, (X1 + X2) / 2 + X3
-                x0, x1, x2, x3 = dU[j, f, c], dU[4 + j, f, c], dU[8 + j, f, c], dU[12 + j, f, c]
-                t[0, j] = x0 + (x1 + x2) * half
-                t[1, j] = (x1 - x2) * half
-                t[2, j] = (x1 + x2) * half + x3
-            for i in range(3):
-                dw[f, c, i, 0] = t[i, 0] + (t[i, 1] + t[i, 2]) * half
-                dw[f, c, i, 1] = (t[i, 1] - t[i, 2]) * half
-                dw[f, c, i, 2] = (t[i, 1] + t[i, 2]) * half + t[i, 3]
+    for fc in range(dw.shape[0] * C):
+        f, c = fc // C, fc % C
+        for j in range(4):  # t = G^T X: rows X0 + (X1 + X2) / 2, (X1 - X2) / 2, (X1 + X2) / 2 + X3
+            x0, x1, x2, x3 = dU[j, f, c], dU[4 + j, f, c], dU[8 + j, f, c], dU[12 + j, f, c]
+            t[0, j] = x0 + (x1 + x2) * half
+            t[1, j] = (x1 - x2) * half
+            t[2, j] = (x1 + x2) * half + x3
+        for i in range(3):  # dw = t G, the same combination along the other axis
+            dw[f, c, i, 0] = t[i, 0] + (t[i, 1] + t[i, 2]) * half
+            dw[f, c, i, 1] = (t[i, 1] - t[i, 2]) * half
+            dw[f, c, i, 2] = (t[i, 1] + t[i, 2]) * half + t[i, 3]
 
 
 @njit(**JIT)
@@ -702,7 +691,7 @@ def _then_relu(fn, items):
 def _strided_col2ims(dcols, KH, KW, sh, sw, ph, pw, OH, OW, dx, lo, hi):
     for n in range(lo, hi):
         dx[n] = 0.0
-        _col2im_add(dcols, (n - lo) * OH * OW, KH, KW, sh, sw, ph, pw, OH, OW, dx[n])
+        _im2col(dx[n], KH, KW, sh, sw, ph, pw, OH, OW, dcols, (n - lo) * OH * OW, True)
 
 
 def _conv_backward_chunk(x, w2t, dout3, sh, sw, ph, pw, KH, KW, OH, OW, need_dx, dx, dw_parts, db_parts, slot,
