@@ -270,6 +270,7 @@ HUGE = {
     "pool4096-fc at 3x4096x4096 (a valid file)": ("pool4096-fc", 3, 4096, "input", 1),
     "fc65536-fc65536 at 1x28x28": ("fc65536-fc65536-fc", 1, 28, "parameters", 0),
     "conv256k1-pool1024 at 3x1024x1024": ("conv256k1-pool1024-fc", 3, 1024, "activation values per image", 0),
+    "pool1024s1p512 at 3x1024x1024 (hours of work)": ("pool1024s1p512-fc", 3, 1024, "multiply-adds per image", 1),
 }
 
 

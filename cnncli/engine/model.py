@@ -37,6 +37,7 @@ MAX_DIM = 65536
 MAX_INPUT_SIDE = 1024  # input height and width in pixels, as train --size allows
 MAX_PARAMS = 2**26  # 67,108,864 parameters: 256 MiB of float32 (a checkpoint holds 4x, under the 2 GiB file cap)
 MAX_ACTIVATIONS = 2**27  # floats per image, input plus every layer's output: 512 MiB
+MAX_MACS = 2**34  # multiply-adds (and pooling comparisons) per image: about 17 billion, seconds per image
 INFERENCE_FLOATS = 2**27  # activations in flight during inference: images_per_pass() keeps a pass under 512 MiB
 
 _SEP = re.compile(r"\s*(?:>>|->|[-,\s])\s*")
@@ -128,13 +129,15 @@ def _spell_spec(layers):
 class Plan:
     """What a spec asks for on a given input, derived without allocating: fresh layers (parameters not yet
     created), each layer's output shape (C, H, W), every parameter's shape by state_dict name, the parameter
-    count and the activations of one image (floats: the input plus every layer's output)."""
+    count, the activations of one image (floats: the input plus every layer's output) and its work
+    (multiply-adds of conv and dense layers plus the comparisons of pooling windows)."""
 
     layers: list
     shapes: list
     params: dict
     n_params: int
     activations: int
+    macs: int = 0
 
 
 def _param_shapes(layer, in_shape):
@@ -151,7 +154,7 @@ def plan(spec, input_shape, num_classes):
     """Parse spec for input (C, H, W) and num_classes outputs, and check it against the bounds above.
 
     Pure arithmetic on Python ints. Raises SpecError naming the layer that does not fit, or the bound that
-    is exceeded (input side, parameter count, activations per image).
+    is exceeded (input side, parameter count, activations or multiply-adds per image).
     """
     c, h, w = (int(v) for v in input_shape)
     if not (1 <= h <= MAX_INPUT_SIDE and 1 <= w <= MAX_INPUT_SIDE and 1 <= c <= MAX_DIM):
@@ -161,15 +164,16 @@ def plan(spec, input_shape, num_classes):
     layers = parse_spec(spec)
     layers[-1].units = int(num_classes)
     shape, shapes, params = (c, h, w), [], {}
-    activations = c * h * w
+    activations, macs = c * h * w, 0
     for i, layer in enumerate(layers):
         try:
             out = layer.output_shape(shape)
         except SpecError as exc:
             raise SpecError(f"layer {i + 1} {exc} (input {shape[0]}x{shape[1]}x{shape[2]} as CxHxW)") from None
-        for k, v in _param_shapes(layer, shape).items():
-            params[f"layers.{i}.{k}"] = tuple(int(d) for d in v)
+        own = {k: tuple(int(d) for d in v) for k, v in _param_shapes(layer, shape).items()}
+        params.update({f"layers.{i}.{k}": v for k, v in own.items()})
         activations += out[0] * out[1] * out[2]
+        macs += _work(layer, own, out)
         shapes.append(out)
         shape = out
     n_params = sum(_count(v) for v in params.values())
@@ -179,7 +183,17 @@ def plan(spec, input_shape, num_classes):
     if activations > MAX_ACTIVATIONS:
         raise SpecError(f"{_spell_spec(layers)} on {c}x{h}x{w} input needs {activations:,} activation values per "
                         f"image, more than the limit of {MAX_ACTIVATIONS:,}")
-    return Plan(layers, shapes, params, n_params, activations)
+    if macs > MAX_MACS:
+        raise SpecError(f"{_spell_spec(layers)} on {c}x{h}x{w} input needs {macs:,} multiply-adds per image, more "
+                        f"than the limit of {MAX_MACS:,}")
+    return Plan(layers, shapes, params, n_params, activations, macs)
+
+
+def _work(layer, params, out):
+    """Multiply-adds (conv, dense: weight size x output positions) or comparisons (pooling) for one image."""
+    if isinstance(layer, MaxPool):
+        return out[0] * out[1] * out[2] * layer.size[0] * layer.size[1]
+    return _count(params["weight"]) * out[1] * out[2] if "weight" in params else 0
 
 
 def _count(shape):
