@@ -36,15 +36,15 @@ def main():
     work = args.work or Path(tempfile.mkdtemp(prefix="cnncli-pictures-"))
     work.mkdir(parents=True, exist_ok=True)
     model = work / "model.safetensors"
-    data = ROOT / "data"
+    data = Path("data")  # relative to ROOT (the commands run there): pictures name no machine paths
     cnncli("train", data, "-o", model, "--overwrite", "--plot", out / "training.png", "-q")
     report = json.loads(cnncli("eval", data, "-m", model, "--plot", out / "eval.png", "--errors-image",
                                out / "mistakes.png", "--errors", "12", "--overwrite", "--format", "json",
                                capture=True))
-    hardest = report["errors"][0]["path"] if report.get("errors") else next((data / "test").rglob("*.png"))
+    hardest = report["errors"][0]["path"] if report.get("errors") else next((ROOT / data / "test").rglob("*.png"))
     cnncli("show", model, hardest, "-o", out / "show", "--max-maps", "8", "--overwrite")
     print(f"pictures in {out}; accuracy {report['accuracy']:.4f} on {report['n']} test images; "
-          f"show used {Path(hardest).relative_to(ROOT)}", file=sys.stderr)
+          f"show used {hardest}", file=sys.stderr)
 
 
 if __name__ == "__main__":
