@@ -25,6 +25,8 @@ class CnnError(Exception):
 
 
 class UsageError(CnnError):
+    """A bad option or argument; raised only by cnncli/commands, where options have names."""
+
     exit_code = EXIT_USAGE
 
 
@@ -47,6 +49,8 @@ class SpecError(DataError):
 
 
 class NoInputError(CnnError):
+    """An input (data folder, weight file, image list) does not exist or cannot be read."""
+
     exit_code = EXIT_NOINPUT
 
 
@@ -57,18 +61,26 @@ class OutputError(CnnError):
 
 
 class WriteError(CnnError):
+    """Writing failed (disk full, file-size limit, I/O error); the previous file is intact."""
+
     exit_code = EXIT_IOERR
 
 
 class LockedError(CnnError):
+    """Another run holds the output's lock; the message names its pid."""
+
     exit_code = EXIT_LOCKED
 
 
 class DivergedError(CnnError):
+    """The training loss became NaN or infinite; nothing was written."""
+
     exit_code = EXIT_DIVERGED
 
 
 class GateError(CnnError):
+    """A quality bar was missed (eval --fail-under, check's duplicates, train --fail-on-collapse)."""
+
     exit_code = EXIT_GATE
 
 

@@ -81,10 +81,25 @@ def test_engine_never_imports_data_store_report_or_commands():
                       lambda i: _under(i, "cnncli.data", "cnncli.store", "cnncli.report", "cnncli.commands")) == []
 
 
-def test_data_is_a_leaf():
-    # Decoding and scanning folders need no network, no weight files and no writing (see README, "Layout").
-    assert _offenders(lambda n: _under(n, "cnncli.data"),
-                      lambda i: _under(i, "cnncli.engine", "cnncli.store", "cnncli.report", "cnncli.commands")) == []
+# What each part may import from the rest of cnncli (README, "Layout"): the imports point one way,
+# errors/config <- engine, data <- store <- report <- commands.
+MAY_IMPORT = {
+    "engine": {"cnncli.config", "cnncli.errors"},
+    "data": {"cnncli.config", "cnncli.errors"},
+    "store": {"cnncli", "cnncli.config", "cnncli.errors", "cnncli.engine", "cnncli.data"},
+    "report": {"cnncli", "cnncli.config", "cnncli.errors", "cnncli.engine", "cnncli.store"},
+}
+
+
+@pytest.mark.parametrize("part", sorted(MAY_IMPORT))
+def test_each_part_imports_only_the_parts_below_it(part):
+    allowed = MAY_IMPORT[part] | {f"cnncli.{part}"}
+    outside = [a for a in allowed if a != "cnncli"]  # a subpackage allows its modules; "cnncli" only itself
+
+    def against_the_direction(imp):
+        return _under(imp, "cnncli") and imp not in allowed and not _under(imp, *outside)
+
+    assert _offenders(lambda n: _under(n, f"cnncli.{part}"), against_the_direction) == []
 
 
 def test_kernels_import_only_numpy_numba_config_and_the_standard_library():
@@ -118,17 +133,28 @@ def test_exemptions_name_existing_modules(rel):
     assert (PACKAGE / rel).exists(), f"{rel} is gone: drop it from LONG_FOR_NOW"
 
 
-def test_jit_flags_are_spelled_only_in_config():
+def _jit_flags(tree):
+    """[(line, flag)] for every JIT flag spelled in tree: a keyword of a numba decorator, or a flag-named keyword
+    or dict key anywhere (cache= and inline= count only on numba decorators, where they mean the JIT's)."""
     found = []
-    for name, (rel, tree) in MODULES.items():
-        if name == "cnncli.config":
-            continue
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Call):
-                func = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
-                flags = JIT_FLAGS if func in NUMBA_DECORATORS else JIT_FLAGS - {"cache", "inline"}
-                found += [(rel, node.lineno, k.arg) for k in node.keywords if k.arg in flags]
-            elif isinstance(node, ast.Dict):
-                found += [(rel, node.lineno, k.value) for k in node.keys
-                          if isinstance(k, ast.Constant) and k.value in JIT_FLAGS - {"cache", "inline"}]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            func = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+            flags = JIT_FLAGS if func in NUMBA_DECORATORS else JIT_FLAGS - {"cache", "inline"}
+            found += [(node.lineno, k.arg) for k in node.keywords if k.arg in flags]
+        elif isinstance(node, ast.Dict):
+            found += [(node.lineno, k.value) for k in node.keys
+                      if isinstance(k, ast.Constant) and k.value in JIT_FLAGS - {"cache", "inline"}]
+    return found
+
+
+def test_the_jit_flag_reader_finds_every_spelling():
+    tree = ast.parse("@njit(cache=True)\ndef f(): pass\n@numba.njit(**JIT, fastmath=True)\ndef g(): pass\n"
+                     "OPTS = {'parallel': True}\nfunctools.lru_cache(cache=1)\n")
+    assert _jit_flags(tree) == [(1, "cache"), (3, "fastmath"), (5, "parallel")]
+
+
+def test_jit_flags_are_spelled_only_in_config():
+    found = [(rel, *hit) for name, (rel, tree) in MODULES.items() if name != "cnncli.config"
+             for hit in _jit_flags(tree)]
     assert found == []

@@ -37,6 +37,14 @@ def _say(msg):
     say(msg)  # best effort: a closed or full stderr loses messages, never the run's work
 
 
+def _print_report(report, as_json, as_text):
+    """A report on stdout: one line of JSON, or as_text(report) for people."""
+    import json
+
+    sys.stdout.write(json.dumps(report) + "\n" if as_json else as_text(report))
+    sys.stdout.flush()
+
+
 # The defaults in these signatures are the only ones: the job option classes (TrainOptions, EvalOptions, ...)
 # and engine.training.TrainConfig take every value from here, and --help shows them.
 @command("cnncli train photos/             # photos/<class>/*.jpg -> model.safetensors",
@@ -139,13 +147,10 @@ def info(
     json_out: Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")] = False,
 ):
     """Show a weight file's architecture, layer shapes, classes, input and training summary."""
-    import json
-
     from cnncli.commands.info import describe, format_text
     from cnncli.commands.model_path import resolve_model
 
-    doc = describe(resolve_model(model))
-    sys.stdout.write(json.dumps(doc) + "\n" if json_out else format_text(doc))
+    _print_report(describe(resolve_model(model)), json_out, format_text)
 
 
 @command("cnncli predict img.png                       # uses ./model.safetensors",
@@ -250,8 +255,6 @@ def eval_(
                                         rich_help_panel=RUN)] = 0.0,
 ):
     """Score a model on labeled images: accuracy, per-class metrics, confusion matrix, ROC for two classes."""
-    import json
-
     require(errors >= 0, "--errors", f"must be >= 0, got {errors}")
     probability(threshold, "--threshold")
     require(threshold is None or pick_threshold is None, "--threshold", "cannot be combined with --pick-threshold")
@@ -267,8 +270,7 @@ def eval_(
                        split=split.value if split else None, overwrite=overwrite, calibrate=calibrate,
                        min_confidence=min_confidence)
     report = run(opts, on_warn=lambda msg: _say(f"warning: {one_line(msg)}"))
-    sys.stdout.write(json.dumps(report) + "\n" if fmt == EvalFormat.json else format_table(report))
-    sys.stdout.flush()
+    _print_report(report, fmt == EvalFormat.json, format_table)
     for failed in report.get("gate_failures") or []:  # one line per missed bar
         _say(f"cnncli: quality gate failed: {one_line(failed)}")
     if report.get("gate_failures"):
@@ -304,14 +306,11 @@ def check(
 ):
     """Audit a labeled folder: duplicates within and across splits and classes, unreadable files, class
     balance, tiny images, sizes and modes. Exit 3 when a duplicate crosses splits or classes."""
-    import json
-
     from cnncli.commands.check import exit_code, format_text
     from cnncli.data.audit import audit
 
     report = audit(data)
-    sys.stdout.write(json.dumps(report) + "\n" if fmt == CheckFormat.json else format_text(report))
-    sys.stdout.flush()
+    _print_report(report, fmt == CheckFormat.json, format_text)
     code = exit_code(report)
     if code:
         _say(f"cnncli: check: {report['leaks']} duplicate group(s) across splits, {report['conflicts']} across "
