@@ -183,6 +183,22 @@ def predict(
                                             rich_help_panel=OUTPUT)] = False,
     batch_size: Annotated[int, typer.Option(help="Images decoded and classified together.",
                                             rich_help_panel=RUN)] = 256,
+    shard: Annotated[Optional[str], typer.Option(
+        metavar="I/N", help="Only the inputs of shard I of N (0 <= I < N, by a hash of the path).",
+        show_default=False, rich_help_panel=DATA)] = None,
+    ledger: Annotated[Optional[Path], typer.Option(
+        help="SQLite ledger: score only images it has not seen with this model; record them.",
+        show_default=False, rich_help_panel=RUN)] = None,
+    new_only: Annotated[bool, typer.Option("--new-only", help="With --ledger: print only images scored now.",
+                                           rich_help_panel=RUN)] = False,
+    sort_into: Annotated[Optional[Path], typer.Option(
+        metavar="DIR", help="Link each image into DIR/<label>/ (never moves or replaces files).",
+        show_default=False, rich_help_panel=OUTPUT)] = None,
+    copy: Annotated[bool, typer.Option("--copy", help="With --sort-into: copy instead of linking.",
+                                       rich_help_panel=OUTPUT)] = False,
+    log_timestamps: Annotated[bool, typer.Option(
+        "--log-timestamps", help="Prefix the end-of-run summary with the UTC time (or CNNCLI_LOG_TIMESTAMPS=1).",
+        rich_help_panel=RUN)] = False,
 ):
     """Classify images; one result row per input on stdout, streamed as each batch finishes."""
     require(inputs, "INPUT", "give image files, folders, glob patterns or - for stdin")
@@ -196,6 +212,7 @@ def predict(
                           format=fmt.value if fmt else None, top_k=top_k, all_probs=all_probs,
                           threshold=threshold, uncertain=parse_band(uncertain) if uncertain else None,
                           null=null, batch_size=batch_size, min_confidence=min_confidence)
+    _batch_options(opts, shard, ledger, new_only, sort_into, copy, log_timestamps)
     try:
         code = run(opts, on_error=lambda path, msg: _say(f"cnncli: {one_line(path)}: {msg}"))
     except BrokenPipeError:  # the reader stopped early (`| head -1`): that is a normal end, not a failure
@@ -205,6 +222,19 @@ def predict(
         raise typer.Exit(0) from None
     if code:
         raise typer.Exit(code)
+
+
+def _batch_options(opts, shard, ledger, new_only, sort_into, copy, log_timestamps):
+    from cnncli.commands.shard import parse_shard
+
+    require(ledger or not new_only, "--new-only", "needs --ledger FILE")
+    require(sort_into or not copy, "--copy", "needs --sort-into DIR")
+    opts.shard = parse_shard(shard) if shard else None
+    opts.ledger, opts.new_only = (str(ledger) if ledger else None), new_only
+    opts.sort_into, opts.copy = (str(sort_into) if sort_into else None), copy
+    opts.log_timestamps = log_timestamps
+    if log_timestamps or ledger or shard or sort_into:
+        opts.summary = True
 
 
 @command("cnncli eval photos/          # photos/test/, else val/, else held-out files",
@@ -253,6 +283,9 @@ def eval_(
         show_default=False, rich_help_panel=RUN)] = None,
     wait: Annotated[float, typer.Option(help="Seconds to wait for another run writing the model file.",
                                         rich_help_panel=RUN)] = 0.0,
+    shard: Annotated[Optional[str], typer.Option(
+        metavar="I/N", help="Score only shard I of N of the images (0 <= I < N, by a hash of the path).",
+        show_default=False, rich_help_panel=DATA)] = None,
 ):
     """Score a model on labeled images: accuracy, per-class metrics, confusion matrix, ROC for two classes."""
     require(errors >= 0, "--errors", f"must be >= 0, got {errors}")
@@ -269,12 +302,25 @@ def eval_(
                        fail_under=fail_under, plot=str(plot) if plot else None, wait=wait,
                        split=split.value if split else None, overwrite=overwrite, calibrate=calibrate,
                        min_confidence=min_confidence)
+    if shard:
+        from cnncli.commands.shard import parse_shard
+
+        opts.shard = parse_shard(shard)
     report = run(opts, on_warn=lambda msg: _say(f"warning: {one_line(msg)}"))
     _print_report(report, fmt == EvalFormat.json, format_table)
     for failed in report.get("gate_failures") or []:  # one line per missed bar
         _say(f"cnncli: quality gate failed: {one_line(failed)}")
     if report.get("gate_failures"):
         raise typer.Exit(EXIT_GATE)
+
+
+def _add_ledger_commands():
+    from cnncli.commands.ledger_cli import app as ledger_app
+
+    app.add_typer(ledger_app, name="ledger")
+
+
+_add_ledger_commands()
 
 
 @command("cnncli export model.safetensors              # -> model.onnx",

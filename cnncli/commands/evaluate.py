@@ -32,6 +32,7 @@ class EvalOptions:
     overwrite: bool = False  # may --plot replace an existing file
     calibrate: bool = False  # fit a temperature on the tuning part and store it in the weight file
     min_confidence: float | None = None  # report (and with save_threshold store) this "unknown" cut-off
+    shard: tuple | None = None  # (i, n): score only shard i of n of the scored part (commands/shard.py)
 
 
 def _load(part, clf, on_warn):
@@ -128,6 +129,11 @@ def run(opts, on_warn=None):
         from cnncli.report import mosaic
     splits = eval_splits.Splits(opts.data, model_path, clf, on_warn)
     scored = splits.scored(opts.split)
+    if opts.shard is not None:
+        from cnncli.commands.shard import take_shard
+
+        scored = eval_splits.Part(list(take_shard(scored.items, opts.shard, key=lambda it: str(it[0]))),
+                                  f"{scored.source}, shard {opts.shard[0]}/{opts.shard[1]}", scored.split)
     outputs.check_not_inputs(plot_out, [model_path, *(p for p, _ in scored.items)], root=opts.data)
     threshold = opts.threshold if opts.threshold is not None else clf.threshold
     picked = calibrated = None

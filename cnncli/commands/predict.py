@@ -39,6 +39,13 @@ class PredictOptions:
     batch_size: int = 256
     min_confidence: float | None = None  # None: the model's stored value (eval --save-threshold), else never
     workers: int = 2
+    shard: tuple | None = None  # (i, n): only the inputs of shard i of n (commands/shard.py)
+    ledger: str | None = None  # SQLite ledger of what was scored (store/ledger.py)
+    new_only: bool = False  # with ledger: print only the inputs scored now
+    sort_into: str | None = None  # link or copy images into DIR/<label>/ (commands/sorting.py)
+    copy: bool = False
+    log_timestamps: bool = False
+    summary: bool | None = None  # end-of-run line on stderr; None: when stderr is no terminal and the run was long
 
 
 def parse_band(text):
@@ -284,6 +291,9 @@ def run(opts, on_error=None, out=None):
     top_k = max(1, min(top_k, len(clf.classes)))
     writer = Writer(fmt, clf.classes, top_k, opts.all_probs, out,
                     band=opts.uncertain is not None or min_confidence is not None)
+    from cnncli.commands.predict_extras import Extras, Known
+
+    extras = Extras(opts, clf, decider.threshold)  # opens --ledger / --sort-into before any row is written
     writer.header()
     size, channels = clf.size, clf.channels
     seen = failed = 0
@@ -291,12 +301,14 @@ def run(opts, on_error=None, out=None):
     import numpy as np
 
     with bombs_are_errors():
-        batches = _batches(iter_inputs(opts.inputs, opts.null), opts.batch_size)
+        batches = _batches(extras.entries(iter_inputs(opts.inputs, opts.null)), opts.batch_size)
         current = next(batches, None)
         # A full first batch means a long run: decode in worker processes, since decoding small images is
         # mostly Python work that holds the GIL, and threads would share one core. Short runs keep threads,
         # which start at once.
         full = current is not None and len(current) >= opts.batch_size and opts.workers > 1
+        if opts.summary is None:
+            extras.summary = full and not sys.stderr.isatty()
         pool = _process_pool(opts.workers) if full else ThreadPoolExecutor(max(1, opts.workers))
         finished = False
         try:
@@ -311,27 +323,32 @@ def run(opts, on_error=None, out=None):
                 # to arrive on stdin.
                 upcoming = _in_background(read_ahead)
                 decoded = _gather(current, pending)
-                good = [i for i, r in enumerate(decoded) if not isinstance(r, str)]
+                good = [i for i, r in enumerate(decoded) if not isinstance(r, (str, Known))]
                 logits = clf.logits(np.stack([decoded[i] for i in good])) if good else None
                 proba = clf.proba_from_logits(logits) if good else None
                 ood = energy(logits) if good else None
                 rows = dict(zip(good, range(len(good))))
                 for i, (path, _) in enumerate(current):
                     seen += 1
-                    if i in rows:
-                        p = proba[rows[i]]
+                    if i in rows or isinstance(decoded[i], Known):
+                        p = proba[rows[i]] if i in rows else decoded[i].p
                         label, prob, others = decider.decide(p)
-                        writer.result(path, label, prob, others, p, ood[rows[i]])
+                        ood_i = ood[rows[i]] if i in rows else decoded[i].ood
+                        writer.result(path, label, prob, others, p, ood_i)
+                        extras.row(path, label, prob, p, ood_i, i not in rows)
                     else:
                         failed += 1
+                        extras.error(path)
                         writer.error(path, decoded[i])
                         if on_error is not None:
                             on_error(path, decoded[i])
                 out.flush()
+                extras.batch_done()  # after the rows went out: a rerun prints a row at least once
                 current, pending = upcoming()
             finished = True
         finally:
             _stop_pool(pool, finished)
-    if seen == 0:
+            extras.close(finished)
+    if seen == 0 and not extras.counts["skipped"]:
         raise NoInputError("no input images (give files, folders, glob patterns or - for stdin)")
     return EXIT_PARTIAL if failed else EXIT_OK

@@ -1,0 +1,115 @@
+"""What `predict` does around scoring for batch runs: --shard, --ledger, --sort-into and the end summary.
+
+predict.run hands every input through `entries` (shard filter, ledger lookup) and reports every row to `row`;
+`batch_done` commits the batch to the ledger, after its rows were written. An input the ledger already knows
+comes back as a Known entry holding its stored probabilities, which predict prints (decided again with this
+run's threshold) without decoding the image.
+"""
+
+import os
+import sys
+import time
+
+from cnncli.commands.shard import take_shard
+from cnncli.commands.streams import say
+from cnncli.errors import one_line
+
+TIMESTAMP_ENV = "CNNCLI_LOG_TIMESTAMPS"
+
+
+class Known:
+    """An input whose probabilities (list of K floats) and OOD score come from the ledger."""
+
+    __slots__ = ("p", "ood")
+
+    def __init__(self, p, ood):
+        self.p, self.ood = p, ood
+
+
+def stamp(msg, timestamps):
+    """msg, prefixed with the UTC time when timestamps are on (--log-timestamps or CNNCLI_LOG_TIMESTAMPS=1)."""
+    if timestamps:
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ ", time.gmtime()) + msg
+    return msg
+
+
+def timestamps_wanted(option):
+    return bool(option) or os.environ.get(TIMESTAMP_ENV, "") not in ("", "0")
+
+
+class Extras:
+    """State of one predict run's batch options (opts: PredictOptions; clf: the loaded Classifier)."""
+
+    def __init__(self, opts, clf, threshold):
+        self.shard, self.new_only = opts.shard, opts.new_only
+        self.threshold = threshold if len(clf.classes) == 2 else None
+        self.timestamps = timestamps_wanted(opts.log_timestamps)
+        self.ledger = self.sorter = None
+        if opts.ledger:
+            from cnncli.store.ledger import Ledger
+
+            self.ledger = Ledger(opts.ledger, clf.digest, clf.classes)
+        if opts.sort_into:
+            from cnncli.commands.sorting import Sorter
+
+            self.sorter = Sorter(opts.sort_into, copy=opts.copy)
+        self.hashes = {}  # path -> content hash of inputs sent to be scored
+        self.pending = []
+        self.counts = {"rows": 0, "errors": 0, "scored": 0, "from_ledger": 0, "skipped": 0}
+        self.start = time.monotonic()
+        self.summary = opts.summary
+
+    def entries(self, stream):
+        """(path, error or None or Known) for this run's inputs, in order."""
+        for path, err in take_shard(stream, self.shard):
+            if self.ledger is not None and err is None:
+                from cnncli.store.ledger import file_sha256
+
+                try:
+                    h = file_sha256(path)
+                except (OSError, ValueError):  # decoding will report it as an error row
+                    yield path, None
+                    continue
+                hit = self.ledger.lookup(h)
+                if hit is not None:
+                    if self.new_only:
+                        self.counts["skipped"] += 1
+                        continue
+                    yield path, Known(*hit)
+                    continue
+                self.hashes[path] = h
+            yield path, err
+
+    def row(self, path, label, prob, p, ood, known):
+        """One classified input (p: probabilities (K,), ood: its OOD score); known: it came from the ledger."""
+        self.counts["rows"] += 1
+        self.counts["from_ledger" if known else "scored"] += 1
+        if self.ledger is not None and not known and path in self.hashes:
+            self.pending.append((self.hashes.pop(path), one_line(path), label, prob, p, ood, self.threshold))
+        if self.sorter is not None:
+            self.sorter.place(path, label)
+
+    def error(self, path):
+        self.counts["rows"] += 1
+        self.counts["errors"] += 1
+        self.hashes.pop(path, None)
+
+    def batch_done(self):
+        if self.ledger is not None:
+            self.ledger.add(self.pending)
+        self.pending = []
+
+    def close(self, finished):
+        if self.ledger is not None:
+            self.ledger.close()
+        if finished and self.summary:
+            say(stamp(self.summary_line(), self.timestamps))
+
+    def summary_line(self):
+        c, secs = self.counts, max(time.monotonic() - self.start, 1e-9)
+        line = f"cnncli: predict: {c['rows']} rows, {c['errors']} errors"
+        if self.ledger is not None:
+            line += f", {c['scored']} scored, {c['from_ledger']} from the ledger"
+            if self.new_only:
+                line += f", {c['skipped']} already in the ledger not shown"
+        return line + f", {c['rows'] / secs:.0f} img/s, {secs:.1f} s"
