@@ -39,8 +39,8 @@ def test_rerun_scores_only_new_images_and_prints_the_rest_from_the_ledger(tmp_pa
     assert "3 scored, 0 from the ledger, 24 already in the ledger not shown" in err
     assert len(_rows(ledger)) == 27
     # Printed from the ledger or scored now: the very same rows as a run without a ledger.
-    code, plain, _ = run_main(["predict", data, "-m", model, "--batch-size", "5"], capsys)
-    code, mixed, _ = run_main(args, capsys)
+    code, plain, _ = run_main(["predict", data, "-m", model, "--batch-size", "5", "--all-probs"], capsys)
+    code, mixed, _ = run_main(args + ["--all-probs"], capsys)
     assert mixed == plain
 
 

@@ -78,7 +78,8 @@ class Ledger:
         """(stored probabilities: list of floats in the model's class order, OOD score) or None if not seen."""
         try:
             with self.lock:
-                hit = self.db.execute("SELECT probabilities, ood_score FROM results WHERE content_sha256=? AND model_sha256=?",
+                hit = self.db.execute("SELECT probabilities, ood_score FROM results "
+                                      "WHERE content_sha256=? AND model_sha256=?",
                                       (content_sha256, self.model)).fetchone()
         except sqlite3.Error as exc:
             raise _fail(self.path, exc) from None
