@@ -15,6 +15,7 @@ from cnncli import __version__
 from cnncli.commands.options import (DATA, MODEL, MODEL_HELP, OPTIMISATION, OUTPUT, RUN, CheckFormat, ClassWeights,
                                      Color, EvalFormat, EvalSplit, HelpCommand, HelpGroup, OptimizerName,
                                      PredictFormat, ShowFormat, examples, positive_finite, probability, require)
+from cnncli.commands.ledger_cli import app as ledger_app
 from cnncli.commands.streams import say
 from cnncli.errors import EXIT_GATE, one_line
 
@@ -207,12 +208,13 @@ def predict(
     probability(threshold, "--threshold")
     probability(min_confidence, "--min-confidence")
     from cnncli.commands.predict import PredictOptions, parse_band, run
+    from cnncli.commands.predict_extras import batch_options
 
     opts = PredictOptions(inputs=list(inputs), model=str(model) if model else None,
                           format=fmt.value if fmt else None, top_k=top_k, all_probs=all_probs,
                           threshold=threshold, uncertain=parse_band(uncertain) if uncertain else None,
                           null=null, batch_size=batch_size, min_confidence=min_confidence)
-    _batch_options(opts, shard, ledger, new_only, sort_into, copy, log_timestamps)
+    batch_options(opts, shard, ledger, new_only, sort_into, copy, log_timestamps)
     try:
         code = run(opts, on_error=lambda path, msg: _say(f"cnncli: {one_line(path)}: {msg}"))
     except BrokenPipeError:  # the reader stopped early (`| head -1`): that is a normal end, not a failure
@@ -222,19 +224,6 @@ def predict(
         raise typer.Exit(0) from None
     if code:
         raise typer.Exit(code)
-
-
-def _batch_options(opts, shard, ledger, new_only, sort_into, copy, log_timestamps):
-    from cnncli.commands.shard import parse_shard
-
-    require(ledger or not new_only, "--new-only", "needs --ledger FILE")
-    require(sort_into or not copy, "--copy", "needs --sort-into DIR")
-    opts.shard = parse_shard(shard) if shard else None
-    opts.ledger, opts.new_only = (str(ledger) if ledger else None), new_only
-    opts.sort_into, opts.copy = (str(sort_into) if sort_into else None), copy
-    opts.log_timestamps = log_timestamps
-    if log_timestamps or ledger or shard or sort_into:
-        opts.summary = True
 
 
 @command("cnncli eval photos/          # photos/test/, else val/, else held-out files",
@@ -294,6 +283,7 @@ def eval_(
     positive_finite(wait, "--wait", allow_zero=True)
     probability(min_confidence, "--min-confidence")
     from cnncli.commands.evaluate import EvalOptions, format_table, run
+    from cnncli.commands.shard import parse_shard
     from cnncli.commands.model_path import resolve_model
 
     opts = EvalOptions(data=str(data), model=str(resolve_model(str(model) if model else None)), threshold=threshold,
@@ -302,10 +292,7 @@ def eval_(
                        fail_under=fail_under, plot=str(plot) if plot else None, wait=wait,
                        split=split.value if split else None, overwrite=overwrite, calibrate=calibrate,
                        min_confidence=min_confidence)
-    if shard:
-        from cnncli.commands.shard import parse_shard
-
-        opts.shard = parse_shard(shard)
+    opts.shard = parse_shard(shard) if shard else None
     report = run(opts, on_warn=lambda msg: _say(f"warning: {one_line(msg)}"))
     _print_report(report, fmt == EvalFormat.json, format_table)
     for failed in report.get("gate_failures") or []:  # one line per missed bar
@@ -314,13 +301,7 @@ def eval_(
         raise typer.Exit(EXIT_GATE)
 
 
-def _add_ledger_commands():
-    from cnncli.commands.ledger_cli import app as ledger_app
-
-    app.add_typer(ledger_app, name="ledger")
-
-
-_add_ledger_commands()
+app.add_typer(ledger_app, name="ledger")
 
 
 @command("cnncli export model.safetensors              # -> model.onnx",

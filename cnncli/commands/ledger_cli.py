@@ -41,7 +41,7 @@ def _write(out, fmt, cells):
 @app.command(cls=HelpCommand, epilog=examples("cnncli ledger export results.sqlite > results.csv",
                                              "cnncli ledger export results.sqlite --format jsonl"))
 def export(
-    ledger: Annotated[Path, typer.Argument(help="The ledger file (predict --ledger).", show_default=False)],
+    ledger: Annotated[Path, typer.Argument(metavar="LEDGER", help="The ledger file (predict --ledger).", show_default=False)],
     fmt: Annotated[ExportFormat, typer.Option("--format", help="csv, tsv or jsonl.")] = ExportFormat.csv,
 ):
     """Every row of the ledger, oldest first; `path` is stored escaped as predict prints it."""

@@ -10,11 +10,25 @@ import os
 import sys
 import time
 
-from cnncli.commands.shard import take_shard
+from cnncli.commands.shard import parse_shard, take_shard
 from cnncli.commands.streams import say
-from cnncli.errors import one_line
+from cnncli.errors import UsageError, one_line
 
 TIMESTAMP_ENV = "CNNCLI_LOG_TIMESTAMPS"
+
+
+def batch_options(opts, shard, ledger, new_only, sort_into, copy, log_timestamps):
+    """Check and set PredictOptions' batch-run fields from the command line's values; UsageError if they clash."""
+    if new_only and not ledger:
+        raise UsageError("--new-only: needs --ledger FILE")
+    if copy and not sort_into:
+        raise UsageError("--copy: needs --sort-into DIR")
+    opts.shard = parse_shard(shard) if shard else None
+    opts.ledger, opts.new_only = (str(ledger) if ledger else None), new_only
+    opts.sort_into, opts.copy = (str(sort_into) if sort_into else None), copy
+    opts.log_timestamps = log_timestamps
+    if log_timestamps or ledger or shard or sort_into:
+        opts.summary = True
 
 
 class Known:
