@@ -13,7 +13,9 @@ from cnncli.errors import NoInputError, one_line
 
 from cnncli.commands.options import HelpCommand, HelpGroup, examples
 
-app = typer.Typer(cls=HelpGroup, help="Read the SQLite ledger written by `predict --ledger`.", no_args_is_help=True)
+EXAMPLES = ("cnncli ledger export results.sqlite > results.csv", "cnncli ledger export results.sqlite --format jsonl")
+app = typer.Typer(cls=HelpGroup, help="Read the SQLite ledger written by `predict --ledger`.", no_args_is_help=True,
+                  epilog=examples(*EXAMPLES))
 
 COLUMNS = ("path", "label", "probability", "probabilities", "ood_score", "threshold", "scored_at", "content_sha256",
            "model_sha256")
@@ -38,8 +40,7 @@ def _write(out, fmt, cells):
         out.write("\t".join(map(str, cells)) + "\n")
 
 
-@app.command(cls=HelpCommand, epilog=examples("cnncli ledger export results.sqlite > results.csv",
-                                             "cnncli ledger export results.sqlite --format jsonl"))
+@app.command(cls=HelpCommand, epilog=examples(*EXAMPLES))
 def export(
     ledger: Annotated[Path, typer.Argument(metavar="LEDGER", help="The ledger file (predict --ledger).", show_default=False)],
     fmt: Annotated[ExportFormat, typer.Option("--format", help="csv, tsv or jsonl.")] = ExportFormat.csv,
