@@ -416,3 +416,15 @@ def test_resume_refuses_a_checkpoint_with_missing_extra_or_bad_keys(tmp_path, ca
     ckpt.write_bytes(good)  # and the undamaged checkpoint still resumes
     code, _, err = run_main(["train", data, "-o", out, "--resume"], capsys)
     assert code == 0, err
+
+
+def test_train_refuses_a_batch_beyond_the_activation_limit_before_decoding(tmp_path, capsys):
+    data = make_image_folder(tmp_path / "data", n_per_class=4, size=8)
+    out_file = tmp_path / "m.safetensors"
+    # conv64k3p1 on 1x512x512: 2 x 16.8 million activation values per image; 64 images are 2.1 billion
+    argv = ["train", data, "-o", out_file, "--arch", "conv64k3p1-relu-pool8-fc", "--size", "512", "--epochs", "1"]
+    code, out, err = run_main([*argv, "--batch-size", "64"], capsys)
+    assert code == 2, err
+    assert out == "" and "Traceback" not in err and "reading" not in err
+    assert "--batch-size" in err and "use --batch-size 15 or less" in err
+    assert not out_file.exists()

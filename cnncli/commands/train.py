@@ -192,9 +192,14 @@ def _read_checkpoint(path):
 def _build(opts, channels, size, n_classes):
     """The model --arch describes for this input, or a usage error naming the layer that does not fit."""
     try:
-        return Model(opts.arch, (channels, size, size), n_classes, seed=opts.seed)
+        model = Model(opts.arch, (channels, size, size), n_classes, seed=opts.seed)
     except SpecError as exc:
         raise UsageError(f"--arch: {exc}") from None
+    if opts.batch_size > model.training_batch_limit():  # README "Weight files", limits
+        raise UsageError(f"--batch-size: {opts.batch_size} images of {model.activations:,} activation values each "
+                         f"exceed the per-batch limit; use --batch-size {model.training_batch_limit()} or less, "
+                         "or a smaller --size")
+    return model
 
 
 def run(opts, report):

@@ -38,6 +38,7 @@ MAX_INPUT_SIDE = 1024  # input height and width in pixels, as train --size allow
 MAX_PARAMS = 2**26  # 67,108,864 parameters: 256 MiB of float32 (a checkpoint holds 4x, under the 2 GiB file cap)
 MAX_ACTIVATIONS = 2**27  # floats per image, input plus every layer's output: 512 MiB
 MAX_MACS = 2**34  # multiply-adds (and pooling comparisons) per image: about 17 billion, seconds per image
+MAX_BATCH_ACTIVATIONS = 2**29  # a training batch: batch size x activations per image, 2 GiB of float32
 INFERENCE_FLOATS = 2**27  # activations in flight during inference: images_per_pass() keeps a pass under 512 MiB
 
 _SEP = re.compile(r"\s*(?:>>|->|[-,\s])\s*")
@@ -269,6 +270,10 @@ class Model:
         """How many images one inference pass may hold so that their activations stay under INFERENCE_FLOATS
         (at least 1, at most limit)."""
         return max(1, min(limit, INFERENCE_FLOATS // max(1, self.activations)))
+
+    def training_batch_limit(self):
+        """The largest training batch whose activations stay within MAX_BATCH_ACTIVATIONS (at least 1)."""
+        return max(1, MAX_BATCH_ACTIVATIONS // max(1, self.activations))
 
     def set_dropout_rng(self, rng):
         for layer in self.layers:
