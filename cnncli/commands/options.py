@@ -1,7 +1,6 @@
 """Pieces every command's options share: value checks, choices, help panels and the help layout.
 
-The option signatures themselves are in cli.py; their defaults come from the job modules' option classes
-(TrainOptions, PredictOptions, EvalOptions), so a default is written once.
+The option signatures, and their defaults (written there once and shown by --help), are in cli.py.
 """
 
 import math

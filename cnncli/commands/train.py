@@ -166,10 +166,10 @@ def _decode(ds, parts, opts, report, size, color):
 
 
 def _checkpoint_tensors(model, optimizer, state):
-    tensors = modelfile.stack_named("model/", model.state_dict())
-    tensors.update(modelfile.stack_named("opt/", {k: v for k, v in optimizer.state.items() if k != "step"}))
+    tensors = checkpoint.stack_named("model/", model.state_dict())
+    tensors.update(checkpoint.stack_named("opt/", {k: v for k, v in optimizer.state.items() if k != "step"}))
     if state.best_weights is not None:
-        tensors.update(modelfile.stack_named("best/", state.best_weights))
+        tensors.update(checkpoint.stack_named("best/", state.best_weights))
     return tensors
 
 

@@ -1,4 +1,5 @@
-"""Reading a training checkpoint (`OUT.ckpt.safetensors`) back, with every key checked before it is used.
+"""A training checkpoint (`OUT.ckpt.safetensors`): its tensor names, and reading it back with every key checked
+before it is used.
 
 A checkpoint is a weight file (see weights.py) whose tensors are prefixed `model/`, `opt/` and `best/` and
 whose metadata adds "kind": "checkpoint", the TrainState ("state", without best_weights), the TrainConfig
@@ -10,12 +11,20 @@ never a TypeError / KeyError / ZeroDivisionError later in training.
 import math
 from dataclasses import fields
 
+import numpy as np
+
 from cnncli.engine.training import TrainConfig, TrainState
 from cnncli.errors import FormatError
 from cnncli.store import modelfile, weights
 
 KIND = "checkpoint"
 OPTIMIZERS = {"adam": (".m", ".v"), "sgd": ("",)}  # the state names each optimizer keeps per parameter
+
+
+def stack_named(prefix, arrays):
+    """{prefix + name: float32 array} for a checkpoint's `model/`, `opt/` or `best/` group; arrays maps names
+    to arrays."""
+    return {prefix + k: np.asarray(v, np.float32) for k, v in arrays.items()}
 
 
 def _int(lo):

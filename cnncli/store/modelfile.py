@@ -209,8 +209,3 @@ def output_lock(path, wait=0.0):
     share model.history.csv and the other sidecars, so both spellings take model.lock). Used by every run
     that writes a weight file or its sidecars."""
     return OutputLock(path, wait=wait, lock_path=default_sidecar(path, ".lock"))
-
-
-def stack_named(prefix, arrays):
-    """{prefix + name: float32 array} for a checkpoint; arrays is a dict of name -> array."""
-    return {prefix + k: np.asarray(v, np.float32) for k, v in arrays.items()}
