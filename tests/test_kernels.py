@@ -241,9 +241,9 @@ def test_sigmoid_and_tanh_saturate_without_overflow(dtype):
 @pytest.mark.parametrize("kind", ["relu", "tanh", "sigmoid"])
 def test_activations_on_large_arrays_are_bit_identical_for_one_and_two_threads(kind, threads):
     # Large enough that the element-wise work is split across threads.
-    size = 2 * kernels._MIN_ELEMENTWISE_CHUNK + 7
+    size = 2 * kernels.elementwise._MIN_ELEMENTWISE_CHUNK + 7
     threads(2)
-    assert kernels._elementwise_chunks(size) == 2
+    assert kernels.elementwise._elementwise_chunks(size) == 2
     x = np.random.default_rng(2).standard_normal(size).astype(np.float32)
     dy = np.random.default_rng(3).standard_normal(size).astype(np.float32)
     results = []
@@ -335,7 +335,7 @@ WINOGRAD_CASES = [
 @pytest.mark.parametrize("case", WINOGRAD_CASES, ids=lambda c: "N{}C{}{}x{}F{}p{}".format(*c))
 def test_winograd_convolution_matches_naive_in_float64_and_float32(case):
     n, c, h, w, f, p = case
-    assert kernels._wino_fits(c, 3, 3, h + 2 * p - 2, w + 2 * p - 2, p, p)
+    assert kernels.winograd._wino_fits(c, 3, 3, h + 2 * p - 2, w + 2 * p - 2, p, p)
     x, wt, b, stride, padding = case_arrays((n, c, h, w, f, 3, 3, (1, 1), (p, p)), np.float64, seed=n + c)
     # float64: the transforms are exact up to rounding, so Winograd agrees with the direct sum to ~1e-13.
     np.testing.assert_allclose(run_forward(x, wt, b, stride, padding), naive.conv_forward(x, wt, b, stride, padding),

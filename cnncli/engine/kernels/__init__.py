@@ -1,0 +1,41 @@
+"""Numba kernels: convolution, max pooling and element-wise activations on NCHW arrays.
+
+Arrays and integers in, arrays out, no I/O. The public functions (re-exported here) check their arguments'
+shapes, dtypes and layout (ValueError) and then call private compiled cores that trust them; the layers in
+`cnncli.engine.layers` allocate the outputs. Every kernel is generic over float32 (production) and float64
+(gradient checks).
+
+Design, from measurements on a 2-core machine:
+- Each compiled kernel is serial and works on a range [lo, hi) of images, channels or elements; the
+  public functions split the work into chunks and run them on a small pool of Python threads (the
+  kernels release the GIL). Serial kernels compile in about a second where numba's parallel mode
+  kernels took 4-17 s each, which matters for a cold first `cnncli predict`.
+- Stride-1 convolutions work in "wide" coordinates (see `wide`): every filter tap is one contiguous
+  shift of the padded image, so inner loops are long, unit-stride and vectorized. With 1-3 input channels the
+  forward pass is direct (one vectorized pass over the output per filter tap, any filter size); otherwise, and
+  for every backward pass, im2col (one row copy per tap) + one GEMM per chunk of images. Other strides use
+  im2col + GEMM with general index arithmetic.
+- 3 x 3 stride-1 convolutions with 4 or more input channels (the bulk of a training step) use Winograd
+  F(2x2, 3x3) instead, forward and backward (see `winograd`): 16 GEMMs, 2.25x fewer multiplies.
+- The GEMMs are numpy's matmul, called between compiled steps: numba never binds BLAS itself, so no process
+  imports scipy (0.3-0.5 s here). BLAS is single-threaded (see cnncli.config) and releases the GIL, so
+  exactly one thread pool is busy at any time.
+- Inner loops index arrays with the bare loop variable (views carry the offsets): numba adds a wrap-around check
+  to any index it cannot prove non-negative, and that check alone stops LLVM from vectorizing the loop.
+- Results are bit-identical for any --threads: where chunks' results are added together (weight and bias
+  gradients), chunk boundaries depend only on the array shapes and the partial sums are added in chunk order.
+  Kernels whose work items are independent (the direct forward pass: one (image, filter) pair each) may split
+  by the thread count, since no item's arithmetic depends on which chunk it is in.
+
+One module per job: `threads` (the worker pool and chunking), `checks` (argument checks), `sums` (fixed-order
+sums), `conv` (the public convolutions, choosing among `winograd`, `wide` and `im2col`), `pooling` (max
+pooling) and `elementwise` (activations). No module outside this package imports numba.
+"""
+
+from cnncli.engine.kernels.conv import conv2d_backward, conv2d_forward
+from cnncli.engine.kernels.elementwise import activation_backward, activation_forward
+from cnncli.engine.kernels.pooling import maxpool_backward, maxpool_forward
+from cnncli.engine.kernels.threads import get_threads, set_threads
+
+__all__ = ["activation_backward", "activation_forward", "conv2d_backward", "conv2d_forward", "get_threads",
+           "maxpool_backward", "maxpool_forward", "set_threads"]

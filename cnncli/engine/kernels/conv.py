@@ -1,0 +1,88 @@
+"""The public convolution functions: check the arguments, choose a path (Winograd, wide, im2col), run it."""
+
+import numpy as np
+
+from cnncli.config import CHUNKS
+from cnncli.engine.kernels.checks import _check_conv, _expect
+from cnncli.engine.kernels.elementwise import _relu_chunk
+from cnncli.engine.kernels.im2col import _conv_backward_chunk, _conv_gemm_chunk
+from cnncli.engine.kernels.sums import _sum_parts
+from cnncli.engine.kernels.threads import _bounds, _run, get_threads
+from cnncli.engine.kernels.wide import (_wide_backward_gemm, _wide_forward_direct,
+                                        _wide_forward_gemm)
+from cnncli.engine.kernels.winograd import _wino_backward, _wino_fits, _wino_plan
+
+
+def _gemm_chunks(n_images, k_rows, cols_per_image):
+    """Chunk count for the im2col + GEMM paths, from shapes only: about 512 KiB of columns per chunk, at least CHUNKS."""
+    per_image = max(1, k_rows * cols_per_image * 4)
+    return max(1, min(n_images, max(CHUNKS, (n_images * per_image) // (512 * 1024))))
+
+
+def conv2d_forward(x, w, b, stride, padding, out, relu=False):
+    """out (N, F, OH, OW) = cross-correlation of x (N, C, H, W) with w (F, C, KH, KW), plus b (F,).
+
+    stride and padding are (sh, sw) and (ph, pw); padding is zeros. All arrays C-contiguous, one float dtype.
+    relu=True applies ReLU to out as activation_forward would (inference fusion: no second pass over memory).
+    """
+    _check_conv(x, w, b, stride, padding, out, "out")
+    N, C = x.shape[:2]
+    F, _, KH, KW = w.shape
+    (sh, sw), (ph, pw) = stride, padding
+    OH, OW = out.shape[2], out.shape[3]
+    if sh == 1 and sw == 1 and _wino_fits(C, KH, KW, OH, OW, ph, pw):
+        fn, total, args, n_chunks = _wino_plan(x, w, b, ph, pw, out)
+    elif sh == 1 and sw == 1 and C <= 3:
+        fn, total, args, n_chunks = _wide_forward_direct, N * F, (x, w, b, ph, pw, out), 2 * get_threads()
+    elif sh == 1 and sw == 1:
+        fn, total, args = _wide_forward_gemm, N, (x, w.reshape(F, C * KH * KW), b, KH, KW, ph, pw, out)
+        n_chunks = _gemm_chunks(N, C * KH * KW, (OH - 1) * (x.shape[3] + 2 * pw) + OW)
+    else:
+        fn, total, n_chunks = _conv_gemm_chunk, N, CHUNKS
+        args = (x, w.reshape(F, C * KH * KW), b, sh, sw, ph, pw, KH, KW, out.reshape(N, F, OH * OW), OH, OW)
+    if relu:
+        fn = _then_relu(fn, out.reshape(total, -1))
+    _run(fn, total, *args, n_chunks=n_chunks)
+
+
+def _then_relu(fn, items):
+    """A chunk function that runs fn and then ReLU in place over its own items (rows of items), still in cache."""
+    def chunk(*args):
+        fn(*args)
+        part = items[args[-2]:args[-1]].reshape(-1)
+        _relu_chunk(part, part, 0, part.size)
+    return chunk
+
+
+def conv2d_backward(x, w, dout, stride, padding, dx=None):
+    """Gradients of conv2d_forward given dout (N, F, OH, OW), all of x's float dtype and C-contiguous.
+
+    Returns (dw (F, C, KH, KW), db (F,)); fills dx (N, C, H, W) when one is given. Each chunk of images writes
+    its own partial dw and db; the partials are then added in chunk order, and chunk boundaries depend on the
+    shapes only, so the sums are the same bit for bit for any thread count.
+    """
+    _check_conv(x, w, None, stride, padding, dout, "dout")
+    if dx is not None:
+        _expect("dx", dx, x.shape, x.dtype)
+    N, C = x.shape[:2]
+    F, _, KH, KW = w.shape
+    (sh, sw), (ph, pw) = stride, padding
+    OH, OW = dout.shape[2], dout.shape[3]
+    w2t = np.ascontiguousarray(w.reshape(F, C * KH * KW).T)
+    if sh == 1 and sw == 1 and _wino_fits(C, KH, KW, OH, OW, ph, pw) \
+            and (dx is None or _wino_fits(F, KH, KW, x.shape[2], x.shape[3], 2 - ph, 2 - pw)):
+        return _wino_backward(x, w, dout, ph, pw, dx)
+    if sh == 1 and sw == 1:
+        n_chunks = _gemm_chunks(N, C * KH * KW, (OH - 1) * (x.shape[3] + 2 * pw) + OW)
+        fn, args = _wide_backward_gemm, (x, w2t, dout, KH, KW, ph, pw)
+    else:
+        n_chunks = CHUNKS
+        fn, args = _conv_backward_chunk, (x, w2t, dout.reshape(N, F, OH * OW), sh, sw, ph, pw, KH, KW, OH, OW)
+    starts = [lo for lo, hi in _bounds(N, min(N, n_chunks)) if hi > lo]
+    slot = {lo: k for k, lo in enumerate(starts)}  # a chunk's partial sums go to the slot of its first image
+    dw_parts = np.empty((len(starts), F, C * KH * KW), dtype=x.dtype)
+    db_parts = np.empty((len(starts), F), dtype=x.dtype)
+    dx_arg = dx if dx is not None else np.empty((1, 1, 1, 1), dtype=x.dtype)
+    _run(fn, N, *args, dx is not None, dx_arg, dw_parts, db_parts, slot, n_chunks=n_chunks)
+    dw, db = _sum_parts(dw_parts, db_parts)
+    return dw.reshape(w.shape), db

@@ -1,0 +1,63 @@
+"""The kernels' worker threads: one small pool, and `_run`, which splits a range of work items into chunks."""
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+from cnncli.config import CHUNKS
+
+_pool = None
+_threads = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+
+
+def set_threads(n: int) -> None:
+    """Use n worker threads (n >= 1) for every later kernel call."""
+    global _pool, _threads
+    if n != _threads and _pool is not None:
+        _pool.shutdown(wait=True)
+        _pool = None
+    _threads = max(1, int(n))
+
+
+def get_threads() -> int:
+    """The number of worker threads kernels run on."""
+    return _threads
+
+
+def _bounds(total, n_chunks):
+    return [(t * total // n_chunks, (t + 1) * total // n_chunks) for t in range(n_chunks)]
+
+
+def _run(fn, total, *args, n_chunks=CHUNKS):
+    """Call fn(*args, lo, hi) over chunks of range(total); chunks run on the worker threads.
+
+    The calling thread works too and the pool has threads - 1 workers, so exactly `threads` threads are busy
+    (a pool of `threads` workers plus the caller oversubscribed the cores). Chunks are handed out one at a time
+    to whichever thread is free; which thread runs a chunk never changes what the chunk computes.
+    """
+    global _pool
+    chunks = [b for b in _bounds(total, max(1, min(total, n_chunks))) if b[1] > b[0]]
+    helpers = min(_threads, len(chunks)) - 1
+    if helpers <= 0:
+        for lo, hi in chunks:
+            fn(*args, lo, hi)
+        return
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max_workers=_threads - 1, thread_name_prefix="cnncli-kernel")
+    pending = iter(chunks)
+    lock = threading.Lock()
+
+    def work():
+        while True:
+            with lock:
+                chunk = next(pending, None)
+            if chunk is None:
+                return
+            fn(*args, *chunk)
+
+    futures = [_pool.submit(work) for _ in range(helpers)]
+    try:
+        work()
+    finally:
+        for f in futures:
+            f.result()
