@@ -98,9 +98,25 @@ def test_output_rules(tmp_path):
     assert _run(["export", path, "-o", out, "--overwrite"])[0] == 0 and out.read_bytes() != b"keep me"
     assert _run(["export", path, "-o", tmp_path / "nope" / "m.onnx"])[0] == 73
     before = path.read_bytes()
-    code, _, stderr = _run(["export", path, "-o", path, "--overwrite"])
+    link = tmp_path / "model-link.onnx"  # an .onnx name that is the input weight file itself
+    link.symlink_to(path)
+    code, _, stderr = _run(["export", path, "-o", link, "--overwrite"])
     assert code == 73 and "input" in stderr and path.read_bytes() == before
     assert _run(["export", tmp_path / "missing.safetensors", "-o", tmp_path / "x.onnx"])[0] == 66
+
+
+def test_export_writes_only_onnx_names_never_a_training_image_or_the_model(tmp_path):
+    path, _ = _save(tmp_path, "tiny")
+    coat = tmp_path / "d" / "coat"
+    coat.mkdir(parents=True)
+    img = coat / "00019.png"
+    img.write_bytes(sorted(DATA.glob("coat/*.png"))[0].read_bytes())
+    for target in (img, path, tmp_path / "m.bin", tmp_path / "m"):
+        before = target.read_bytes() if target.exists() else None
+        code, stdout, stderr = _run(["export", path, "-o", target, "--overwrite"])
+        assert code == 2 and "must end in .onnx" in stderr.splitlines()[0], (target, stderr)
+        assert (target.read_bytes() if target.exists() else None) == before
+    assert _run(["export", path, "-o", tmp_path / "M.ONNX"])[0] == 0
 
 
 def test_a_layer_without_translation_is_refused_by_name(tmp_path):

@@ -136,6 +136,24 @@ def test_show_refusals(fashion_model, tmp_path):
     assert _run(["show", model, img, "-o", tmp_path / "c.gif"])[0] == 2
 
 
+def test_show_never_writes_beside_the_input_image(fashion_model, tmp_path):
+    # the image may sit in a class folder of DATA: a picture written there is read as a coat by the next train
+    root, model, img = fashion_model
+    coat = tmp_path / "d" / "coat"
+    coat.mkdir(parents=True)
+    (tmp_path / "d" / "pullover").mkdir()
+    mine = coat / "00019.png"
+    mine.write_bytes(img.read_bytes())
+    before = mine.read_bytes()
+    for out in (coat, mine, coat / "show.png", coat / "sub", tmp_path / "d" / "coat" / ".." / "coat" / "a.svg"):
+        code, stdout, stderr = _run(["show", model, mine, "-o", out, "--overwrite"])
+        assert code == 73 and "folder of the input image" in stderr, (out, stderr)
+        assert len(stderr.strip().splitlines()) == 1 and "the all" not in stderr
+        assert sorted(os.listdir(coat)) == ["00019.png"] and mine.read_bytes() == before
+    code, _, stderr = _run(["show", model, mine, "-o", tmp_path / "d" / "fine.png"])  # elsewhere: fine
+    assert code == 0, stderr
+
+
 def test_show_loads_neither_numba_nor_onnx(fashion_model, tmp_path):
     root, model, img = fashion_model
     probe = ("import sys\nfrom cnncli.commands.cli import main\n"

@@ -4,6 +4,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cnncli.commands import outputs
+from cnncli.errors import UsageError
 from cnncli.store import modelfile
 from cnncli.store.atomic import atomic_write_bytes
 
@@ -22,6 +23,8 @@ def run(opts):
 
     onnx_export.require_onnx()  # not installed: say how to install it before reading anything
     out = Path(opts.output) if opts.output else modelfile.default_sidecar(opts.model, ".onnx")
+    if out.suffix.lower() != ".onnx":  # never an image, a weight file or anything else a run reads
+        raise UsageError(f"{out}: the ONNX file's name must end in .onnx")
     target = {"ONNX file": out}
     outputs.check_outputs(target, opts.overwrite)  # the rules every output follows (commands/outputs.py)
     outputs.check_not_inputs(target, [opts.model])

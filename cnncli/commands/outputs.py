@@ -6,6 +6,8 @@ eval's plot):
 - never one of the run's input files (an image of DATA, the model eval reads), nor a new image file inside
   DATA, which the next run would read (exit 73);
 - never another output of the same run, however it is spelt (exit 73);
+- show: nothing in (or below) the folder of the image it inspects, which may be a class folder of DATA
+  (exit 73);
 - plots: the suffix names the format, .png, .svg or .pdf; any other is a usage error (exit 2).
 """
 
@@ -70,3 +72,14 @@ def check_not_inputs(outputs: Mapping[str, str | os.PathLike], inputs: Iterable[
             if os.path.realpath(path).startswith(inside) and has_image_extension(os.fspath(path)):
                 raise OutputError(f"{path}: is inside the data folder {root}, where the next run would read it "
                                   f"as an image; write the {what} elsewhere")
+
+
+def check_not_beside(outputs: Mapping[str, str | os.PathLike], image: str | os.PathLike) -> None:
+    """OutputError (exit 73) when an output would land in the folder holding the input `image`, or below it
+    (compared after resolving symlinks and `..`): that folder may be a class folder of a labeled DATA folder,
+    and a picture written there would be read by the next run as a training image of that class."""
+    folder = os.path.join(os.path.dirname(os.path.realpath(image)), "")
+    for what, path in outputs.items():
+        if os.path.join(os.path.dirname(os.path.realpath(path)), "").startswith(folder):
+            raise OutputError(f"{path}: is in the folder of the input image {image}, which may be a class folder "
+                              f"the next run reads as data; write the {what} elsewhere")

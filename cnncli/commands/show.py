@@ -26,18 +26,20 @@ class ShowOptions:
 
 
 def _targets(opts):
-    """{part: path} to write, checked by the shared output rules before anything is read."""
+    """{what: path} to write, checked by the shared output rules before anything is read."""
     out = opts.output if opts.output is not None else (None if opts.json else "show.png")
     if out is None:
         return {}
     if not Path(out).is_dir() and Path(out).suffix:  # a file name: its suffix must name a picture format
         outputs.check_plot_suffix(out)
-        targets = {"all": Path(out)}
+        targets = {"picture": Path(out)}
     else:  # a folder (existing, or a name without a suffix)
         folder = Path(out)
-        if not folder.exists() and folder.parent.is_dir():
-            folder.mkdir()  # the one thing made before the checks: an empty folder, so its files can be checked
-        targets = {part: folder / name for part, name in FOLDER_FILES.items()}
+        targets = {f"{part} picture": folder / name for part, name in FOLDER_FILES.items()}
+    if opts.image is not None:  # before making any folder: nothing beside the image, maybe a class folder
+        outputs.check_not_beside(targets, opts.image)
+    if len(targets) > 1 and not folder.exists() and folder.parent.is_dir():
+        folder.mkdir()  # the one thing made before the checks: an empty folder, so its files can be checked
     return targets
 
 
@@ -67,9 +69,10 @@ def run(opts, write=None, warn=None):
     from cnncli.data.images import decode
     from cnncli.report import inspect
 
+    if opts.image is not None and not os.path.exists(opts.image):
+        raise NoInputError(f"{opts.image}: no such file")
     targets = _targets(opts)
-    outputs.check_outputs({f"{part} picture": p for part, p in targets.items()} if len(targets) > 1
-                          else {"picture": p for p in targets.values()}, opts.overwrite)
+    outputs.check_outputs(targets, opts.overwrite)
     if targets:
         outputs.check_not_inputs(targets, [opts.model] + ([opts.image] if opts.image else []))
     clf = modelfile.load(opts.model)
@@ -78,8 +81,6 @@ def run(opts, write=None, warn=None):
     tr = sal = u8 = None
     maps = []
     if opts.image is not None:
-        if not os.path.exists(opts.image):
-            raise NoInputError(f"{opts.image}: no such file")
         u8 = decode(opts.image, clf.size, clf.channels)
         tr = inspect.trace(model, clf.to_float(u8[None]))
         try:
@@ -113,11 +114,11 @@ def _draw(targets, clf, conv, u8, tr, sal, maps, max_maps):
         parts["maps"] = (ic.maps_height(len(maps), max_maps), lambda sub: ic.draw_maps(sub, maps, max_maps))
     if not parts:
         raise UsageError(f"{clf.model.spec}: nothing to show (no convolution, no map, no saliency)")
-    if "all" in targets:
-        charts.save(ic.combined(list(parts.values())), targets["all"])
-        return [str(targets["all"])]
+    if "picture" in targets:
+        charts.save(ic.combined(list(parts.values())), targets["picture"])
+        return [str(targets["picture"])]
     written = []
     for part, (height, draw) in parts.items():
-        charts.save(ic.combined([(height, draw)]), targets[part])
-        written.append(str(targets[part]))
+        charts.save(ic.combined([(height, draw)]), targets[f"{part} picture"])
+        written.append(str(targets[f"{part} picture"]))
     return written
