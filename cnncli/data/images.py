@@ -7,7 +7,9 @@ Rules, applied in this order by `decode`:
 2. Images with more than `PIL.Image.MAX_IMAGE_PIXELS` pixels (about 89 million by default) are refused as
    decompression bombs; so are PNG text chunks that decompress to more than Pillow's limit.
 3. The whole image is decoded (a truncated file is an error, never silently padded), then only the first frame
-   of an animation is used.
+   of an animation is used. libjpeg pads a JPEG cut short before an EOI marker without an error, so JPEG scan
+   data is also checked against a sound lower bound for the declared size (data/jpeg_scan.py says what that
+   catches and what it cannot).
 4. The EXIF orientation tag is applied; a corrupt EXIF block is ignored (the image is used unrotated).
 5. Transparency (RGBA, LA, PA, palette or tRNS transparency) is composited onto a WHITE background.
    16-bit images are scaled to 8 bits (65535 -> 255, 32768 -> 128), never clipped; 32-bit integer images
@@ -35,6 +37,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageOps
 
+from cnncli.data.jpeg_scan import shortfall
 from cnncli.errors import BadImageError
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
@@ -176,6 +179,16 @@ def _draft(im: Image.Image, size: int) -> None:
         im.draft(im.mode, (math.ceil(w / scale), math.ceil(h / scale)))
 
 
+def _check_jpeg_length(path: str | os.PathLike, im: Image.Image, fp) -> None:
+    """libjpeg pads a JPEG cut short before an EOI marker without an error; refuse the provable cases."""
+    if im.format != "JPEG":
+        return
+    fp.seek(0)
+    reason = shortfall(fp.read())
+    if reason:
+        raise BadImageError(f"{path}: truncated image ({reason})")
+
+
 def _decode(path: str | os.PathLike, size: int, rgb: bool) -> np.ndarray:
     """Core of `decode`, without warning handling: uint8 (H, W) for a gray source (even with rgb=True) or
     luma (rgb=False), (H, W, 3) for a colour source with rgb=True."""
@@ -198,6 +211,7 @@ def _decode(path: str | os.PathLike, size: int, rgb: bool) -> np.ndarray:
                 raise BadImageError(f"{path}: image too small ({w}x{h}; each side must be >= {MIN_SIDE} px)")
             _draft(im, size)
             im.load()  # decode everything now: verify() accepts a half JPEG
+            _check_jpeg_length(path, im, fp)
             im = _exif_transpose(im)
             im = _to_8bit(im)
             if not rgb and im.mode == "RGB":
