@@ -31,9 +31,10 @@ def format_text(report) -> str:
     out = [f"data: {one_line(root)} ({report['layout']} layout, {report['files']} image files)"]
     for split, counts in report["counts"].items():
         imb = report["imbalance"][split]
-        line = f"{split}: " + ", ".join(f"{c} {n}" for c, n in counts.items())
+        line = f"{split}: " + ", ".join(f"{one_line(c)} {n}" for c, n in counts.items())
         if imb["flagged"]:
-            line += f"  (imbalanced: {imb['largest'][0]} / {imb['smallest'][0]} = {imb['ratio']:.1f}x)"
+            big, small = one_line(imb["largest"][0]), one_line(imb["smallest"][0])
+            line += f"  (imbalanced: {big} / {small} = {imb['ratio']:.1f}x)"
         out.append(line)
     out += _group_lines(report["exact_duplicates"], root, "exact duplicates")
     out += _group_lines(report["near_duplicates"], root, "near duplicates")

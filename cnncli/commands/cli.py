@@ -134,8 +134,9 @@ def train(
     finally:
         reporter.close()
     if "interrupted" in summary:
-        _say(f"cnncli: checkpoint saved to {summary['checkpoint']} (epoch {summary['epoch'] + 1}, "
-             f"batch {summary['batch'] + 1}); continue with: cnncli train {data} -o {output} --resume")
+        _say(f"cnncli: checkpoint saved to {one_line(summary['checkpoint'])} (epoch {summary['epoch'] + 1}, "
+             f"batch {summary['batch'] + 1}); continue with: "
+             f"cnncli train {one_line(data)} -o {one_line(output)} --resume")
         raise typer.Exit(128 + summary["interrupted"])
     if not quiet:
         _say("\n".join(summary_lines(summary)))

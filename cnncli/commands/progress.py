@@ -7,6 +7,7 @@ import os
 import sys
 
 from cnncli.commands.streams import say
+from cnncli.errors import one_line
 
 
 def _stderr_console():
@@ -30,7 +31,7 @@ class TrainReporter:
             self._print(msg)
 
     def warn(self, msg):
-        self._print(f"warning: {msg}")
+        self._print(f"warning: {msg}")  # callers escape paths and class names (one_line) themselves
 
     def _print(self, msg):
         if self.progress is not None:
@@ -71,9 +72,9 @@ class TrainReporter:
 
 def summary_lines(summary):
     """The end-of-run summary of a finished `train` (commands/train.run's dict) as lines of text."""
-    per_class = ", ".join(f"{c} {n}" for c, n in zip(summary["classes"], summary["images_per_class"]))
+    per_class = ", ".join(f"{one_line(c)} {n}" for c, n in zip(summary["classes"], summary["images_per_class"]))
     lines = [f"images per class: {per_class}; skipped files: {summary['skipped_files']}"
-             + (f" (listed in {summary['bad_files']})" if "bad_files" in summary else ""),
+             + (f" (listed in {one_line(summary['bad_files'])})" if "bad_files" in summary else ""),
              f"epochs: {summary['epochs_run']} ({summary['stop_reason']}), best epoch {summary['best_epoch']}"]
     if "val_accuracy" in summary:
         lines.append(f"validation accuracy: {summary['val_accuracy']:.4f}")

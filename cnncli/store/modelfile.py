@@ -13,7 +13,8 @@ from cnncli import __version__
 
 from cnncli.store import weights
 from cnncli.store.atomic import OutputLock
-from cnncli.errors import FormatError, SpecError
+from cnncli.errors import FormatError, SpecError, one_line
+from cnncli.data.folders import RESERVED_LABELS
 from cnncli.data.images import normalize
 from cnncli.engine.layers import softmax
 from cnncli.engine.model import Model, plan
@@ -140,6 +141,9 @@ def from_parts(path, tensors, meta):
     _need(path, isinstance(classes, list) and 2 <= len(classes) <= MAX_CLASSES
           and all(isinstance(c, str) and c for c in classes) and len(set(classes)) == len(classes),
           "'classes' must be 2 or more distinct names")
+    reserved = [c for c in classes if c.lower() in RESERVED_LABELS]  # a row labelled so would be ambiguous
+    _need(path, not reserved, f"class {one_line(reserved[0]) if reserved else ''} is one of predict's own labels "
+          f"({', '.join(RESERVED_LABELS)})")
     _need(path, isinstance(inp, dict), "'input' missing")
     dims = [inp.get(k) for k in ("channels", "height", "width")]
     _need(path, all(isinstance(v, int) and not isinstance(v, bool) for v in dims)
