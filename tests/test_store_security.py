@@ -194,7 +194,7 @@ def _saved_with(tmp_path, name="m.safetensors", tensors=None, **changes):
 
 
 def _pre(**changes):
-    return {"resize": modelfile.RESIZE_RULE, "scale": 1 / 255, "mean": [0.5], "std": [0.25],
+    return {"resize": modelfile.RESIZE_STORED["crop"], "scale": 1 / 255, "mean": [0.5], "std": [0.25],
             "alpha_background": "white", "exif_transpose": True, **changes}
 
 
@@ -205,6 +205,8 @@ OUT_OF_RANGE = {
     "mean 1e300": dict(preprocess=_pre(mean=[1e300])),
     "mean a string": dict(preprocess=_pre(mean=["0.5"])),
     "scale 1 (not 1/255)": dict(preprocess=_pre(scale=1.0)),
+    "resize rule unknown": dict(preprocess=_pre(resize="stretch")),
+    "resize rule not a string": dict(preprocess=_pre(resize=["squash"])),
     "threshold true": dict(threshold=True),
     "threshold 1.5": dict(threshold=1.5),
     "threshold -0.1": dict(threshold=-0.1),

@@ -14,7 +14,8 @@ import typer
 from cnncli import __version__
 from cnncli.commands.options import (DATA, MODEL, MODEL_HELP, OPTIMISATION, OUTPUT, RUN, CheckFormat, ClassWeights,
                                      Color, EvalFormat, EvalSplit, HelpCommand, HelpGroup, OptimizerName,
-                                     PredictFormat, ShowFormat, examples, positive_finite, probability, require)
+                                     PredictFormat, Augment, AugmentOption, Resize, ResizeOption, ShowFormat, TTA, examples, positive_finite,
+                                     probability, require)
 from cnncli.commands.ledger_cli import app as ledger_app
 from cnncli.commands.streams import say
 from cnncli.errors import EXIT_GATE, one_line
@@ -60,8 +61,8 @@ def train(
                                          rich_help_panel=DATA)] = Color.auto,
     val_split: Annotated[float, typer.Option(help="Fraction held out for validation when there is no val/ folder.",
                                              rich_help_panel=DATA)] = 0.2,
-    augment: Annotated[bool, typer.Option("--augment", help="Random flips and 2-pixel shifts.",
-                                          rich_help_panel=DATA)] = False,
+    augment: AugmentOption = Augment.none,
+    resize: ResizeOption = Resize.crop,
     class_weights: Annotated[ClassWeights, typer.Option(help="auto: weight the loss against class imbalance.",
                                                         rich_help_panel=DATA)] = ClassWeights.none,
     strict: Annotated[bool, typer.Option("--strict", help="Stop at the first unreadable image instead of "
@@ -124,7 +125,8 @@ def train(
 
     opts = TrainOptions(data=str(data), output=str(output), arch=arch, size=size, color=color.value, epochs=epochs,
                         batch_size=batch_size, lr=lr, optimizer=optimizer.value, weight_decay=weight_decay,
-                        val_split=val_split, seed=seed, augment=augment, class_weights=class_weights.value,
+                        val_split=val_split, seed=seed, augment=augment.value,
+                        resize=resize.value, class_weights=class_weights.value,
                         patience=patience, max_time=max_time, clip_norm=clip_norm, threads=threads,
                         overwrite=overwrite, resume=resume, strict=strict, wait=wait,
                         plot=str(plot) if plot else None, fail_on_collapse=fail_on_collapse)
@@ -201,6 +203,7 @@ def predict(
     log_timestamps: Annotated[bool, typer.Option(
         "--log-timestamps", help="Prefix the end-of-run summary with the UTC time (or CNNCLI_LOG_TIMESTAMPS=1).",
         rich_help_panel=RUN)] = False,
+    tta: TTA = False,
 ):
     """Classify images; one result row per input on stdout, streamed as each batch finishes."""
     require(inputs, "INPUT", "give image files, folders, glob patterns or - for stdin")
@@ -214,7 +217,7 @@ def predict(
     opts = PredictOptions(inputs=list(inputs), model=str(model) if model else None,
                           format=fmt.value if fmt else None, top_k=top_k, all_probs=all_probs,
                           threshold=threshold, uncertain=parse_band(uncertain) if uncertain else None,
-                          null=null, batch_size=batch_size, min_confidence=min_confidence)
+                          null=null, batch_size=batch_size, min_confidence=min_confidence, tta=tta)
     batch_options(opts, shard, ledger, new_only, sort_into, copy, log_timestamps)
     try:
         code = run(opts, on_error=lambda path, msg: _say(f"cnncli: {one_line(path)}: {msg}"))
@@ -276,6 +279,7 @@ def eval_(
     shard: Annotated[Optional[str], typer.Option(
         metavar="I/N", help="Score only shard I of N of the images (0 <= I < N, by a hash of the path).",
         show_default=False, rich_help_panel=DATA)] = None,
+    tta: TTA = False,
 ):
     """Score a model on labeled images: accuracy, per-class metrics, confusion matrix, ROC for two classes."""
     require(errors >= 0, "--errors", f"must be >= 0, got {errors}")
@@ -292,7 +296,7 @@ def eval_(
                        errors_image=str(errors_image) if errors_image else None,
                        fail_under=fail_under, plot=str(plot) if plot else None, wait=wait,
                        split=split.value if split else None, overwrite=overwrite, calibrate=calibrate,
-                       min_confidence=min_confidence)
+                       min_confidence=min_confidence, tta=tta)
     opts.shard = parse_shard(shard) if shard else None
     report = run(opts, on_warn=lambda msg: _say(f"warning: {one_line(msg)}"))
     _print_report(report, fmt == EvalFormat.json, format_table)

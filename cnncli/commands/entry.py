@@ -10,6 +10,7 @@ import sys
 
 import typer
 
+from cnncli.commands.options import bare_option_values
 from cnncli.commands.streams import DataOut, reserve_std_fds, say, stderr_on_null
 from cnncli.errors import (EXIT_GATE, EXIT_INTERNAL, EXIT_IOERR, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, CnnError,
                            UsageError, WriteError, one_line)
@@ -94,6 +95,7 @@ def _run(app, argv):
     debug = "--debug" in args or os.environ.get("CNNCLI_DEBUG", "") not in ("", "0")
     if "--debug" in args:
         args.remove("--debug")
+    args = bare_option_values(args)
     command = typer.main.get_command(app)
     try:
         code = command.main(args=args, prog_name="cnncli", standalone_mode=False)

@@ -33,6 +33,7 @@ class EvalOptions:
     calibrate: bool = False  # fit a temperature on the tuning part and store it in the weight file
     min_confidence: float | None = None  # report (and with save_threshold store) this "unknown" cut-off
     shard: tuple | None = None  # (i, n): score only shard i of n of the scored part (commands/shard.py)
+    tta: bool = False  # average each image's logits with its mirror's
 
 
 def _load(part, clf, on_warn):
@@ -42,7 +43,7 @@ def _load(part, clf, on_warn):
             on_warn(f"skipped {path}: {reason}")
 
     loaded = folders.load_images(part.items, clf.size, color=clf.color, on_bad=on_bad, classes=clf.classes,
-                                 allow_lost_classes=True)  # README: unreadable images are skipped, always
+                                 allow_lost_classes=True, resize=clf.resize)  # README: unreadable images are skipped, always
     if len(loaded.y) == 0:
         raise DataError(f"{part.source}: no readable images")
     return loaded, clf.proba(loaded.x)
@@ -111,6 +112,7 @@ def run(opts, on_warn=None):
             outputs.check_plot_suffix(path)
         outputs.check_outputs(plot_out, opts.overwrite)
     clf = modelfile.load(model_path)
+    clf.tta = opts.tta
     binary = len(clf.classes) == 2
     if not binary and (opts.threshold is not None or opts.pick_threshold):
         raise UsageError("--threshold / --pick-threshold need a two-class model, "

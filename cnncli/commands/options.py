@@ -5,6 +5,9 @@ The option signatures, and their defaults (written there once and shown by --hel
 
 import math
 from enum import Enum
+from typing import Annotated
+
+import typer
 
 from typer.core import TyperArgument, TyperCommand, TyperGroup
 
@@ -67,6 +70,26 @@ def _choices(name, *values):
 
 
 Color = _choices("Color", "auto", "gray", "rgb")
+Resize = _choices("Resize", "crop", "squash", "pad")
+Augment = _choices("Augment", "none", "light", "photo")
+AugmentOption = Annotated[Augment, typer.Option(help="light: flips, shifts; photo: crop, turn, colour (bare: light).",
+                                                show_default=False, rich_help_panel=DATA)]
+ResizeOption = Annotated[Resize, typer.Option(help="Centre square (default), whole image or letterbox.",
+                                              show_default=False, rich_help_panel=DATA)]
+TTA = Annotated[bool, typer.Option("--tta", help="Average each image with its mirror image.", rich_help_panel=MODEL)]
+# Options that took no value before they took one: given bare, they mean this value.
+_BARE = {"--augment": ("light", tuple(m.value for m in Augment))}
+
+
+def bare_option_values(args):
+    """argv with each bare `--augment` (the plain flag it used to be: no mode after it) as `--augment=light`."""
+    out = list(args)
+    for i, a in enumerate(out):
+        if a == "--":
+            break
+        if a in _BARE and (i + 1 == len(out) or out[i + 1] not in _BARE[a][1]):
+            out[i] = f"{a}={_BARE[a][0]}"
+    return out
 OptimizerName = _choices("OptimizerName", "adam", "sgd")
 ClassWeights = _choices("ClassWeights", "none", "auto")
 PredictFormat = _choices("PredictFormat", "table", "tsv", "csv", "jsonl")

@@ -38,6 +38,7 @@ class PredictOptions:
     null: bool = False  # "-" reads NUL-separated paths
     batch_size: int = 256
     min_confidence: float | None = None  # None: the model's stored value (eval --save-threshold), else never
+    tta: bool = False  # average each image's logits with its mirror's
     workers: int = 2
     shard: tuple | None = None  # (i, n): only the inputs of shard i of n (commands/shard.py)
     ledger: str | None = None  # SQLite ledger of what was scored (store/ledger.py)
@@ -59,11 +60,11 @@ def parse_band(text):
     return lo, hi
 
 
-def _decode_one(path, size, channels):
+def _decode_one(path, size, channels, resize="crop"):
     from cnncli.data.images import decode
 
     try:
-        return decode(path, size, channels)
+        return decode(path, size, channels, resize)
     except BadImageError as exc:
         msg = str(exc)
         return msg.removeprefix(f"{path}: ")
@@ -179,9 +180,9 @@ class Writer:
             self._row([path] + [""] * n + [message])
 
 
-def _decode_many(paths, size, channels):
+def _decode_many(paths, size, channels, resize="crop"):
     """Decode a chunk of paths: each entry an array (C, size, size) uint8 or an error message."""
-    return [_decode_one(p, size, channels) for p in paths]
+    return [_decode_one(p, size, channels, resize) for p in paths]
 
 
 def _worker_init(parent):
@@ -224,11 +225,12 @@ def _stop_pool(pool, finished):
         proc.join(timeout=5)
 
 
-def _submit_decodes(pool, batch, size, channels, workers):
+def _submit_decodes(pool, batch, size, channels, workers, resize="crop"):
     """Start decoding batch [(path, error or None)] in chunks; returns [(indices, future)] for _gather."""
     todo = [i for i, (_, err) in enumerate(batch) if err is None]
     step = max(1, -(-len(todo) // (2 * max(1, workers))))  # two chunks per worker keeps both busy
-    return [(todo[k:k + step], pool.submit(_decode_many, [batch[i][0] for i in todo[k:k + step]], size, channels))
+    return [(todo[k:k + step], pool.submit(_decode_many, [batch[i][0] for i in todo[k:k + step]], size, channels,
+                                            resize))
             for k in range(0, len(todo), step)]
 
 
@@ -280,6 +282,7 @@ def run(opts, on_error=None, out=None):
 
     out = sys.stdout if out is None else out
     clf = modelfile.load(resolve_model(opts.model))
+    clf.tta = opts.tta
     threshold = opts.threshold if opts.threshold is not None else clf.threshold
     if len(clf.classes) != 2:
         threshold = opts.threshold  # a stored threshold only exists for two classes; Decider refuses others
@@ -314,9 +317,9 @@ def run(opts, on_error=None, out=None):
         try:
             def read_ahead():
                 batch = next(batches, None)
-                return batch, (_submit_decodes(pool, batch, size, channels, opts.workers) if batch else None)
+                return batch, (_submit_decodes(pool, batch, size, channels, opts.workers, clf.resize) if batch else None)
 
-            pending = _submit_decodes(pool, current, size, channels, opts.workers) if current else None
+            pending = _submit_decodes(pool, current, size, channels, opts.workers, clf.resize) if current else None
             while current is not None:
                 # The next batch is read (and its decoding started) on another thread while this one is
                 # classified, so a batch's rows go out as soon as it is done even when more paths are slow

@@ -81,7 +81,7 @@ def run(opts, write=None, warn=None):
     tr = sal = u8 = None
     maps = []
     if opts.image is not None:
-        u8 = decode(opts.image, clf.size, clf.channels)
+        u8 = decode(opts.image, clf.size, clf.channels, clf.resize)
         tr = inspect.trace(model, clf.to_float(u8[None]))
         try:
             sal = inspect.saliency(model, tr)

@@ -16,6 +16,7 @@ import numpy as np
 
 from cnncli.commands import outputs
 from cnncli.data import audit, folders
+from cnncli.data.augment import photo_batch
 
 from cnncli.engine import kernels
 
@@ -51,7 +52,8 @@ class TrainOptions:
     weight_decay: float
     val_split: float
     seed: int
-    augment: bool
+    augment: str  # none, light or photo (data/augment.py)
+    resize: str  # crop, squash or pad (data/images.py)
     class_weights: str
     patience: int | None
     max_time: float | None
@@ -152,12 +154,12 @@ def _all_paths(ds):
     return [p for part in (ds.train, ds.val or [], ds.test or []) for p, _ in part]
 
 
-def _decode(ds, parts, opts, report, size, color):
+def _decode(ds, parts, opts, report, size, color, resize):
     """Decode the parts into (train, val | None, test | None) as folders.Loaded and the colour used."""
     def on_bad(path, reason):
         report.warn(f"skipped {one_line(path)}: {one_line(reason)}")
 
-    kw = dict(size=size, strict=opts.strict, on_bad=on_bad, classes=ds.classes)
+    kw = dict(size=size, strict=opts.strict, on_bad=on_bad, classes=ds.classes, resize=resize)
     train = folders.load_images(parts["train"], color=color, **kw)
     fixed = "rgb" if train.channels == 3 else "gray"
     val = folders.load_images(parts["val"], color=fixed, **kw) if parts["val"] else None
@@ -264,15 +266,16 @@ def _run_locked(opts, report, out, side, stop):
         parts, drawn = _parts(ds, opts)
     size = opts.size or (resumed[0].size if resumed else folders.choose_size([p for p, _ in ds.train], seed=opts.seed))
     color = resumed[0].color if resumed else opts.color
+    resize = resumed[0].resize if resumed else opts.resize
     if not resumed:
         _build(opts, 3 if color == "rgb" else 1, size, len(ds.classes))  # a bad --arch fails before any decoding
     report.info(f"reading {len(parts['train'])} training images in {len(ds.classes)} classes from {ds.root} "
-                f"(input {size}x{size})")
+                f"(input {size}x{size}, resize {resize})")
     # The files and their digests, written with the first checkpoint, so that --resume can prove it sees
     # the same data (a run that fails before its first checkpoint leaves no record behind).
     record = None if resumed else (run_id, ds.root, ds.classes, parts, manifest.fingerprint(_all_paths(ds), ds.root),
                                    drawn)
-    train, val, test, color = _decode(ds, parts, opts, report, size, color)
+    train, val, test, color = _decode(ds, parts, opts, report, size, color, resize)
     for name, part in (("validation", val), ("test", test)):  # leaks make the reported figures optimistic
         msg = audit.overlap_warning(name, train, part)
         if msg:
@@ -289,10 +292,11 @@ def _run_locked(opts, report, out, side, stop):
     else:
         model = _build(opts, channels, size, len(ds.classes))
         mean, std = channel_stats(train.x)
-        clf = modelfile.Classifier(model, ds.classes, color, mean, std)
+        clf = modelfile.Classifier(model, ds.classes, color, mean, std, resize=resize)
         weights_by_class = (class_weights_auto(train.y, len(ds.classes)) if opts.class_weights == "auto" else None)
         cfg = TrainConfig(epochs=opts.epochs or auto_epochs(len(train.y), opts.batch_size), batch_size=opts.batch_size, lr=opts.lr, optimizer=opts.optimizer,
-                          weight_decay=opts.weight_decay, seed=opts.seed, augment=opts.augment,
+                          weight_decay=opts.weight_decay, seed=opts.seed,
+                          augment=opts.augment,
                           class_weights=weights_by_class, patience=opts.patience, max_time=opts.max_time,
                           clip_norm=opts.clip_norm)
         state, optimizer = TrainState(), None
@@ -331,7 +335,8 @@ def _run_locked(opts, report, out, side, stop):
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             state, optimizer = fit(model, train.x, train.y, cfg, clf.to_float,
                                    val.x if val else None, val.y if val else None, state=state,
-                                   optimizer=optimizer, on_batch=on_batch, on_epoch=on_epoch, should_stop=stop)
+                                   optimizer=optimizer, on_batch=on_batch, on_epoch=on_epoch, should_stop=stop,
+                                   augment=photo_batch if cfg.augment == "photo" else None)
     except DivergedError:
         # Nothing of a diverged run stays: resuming its checkpoint would diverge again, and its history and
         # bad-files list would describe weights that were never written.

@@ -19,8 +19,10 @@ Rules, applied in this order by `decode`:
 6. Gray output uses Pillow's ITU-R 601-2 luma conversion of colour images.
 7. A JPEG much larger than `size` is decoded at 1/2, 1/4 or 1/8 scale (Pillow's draft(), JPEG's own DCT
    scaling) as long as its shorter side stays at least 2 x `size`; the resize below then works from that.
-8. Resizing keeps the aspect ratio: the image is scaled so its SHORTER side equals `size` (bilinear, with
-   antialiasing when shrinking) and the centre `size` x `size` square is kept. Images with a side shorter
+8. Resizing (bilinear, with antialiasing when shrinking) follows the `resize` rule (RESIZE_RULES):
+   "crop" scales the SHORTER side to `size` and keeps the centre `size` x `size` square; "squash" scales the
+   whole image to `size` x `size` (the aspect ratio is not kept, nothing is cut); "pad" scales the LONGER side
+   to `size` and centres the image on a black `size` x `size` square (letterbox). Images with a side shorter
    than `MIN_SIDE` (4) pixels are refused as "image too small".
 
 Every failure raises BadImageError("<path>: <short reason>"). Files are only ever opened for reading.
@@ -43,6 +45,7 @@ from cnncli.errors import BadImageError
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 ALLOWED_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")
 MIN_SIDE = 4
+RESIZE_RULES = ("crop", "squash", "pad")  # see rule 8 above; "crop" is what files without a rule used
 
 _ORIENTATION_TAG = 0x0112
 
@@ -153,11 +156,20 @@ def _to_8bit(im: Image.Image) -> Image.Image:
     return im.convert("RGB")  # CMYK, YCbCr, LAB, HSV, RGBX, ...
 
 
-def _fit(im: Image.Image, size: int) -> Image.Image:
-    """Scale the shorter side to `size` and keep the centre square, in one resampling pass."""
+def _fit(im: Image.Image, size: int, resize: str = "crop") -> Image.Image:
+    """A `size` x `size` image by the `resize` rule (module docstring, rule 8), in one resampling pass."""
     w, h = im.size
     if w == size and h == size:
         return im
+    if resize == "squash":
+        return im.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
+    if resize == "pad":
+        scale = size / max(w, h)
+        nw, nh = max(1, min(size, round(w * scale))), max(1, min(size, round(h * scale)))
+        canvas = Image.new(im.mode, (size, size))  # black (0) in every mode the decoder produces
+        canvas.paste(im.resize((nw, nh), Image.Resampling.BILINEAR, reducing_gap=3.0),
+                     ((size - nw) // 2, (size - nh) // 2))
+        return canvas
     m = min(w, h)
     box = ((w - m) / 2, (h - m) / 2, (w + m) / 2, (h + m) / 2)
     return im.resize((size, size), Image.Resampling.BILINEAR, box=box, reducing_gap=3.0)
@@ -189,7 +201,7 @@ def _check_jpeg_length(path: str | os.PathLike, im: Image.Image, fp) -> None:
         raise BadImageError(f"{path}: truncated image ({reason})")
 
 
-def _decode(path: str | os.PathLike, size: int, rgb: bool) -> np.ndarray:
+def _decode(path: str | os.PathLike, size: int, rgb: bool, resize: str = "crop") -> np.ndarray:
     """Core of `decode`, without warning handling: uint8 (H, W) for a gray source (even with rgb=True) or
     luma (rgb=False), (H, W, 3) for a colour source with rgb=True."""
     if size < 1:
@@ -216,7 +228,7 @@ def _decode(path: str | os.PathLike, size: int, rgb: bool) -> np.ndarray:
             im = _to_8bit(im)
             if not rgb and im.mode == "RGB":
                 im = im.convert("L")
-            im = _fit(im, size)
+            im = _fit(im, size, resize)
             arr = np.asarray(im, dtype=np.uint8)
     except BadImageError:
         raise
@@ -257,21 +269,23 @@ def bombs_are_errors() -> warnings.catch_warnings:
     return _BombsAreErrors()
 
 
-def decode(path: str | os.PathLike, size: int, channels: int) -> np.ndarray:
+def decode(path: str | os.PathLike, size: int, channels: int, resize: str = "crop") -> np.ndarray:
     """Read one image file as uint8 of shape (channels, size, size); channels is 1 (gray) or 3 (RGB).
 
     The one decoder behind train, eval and predict (rules in the module docstring). With channels=3 a source
     without colour comes out with three equal channels, so `is_gray(x)` tells whether the source was gray
     (a gray mode, or colour pixels that are all gray). Raises BadImageError("<path>: <reason>") for anything
-    that is not a readable image, ValueError for a bad size or channel count.
+    that is not a readable image, ValueError for a bad size, channel count or resize rule (RESIZE_RULES).
     """
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
+    if resize not in RESIZE_RULES:
+        raise ValueError(f"resize must be one of {', '.join(RESIZE_RULES)}, got {resize!r}")
     if _open_blocks:  # the caller's block covers every thread
-        arr = _decode(path, size, rgb=channels == 3)
+        arr = _decode(path, size, channels == 3, resize)
     else:
         with bombs_are_errors():
-            arr = _decode(path, size, rgb=channels == 3)
+            arr = _decode(path, size, channels == 3, resize)
     return to_chw(arr, channels)
 
 

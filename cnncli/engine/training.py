@@ -31,7 +31,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     schedule: str = "cosine"
     seed: int = 0
-    augment: bool = False
+    augment: bool | str = False  # "none", "light" (or True: augment_batch) or "photo" (fit's `augment` callable)
     class_weights: list | None = None  # one weight per class, or None
     patience: int | None = None  # epochs without a better validation accuracy before stopping
     max_time: float | None = None  # seconds of training, checked after every batch
@@ -97,14 +97,15 @@ def evaluate(model, x, y, to_float, batch_size=256):
 
 
 def fit(model, x, y, cfg, to_float, x_val=None, y_val=None, state=None, optimizer=None,
-        on_batch=None, on_epoch=None, should_stop=None):
+        on_batch=None, on_epoch=None, should_stop=None, augment=None):
     """Train model on uint8 images x (N, C, H, W) with int labels y (N,); returns (TrainState, optimizer).
 
     to_float maps a uint8 batch to the model's float32 input (the normalisation). With a validation set,
     the best-scoring weights are kept in state.best_weights. on_batch(state, loss, lr) and on_epoch(state,
     optimizer) are called after each batch and epoch; should_stop() is polled after each batch and ends
     the run with stop_reason 'interrupted' and a state that fit() can resume from. Raises DivergedError
-    when the loss becomes NaN or infinite.
+    when the loss becomes NaN or infinite. augment(uint8 batch, rng) -> uint8 batch, when given, changes each
+    training batch (cfg.augment only names it); without it cfg.augment True or "light" uses augment_batch.
     """
     state = state or TrainState()
     state.stop_reason = ""
@@ -115,13 +116,17 @@ def fit(model, x, y, cfg, to_float, x_val=None, y_val=None, state=None, optimize
     warmup = warmup_steps(cfg.optimizer, per_epoch, total)
     weights = None if cfg.class_weights is None else np.asarray(cfg.class_weights, np.float32)
     started = time.monotonic() - state.elapsed
+    if augment is None and cfg.augment not in (False, "none"):
+        if cfg.augment not in (True, "light"):
+            raise ValueError(f"augment {cfg.augment!r} needs its batch function")
+        augment = augment_batch
     while state.epoch < cfg.epochs:
         order = np.random.default_rng([cfg.seed, 1, state.epoch]).permutation(n)
         for b in range(state.batch, per_epoch):
             idx = np.sort(order[b * cfg.batch_size:(b + 1) * cfg.batch_size])
             xb = x[idx]
-            if cfg.augment:
-                xb = augment_batch(xb, np.random.default_rng([cfg.seed, 2, state.epoch, b]))
+            if augment is not None:
+                xb = augment(xb, np.random.default_rng([cfg.seed, 2, state.epoch, b]))
             model.set_dropout_rng(np.random.default_rng([cfg.seed, 3, state.epoch, b]))
             loss, logits = model.loss_and_grads(to_float(xb), y[idx], weights)
             grads = model.named("grads")

@@ -57,6 +57,9 @@ _HISTORY = ("a list of epoch records", lambda v: isinstance(v, list) and all(isi
 _WEIGHTS = ("null or a list of positive numbers", lambda v: v is None or (
     isinstance(v, list) and all(_num(0, strict=True)[1](w) for w in v)))
 
+# augment: true / false from before --augment took a mode name; the option may be unset (None: the default).
+_AUGMENT = ("none, light, photo, true or false", lambda v: isinstance(v, bool) or v in ("none", "light", "photo"))
+_AUGMENT_OPTION = ("none, light, photo, true, false or null", lambda v: v is None or _AUGMENT[1](v))
 # Checks for the fields cnncli knows; a field added to TrainState / TrainConfig later is required to be present
 # but not type-checked here.
 STATE = {"epoch": _int(0), "batch": _int(0), "step": _int(0), "elapsed": _num(0), "history": _HISTORY,
@@ -64,14 +67,14 @@ STATE = {"epoch": _int(0), "batch": _int(0), "step": _int(0), "elapsed": _num(0)
          "running": _RUNNING, "stop_reason": _kind(str, "a string")}
 CONFIG = {"epochs": _int(1), "batch_size": _int(1), "lr": _num(0, strict=True), "optimizer": _one_of(*OPTIMIZERS),
           "weight_decay": _num(0), "schedule": _one_of("cosine", "constant"), "seed": _kind(int, "an integer"),
-          "augment": _kind(bool, "true or false"), "class_weights": _WEIGHTS, "patience": _opt(_int(1)),
+          "augment": _AUGMENT, "class_weights": _WEIGHTS, "patience": _opt(_int(1)),
           "max_time": _opt(_num(0, strict=True)), "clip_norm": _opt(_num(0, strict=True))}
 OPTIONS = {"data": _kind(str, "a string"), "output": _kind(str, "a string"), "arch": _kind(str, "a string"),
            "size": _opt(("4 to 1024", lambda v: _int(4)[1](v) and v <= 1024)), "color": _one_of("auto", "gray", "rgb"),
            "epochs": _opt(_int(1)), "batch_size": _int(1), "lr": _num(0, strict=True), "optimizer": _one_of(*OPTIMIZERS),
            "weight_decay": _num(0), "val_split": ("a number in [0, 1)", lambda v: _num(0)[1](v) and v < 1),
-           "seed": _kind(int, "an integer"), "augment": _kind(bool, "true or false"),
-           "class_weights": _one_of("none", "auto"), "patience": _opt(_int(1)), "max_time": _opt(_num(0, strict=True)),
+           "seed": _kind(int, "an integer"), "augment": _AUGMENT_OPTION,
+           "resize": _opt(_one_of("crop", "squash", "pad")), "class_weights": _one_of("none", "auto"), "patience": _opt(_int(1)), "max_time": _opt(_num(0, strict=True)),
            "clip_norm": _opt(_num(0, strict=True)), "threads": _opt(_int(1)), "overwrite": _kind(bool, "true or false"),
            "strict": _kind(bool, "true or false"), "plot": _opt(_kind(str, "a string"))}
 

@@ -20,7 +20,11 @@ from cnncli.engine.layers import softmax
 from cnncli.engine.model import Model, plan
 
 MAX_CLASSES = 10000
-RESIZE_RULE = "shorter-side-then-center-crop"
+# preprocess.resize in the file <-> the decoder's rule (images.RESIZE_RULES); files from before --resize all say
+# the first one, and a file without the key means "crop" too.
+RESIZE_NAMES = {"shorter-side-then-center-crop": "crop", "whole-image-squashed": "squash",
+                "longer-side-then-letterbox": "pad"}
+RESIZE_STORED = {v: k for k, v in RESIZE_NAMES.items()}
 MIN_SIDE, MAX_SIDE = 4, 1024  # input sides, as train --size allows
 MIN_STD, MAX_ABS = 1e-3, 1e3  # preprocess.std in [MIN_STD, MAX_ABS] (train floors it at 1e-3); |mean| <= MAX_ABS
 
@@ -39,6 +43,8 @@ class Classifier:
     digest: str | None = None  # metadata_sha256 of the file it was loaded from (covers tensors and metadata)
     temperature: float = 1.0  # logits are divided by it before the softmax (eval --calibrate)
     min_confidence: float | None = None  # predict says "unknown" below this top probability
+    resize: str = "crop"  # the decoder's resize rule (images.RESIZE_RULES), repeated by eval and predict
+    tta: bool = False  # average the logits of each image and its mirror (predict/eval --tta; not stored)
 
     @property
     def size(self):
@@ -56,6 +62,11 @@ class Classifier:
         """Raw logits (N, K) float32 for uint8 images (N, C, H, W), before the temperature; normalised and run
         one inference pass (Model.images_per_pass) at a time."""
         step = self.model.images_per_pass()
+        if self.tta:  # the mean of the two logits: test-time augmentation with a horizontal flip
+            mirror = lambda a: np.ascontiguousarray(a[..., ::-1])  # noqa: E731
+            out = [(self.model.forward(self.to_float(x[i:i + step])) + self.model.forward(
+                self.to_float(mirror(x[i:i + step])))) / np.float32(2) for i in range(0, len(x), step)]
+            return np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)
         out = [self.model.forward(self.to_float(x[i:i + step])) for i in range(0, len(x), step)]
         return np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)
 
@@ -70,7 +81,7 @@ class Classifier:
         holds a float32 copy of itself.
         """
         step = self.model.images_per_pass()
-        if self.temperature != 1.0:
+        if self.temperature != 1.0 or self.tta:
             return self.proba_from_logits(self.logits(x))
         if len(x) <= step:
             return self.model.predict_proba(self.to_float(x), step)
@@ -83,7 +94,7 @@ class Classifier:
             "arch": self.model.spec,
             "classes": list(self.classes),
             "input": {"channels": c, "height": h, "width": w, "color": self.color},
-            "preprocess": {"resize": RESIZE_RULE, "scale": 1 / 255, "mean": list(self.mean), "std": list(self.std),
+            "preprocess": {"resize": RESIZE_STORED[self.resize], "scale": 1 / 255, "mean": list(self.mean), "std": list(self.std),
                            "alpha_background": "white", "exif_transpose": True},
             "train": {**self.train, "cnncli_version": __version__},
         }
@@ -152,11 +163,12 @@ def from_parts(path, tensors, meta):
     _need(path, inp.get("color") == ("gray" if dims[0] == 1 else "rgb"),
           "'input.color' must be gray for 1 channel, rgb for 3")
     _need(path, isinstance(pre, dict), "'preprocess' missing")
-    _need(path, pre.get("resize") == RESIZE_RULE and _number(pre.get("scale"))
+    resize = pre.get("resize", "shorter-side-then-center-crop")
+    _need(path, isinstance(resize, str) and resize in RESIZE_NAMES and _number(pre.get("scale"))
           and abs(pre["scale"] * 255 - 1) < 1e-9 and pre.get("alpha_background") == "white"
           and pre.get("exif_transpose") is True,
-          f"'preprocess' must say resize {RESIZE_RULE}, scale 1/255, alpha_background white, exif_transpose true "
-          "(the only preprocessing this cnncli does)")
+          f"'preprocess' must say resize {' or '.join(RESIZE_NAMES)}, scale 1/255, alpha_background white, "
+          "exif_transpose true (the only preprocessing this cnncli does)")
     mean = _finite_list(path, pre.get("mean"), dims[0], "preprocess.mean", -MAX_ABS, MAX_ABS)
     std = _finite_list(path, pre.get("std"), dims[0], "preprocess.std", MIN_STD, MAX_ABS)
     threshold = meta.get("threshold")
@@ -179,7 +191,8 @@ def from_parts(path, tensors, meta):
     _need(path, min_conf is None or (isinstance(min_conf, (int, float)) and not isinstance(min_conf, bool)
                                      and 0.0 <= min_conf <= 1.0), "'min_confidence' must be a number in [0, 1]")
     return Classifier(model, classes, inp["color"], mean, std, None if threshold is None else float(threshold),
-                      train, meta.get("metadata_sha256"), float(temperature), None if min_conf is None else float(min_conf))
+                      train, meta.get("metadata_sha256"), float(temperature), None if min_conf is None else float(min_conf),
+                      RESIZE_NAMES[resize])
 
 
 def save_decisions(path, values, expect):
