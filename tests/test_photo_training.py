@@ -86,4 +86,4 @@ def test_a_runaway_first_epoch_loss_is_named_with_a_lower_lr():
 
     found = collapse_warnings([{"train_loss": 7.0}], None, None, 2, 0.002)
     assert len(found) == 1 and "far above chance" in found[0] and "--lr 0.0005" in found[0]
-    assert collapse_warnings([{"train_loss": 1.3}], np.array([0, 1, 1]), 1.0, 2, 0.002) == []
+    assert collapse_warnings([{"train_loss": 1.3}], np.array([0, 1, 1]), np.array([0, 1, 1]), 2, 0.002) == []

@@ -24,10 +24,11 @@ from cnncli.store import checkpoint, manifest, modelfile
 
 from cnncli.store import weights
 from cnncli.store.atomic import OutputLock, atomic_write_bytes, check_writable_target
-from cnncli.errors import (DataError, DivergedError, FormatError, NoInputError, OutputError, SpecError, UsageError,
-                           one_line)
+from cnncli.errors import (DataError, DivergedError, FormatError, GateError, NoInputError, OutputError, SpecError,
+                           UsageError, one_line)
 from cnncli.report.lines import csv_row
 from cnncli.data.images import channel_stats
+from cnncli.engine.decision import decide
 from cnncli.engine.health import check_collapse
 from cnncli.engine.model import Model
 from cnncli.engine.optim import make_optimizer
@@ -338,9 +339,7 @@ def _run_locked(opts, report, out, side, stop):
                                    optimizer=optimizer, on_batch=on_batch, on_epoch=on_epoch, should_stop=stop,
                                    augment=photo_batch if cfg.augment == "photo" else None)
     except DivergedError:
-        # Nothing of a diverged run stays: resuming its checkpoint would diverge again, and its history and
-        # bad-files list would describe weights that were never written.
-        _remove(side["checkpoint"], side["checkpoint data record"], side["history"], side["bad-files list"])
+        _discard(side)
         raise
     finally:
         stop.armed = False
@@ -351,8 +350,10 @@ def _run_locked(opts, report, out, side, stop):
     summary = {"classes": ds.classes, "images_per_class": counts, "skipped_files": len(bad),
                "epochs_run": state.epoch, "best_epoch": state.best_epoch, "stop_reason": state.stop_reason,
                "seconds": round(time.monotonic() - t0, 1), "output": str(out)}
+    val_predicted = None
     if val is not None:
-        summary["val_accuracy"] = evaluate(model, val.x, val.y, clf.to_float)[1]
+        _, summary["val_accuracy"], val_proba = evaluate(model, val.x, val.y, clf.to_float)
+        val_predicted = decide(val_proba)
     if test is not None:
         summary["test_accuracy"] = evaluate(model, test.x, test.y, clf.to_float)[1]
     clf.train = {"epochs": state.epoch, "best_epoch": state.best_epoch, "seed": cfg.seed, "optimizer": cfg.optimizer,
@@ -360,8 +361,13 @@ def _run_locked(opts, report, out, side, stop):
                  "class_weights": cfg.class_weights, "images": len(train.y),
                  "val_accuracy": summary.get("val_accuracy"), "test_accuracy": summary.get("test_accuracy"),
                  "stop_reason": state.stop_reason, "data": data_path, "run_id": run_id}
-    for text in check_collapse(state.history, val.y if val is not None else None, summary.get("val_accuracy"),
-                               len(clf.classes), cfg.lr, opts.fail_on_collapse):
+    try:
+        found = check_collapse(state.history, val.y if val is not None else None, val_predicted, len(clf.classes),
+                               cfg.lr, opts.fail_on_collapse)
+    except GateError:
+        _discard(side)
+        raise
+    for text in found:
         report.warn(text)
         clf.train.setdefault("warnings", []).append(text)
     modelfile.save(out, clf)
@@ -372,6 +378,13 @@ def _run_locked(opts, report, out, side, stop):
         training_chart.plot_history(opts.plot, state.history, state.best_epoch,
                                     f"{model.spec} on {ds.root} ({clf.size}x{clf.size} {clf.color})")
     return summary
+
+
+def _discard(side):
+    """Nothing of a failed run (diverged, or collapsed under --fail-on-collapse) stays: resuming its
+    checkpoint would fail again, and its history and bad-files list would describe weights that were never
+    written, and block the next run without --overwrite."""
+    _remove(side["checkpoint"], side["checkpoint data record"], side["history"], side["bad-files list"])
 
 
 def _remove(*paths):
