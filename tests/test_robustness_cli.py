@@ -66,7 +66,7 @@ def test_internal_error_is_one_line_without_traceback_or_locals(tmp_path, capsys
     """A bug (here: a RuntimeError from inside the train job) is exit 70 and one line suggesting --debug."""
     from cnncli.commands import train as train_run
 
-    def broken(opts, report):
+    def broken(opts, report, given=frozenset()):
         secret_local = "hunter2-local-value"  # noqa: F841 - must never be shown
         raise RuntimeError("kaboom in the train job\nsecond line of detail")
 

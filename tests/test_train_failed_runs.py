@@ -6,25 +6,13 @@ Through the real command (cnncli.commands.cli.main in-process).
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from cnncli.engine.health import collapse_warnings
 from conftest import make_image_folder
 from robust_helpers import run_main
+from test_photo_training import _noise_folder  # classes of pure noise: a model can only collapse
 
 FAST = ["--arch", "tiny", "--batch-size", "8"]
-LEFT_BY_A_RUN = (".safetensors", ".ckpt.safetensors", ".ckpt.data.json", ".history.csv", ".bad-files.tsv",
-                 ".split.json")
-
-
-def _noise_folder(root, counts=(12, 6), size=16):
-    """Classes whose images are all the same kind of noise: nothing to learn, so a model can only collapse."""
-    rng = np.random.default_rng(0)
-    for name, n in zip(("many", "few"), counts):
-        (root / name).mkdir(parents=True)
-        for i in range(n):
-            Image.fromarray(rng.integers(0, 256, (size, size), dtype=np.uint8)).save(root / name / f"{i}.png")
-    return root
 
 
 def test_a_collapsed_run_under_fail_on_collapse_leaves_nothing_that_blocks_a_rerun(tmp_path, capsys):

@@ -14,8 +14,8 @@ import typer
 from cnncli import __version__
 from cnncli.commands.options import (DATA, MODEL, MODEL_HELP, OPTIMISATION, OUTPUT, RUN, CheckFormat, ClassWeights,
                                      Color, EvalFormat, EvalSplit, HelpCommand, HelpGroup, OptimizerName,
-                                     PredictFormat, Augment, AugmentOption, Resize, ResizeOption, ShowFormat, TTA, examples, positive_finite,
-                                     probability, require)
+                                     PredictFormat, Augment, AugmentOption, Resize, ResizeOption, ShowFormat, TTA, examples,
+                                     given_options, positive_finite, probability, require)
 from cnncli.commands.ledger_cli import app as ledger_app
 from cnncli.commands.streams import say
 from cnncli.errors import EXIT_GATE, one_line
@@ -53,6 +53,7 @@ def _print_report(report, as_json, as_text):
          "cnncli train photos/ -o cats.safetensors --arch m1 --epochs 10 --augment",
          "cnncli train photos/ -o cats.safetensors --resume  # after Ctrl-C")
 def train(
+    ctx: typer.Context,
     data: Annotated[Path, typer.Argument(metavar="DATA", help="Labeled image folder: DATA/<class>/ or "
                                          "DATA/train/<class>/ (+ val/, test/).", show_default=False)],
     size: Annotated[Optional[int], typer.Option(help="Input size in pixels (square). Default: from the data.",
@@ -132,7 +133,7 @@ def train(
                         plot=str(plot) if plot else None, fail_on_collapse=fail_on_collapse)
     reporter = TrainReporter(quiet)
     try:
-        summary = run(opts, reporter)
+        summary = run(opts, reporter, given=given_options(ctx))
     finally:
         reporter.close()
     if "interrupted" in summary:

@@ -97,3 +97,10 @@ EvalSplit = _choices("EvalSplit", "train", "val", "test", "all")
 EvalFormat = _choices("EvalFormat", "table", "json")
 CheckFormat = _choices("CheckFormat", "text", "json")
 ShowFormat = _choices("ShowFormat", "picture", "json")
+
+
+def given_options(ctx):
+    """The names of the parameters typed on this command line (not left at their defaults), for a click/typer
+    context: e.g. {"data", "epochs"} for `train d --epochs 1`."""
+    return frozenset(name for name in ctx.params
+                     if getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE")

@@ -9,12 +9,12 @@ import os
 import signal
 import time
 import uuid
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from cnncli.commands import outputs
+from cnncli.commands import outputs, train_resume
 from cnncli.data import audit, folders
 from cnncli.data.augment import photo_batch
 
@@ -24,8 +24,7 @@ from cnncli.store import checkpoint, manifest, modelfile
 
 from cnncli.store import weights
 from cnncli.store.atomic import OutputLock, atomic_write_bytes, check_writable_target
-from cnncli.errors import (DataError, DivergedError, FormatError, GateError, NoInputError, OutputError, SpecError,
-                           UsageError, one_line)
+from cnncli.errors import DataError, DivergedError, GateError, OutputError, SpecError, UsageError, one_line
 from cnncli.report.lines import csv_row
 from cnncli.data.images import channel_stats
 from cnncli.engine.decision import decide
@@ -131,26 +130,6 @@ def _parts(ds, opts):
     return {"train": train_items, "val": val_items, "test": ds.test or []}, drawn
 
 
-def _saved_parts(ds, record, run_id, where):
-    """The parts an interrupted run drew, resolved against DATA as given now; DataError naming the files
-    that were added, removed or changed since, or when the record is not the checkpoint's."""
-    if record["run_id"] != run_id:
-        raise FormatError(f"{where}: belongs to another run than the checkpoint; start again with --overwrite")
-    changed = manifest.describe_changes(record["files"], manifest.fingerprint(_all_paths(ds), ds.root))
-    if changed or record["classes"] != ds.classes:
-        raise DataError(f"{ds.root}: the data changed since the checkpoint was written ({changed or 'classes'}); "
-                        "--resume needs the same files: restore them, or start again with --overwrite")
-    return {k: manifest.resolve_items(v, ds.root) for k, v in record["parts"].items()}
-
-
-def _read_record(path):
-    try:
-        return manifest.read_run_data(path)
-    except NoInputError:
-        raise NoInputError(f"{path}: missing, so the checkpoint cannot be resumed on the same files; "
-                           "start again with --overwrite") from None
-
-
 def _all_paths(ds):
     return [p for part in (ds.train, ds.val or [], ds.test or []) for p, _ in part]
 
@@ -187,11 +166,6 @@ def _save_checkpoint(path, clf, optimizer, state, cfg, opts, meta_extra):
     weights.save(path, _checkpoint_tensors(clf.model, optimizer, state), meta)
 
 
-def _read_checkpoint(path):
-    """(Classifier, TrainState, TrainConfig, optimizer tensors, metadata); every key checked (exit 65)."""
-    return checkpoint.read(path)
-
-
 def _build(opts, channels, size, n_classes):
     """The model --arch describes for this input, or a usage error naming the layer that does not fit."""
     try:
@@ -205,8 +179,10 @@ def _build(opts, channels, size, n_classes):
     return model
 
 
-def run(opts, report):
-    """Train as the options say; returns a summary dict. Raises CnnError subclasses for user-facing failures."""
+def run(opts, report, given=frozenset()):
+    """Train as the options say; returns a summary dict. `given`: the names of the options typed on the
+    command line (with --resume, those must not contradict the checkpoint). Raises CnnError subclasses for
+    user-facing failures."""
     out = Path(opts.output)
     if opts.plot:
         outputs.check_plot_suffix(opts.plot)
@@ -214,23 +190,7 @@ def run(opts, report):
     if opts.threads:
         kernels.set_threads(opts.threads)
     with modelfile.output_lock(out, wait=opts.wait), StopRequest() as stop:
-        return _run_locked(opts, report, out, sidecars(out), stop)
-
-
-def _resume_options(opts, side):
-    """(the checkpoint as _read_checkpoint gives it, the interrupted run's options). DATA, -o, --wait,
-    --threads and --plot come from this command line; --overwrite holds if either run gave it."""
-    if not side["checkpoint"].exists():
-        raise UsageError(f"--resume: no checkpoint at {side['checkpoint']} (nothing to resume)")
-    resumed = _read_checkpoint(side["checkpoint"])
-    known = {f.name for f in fields(opts)}
-    saved = {k: v for k, v in resumed[4]["options"].items() if k in known}
-    merged = {**asdict(opts), **saved, "data": opts.data, "output": opts.output, "resume": True, "wait": opts.wait,
-              "threads": opts.threads, "overwrite": bool(saved.get("overwrite", True) or opts.overwrite),
-              "plot": opts.plot or saved.get("plot")}
-    if merged["plot"]:
-        outputs.check_plot_suffix(merged["plot"])
-    return resumed, type(opts)(**merged)
+        return _run_locked(opts, report, out, sidecars(out), stop, given)
 
 
 def _check_outputs(opts, out, side, ds=None):
@@ -248,11 +208,11 @@ def _check_outputs(opts, out, side, ds=None):
     outputs.check_outputs(outs, opts.overwrite, own=own)
 
 
-def _run_locked(opts, report, out, side, stop):
+def _run_locked(opts, report, out, side, stop, given):
     t0 = time.monotonic()
     resumed = None
     if opts.resume:
-        resumed, opts = _resume_options(opts, side)
+        resumed, opts = train_resume.resume_options(opts, side, given)
         report.info(f"resuming from {side['checkpoint']} at epoch {resumed[1].epoch + 1}, "
                     f"batch {resumed[1].batch + 1}")
     _check_outputs(opts, out, side)
@@ -260,8 +220,8 @@ def _run_locked(opts, report, out, side, stop):
     _check_outputs(opts, out, side, ds)
     if resumed:
         run_id = resumed[4].get("run_id")
-        record = _read_record(side["checkpoint data record"])
-        parts, drawn = _saved_parts(ds, record, run_id, side["checkpoint data record"]), record["drawn"]
+        parts, drawn = train_resume.saved_parts(ds, side, resumed[4],
+                                                manifest.fingerprint(_all_paths(ds), ds.root))
     else:
         run_id = uuid.uuid4().hex
         parts, drawn = _parts(ds, opts)
@@ -306,7 +266,8 @@ def _run_locked(opts, report, out, side, stop):
         atomic_write_bytes(side["bad-files list"], "".join(f"{one_line(p)}\t{one_line(r)}\n" for p, r in bad).encode())
     counts = np.bincount(train.y, minlength=len(ds.classes)).tolist()
     data_path = os.path.abspath(ds.root)
-    meta_extra = {"data": data_path, "run_id": run_id}
+    meta_extra = {"data": data_path, "run_id": run_id,  # the record's SHA-256 ties it to the checkpoint
+                  train_resume.RECORD_DIGEST_KEY: resumed[4].get(train_resume.RECORD_DIGEST_KEY) if resumed else None}
     per_epoch = math.ceil(len(train.y) / cfg.batch_size)
     last_tick = [time.monotonic(), 0]
 
@@ -318,7 +279,8 @@ def _run_locked(opts, report, out, side, stop):
     def checkpoint(st, optimizer):
         nonlocal record
         if record is not None:
-            manifest.write_run_data(side["checkpoint data record"], *record)
+            meta_extra[train_resume.RECORD_DIGEST_KEY] = manifest.write_run_data(side["checkpoint data record"],
+                                                                                 *record)
             record = None
         _save_checkpoint(side["checkpoint"], clf, optimizer, st, cfg, opts, meta_extra)
 

@@ -40,13 +40,17 @@ def _rel_items(items: Iterable[Item], root: str | os.PathLike) -> list[list]:
     return [[relative(p, root), int(label)] for p, label in items]
 
 
-def _write_json(path: str | os.PathLike, doc: dict) -> None:
-    atomic_write_bytes(path, (json.dumps(doc, ensure_ascii=True, indent=1) + "\n").encode("utf-8"))
+def _write_json(path: str | os.PathLike, doc: dict) -> str:
+    """Write doc atomically; returns the SHA-256 (hex) of the bytes written."""
+    data = (json.dumps(doc, ensure_ascii=True, indent=1) + "\n").encode("utf-8")
+    atomic_write_bytes(path, data)
+    return hashlib.sha256(data).hexdigest()
 
 
-def _read_json(path: Path, what: str) -> dict:
+def _read_json(path: Path, what: str, raw: bytes | None = None) -> dict:
+    """The JSON object in `path` (or in `raw`, its bytes already read)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = (path.read_bytes() if raw is None else raw).decode("utf-8")
     except FileNotFoundError as exc:
         raise NoInputError(f"{path}: no such file") from exc
     except (OSError, UnicodeDecodeError) as exc:
@@ -133,20 +137,28 @@ def fingerprint(paths: Iterable[str | os.PathLike], root: str | os.PathLike) -> 
 
 
 def write_run_data(path, run_id: str, root, classes, parts: Mapping[str, Iterable[Item]],
-                   files: Mapping[str, str], drawn: bool) -> None:
+                   files: Mapping[str, str], drawn: bool) -> str:
     """Record the files of a run for its checkpoint: {"format": "cnncli-run-data", "version": 1, "run_id",
     "classes", "parts": {"train": [[rel, label], ...], "val": [...], "test": [...]}, "drawn": bool (the
-    validation part was drawn from the training folders), "files": {rel: digest}}. Raises WriteError."""
-    _write_json(path, {"format": RUN_FORMAT, "version": RUN_VERSION, "run_id": run_id, "classes": list(classes),
+    validation part was drawn from the training folders), "files": {rel: digest}}. Returns the SHA-256 (hex)
+    of the file's bytes, which the checkpoint stores to prove the record is its own. Raises WriteError."""
+    return _write_json(path, {"format": RUN_FORMAT, "version": RUN_VERSION, "run_id": run_id, "classes": list(classes),
                        "parts": {k: _rel_items(v, root) for k, v in parts.items()}, "drawn": bool(drawn),
                        "files": dict(files)})
 
 
 def read_run_data(path: str | os.PathLike) -> dict:
-    """Read `write_run_data`'s file; "parts" come back as lists of (relative path, label).
-    Raises NoInputError if missing, FormatError if malformed."""
+    """Read `write_run_data`'s file; "parts" come back as lists of (relative path, label), and "sha256" is
+    the SHA-256 (hex) of the file's bytes. Raises NoInputError if missing, FormatError if malformed."""
     path = Path(path)
-    doc = _read_json(path, "checkpoint data record")
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError as exc:
+        raise NoInputError(f"{path}: no such file") from exc
+    except OSError as exc:
+        raise FormatError(f"{path}: cannot read checkpoint data record ({exc})") from exc
+    doc = _read_json(path, "checkpoint data record", raw)
+    doc["sha256"] = hashlib.sha256(raw).hexdigest()
     try:
         if doc.get("format") != RUN_FORMAT or doc.get("version") != RUN_VERSION:
             raise ValueError("not a cnncli checkpoint data record of version 1")
