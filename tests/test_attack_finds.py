@@ -43,3 +43,26 @@ def test_a_weight_file_with_a_class_named_like_a_predict_label_is_refused(tmp_pa
             done = _run(*args)
             assert done.returncode == 65, (args, done.stderr)
             assert reserved.encode() in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_split_manifest_keeps_non_utf8_file_names_in_valid_json(tmp_path):
+    import json
+    import os
+    import re
+
+    from cnncli.store import manifest
+
+    root = make_image_folder(tmp_path / "d", n_per_class=8, size=12)
+    odd = os.fsdecode(b"caf\xe9\xff.png")  # Latin-1 bytes: not UTF-8
+    (root / "cat" / "img_0000.png").rename(root / "cat" / odd)
+    done = _run("train", root, "--arch", "tiny", "--epochs", "1", "-o", tmp_path / "m.safetensors")
+    assert done.returncode == 0, done.stderr
+    raw = (tmp_path / "m.split.json").read_bytes()
+    assert not re.search(rb"\\ud[c-f]", raw, re.I)  # no lone surrogate escapes, which strict parsers reject
+    json.loads(raw.decode("utf-8"))
+    doc = manifest.read_manifest(tmp_path / "m.split.json")
+    names = [p for p, _ in doc["train"] + doc["val"]]
+    assert f"cat/{odd}" in names and len(names) == 16
+    assert sorted(manifest.resolve_items(doc["train"] + doc["val"], root)) == sorted(
+        (root / n, k) for n, k in doc["train"] + doc["val"])
+    assert all(os.path.exists(p) for p, _ in manifest.resolve_items(doc["train"] + doc["val"], root))

@@ -15,6 +15,7 @@ Paths are stored relative to DATA with "/" separators, so both files stay valid 
 from __future__ import annotations
 
 import hashlib
+import base64
 import json
 import os
 from collections.abc import Iterable, Mapping
@@ -37,7 +38,26 @@ def relative(path: str | os.PathLike, root: str | os.PathLike) -> str:
 
 
 def _rel_items(items: Iterable[Item], root: str | os.PathLike) -> list[list]:
-    return [[relative(p, root), int(label)] for p, label in items]
+    return [[_name_to_json(relative(p, root)), int(label)] for p, label in items]
+
+
+def _name_to_json(name: str):
+    """A file name as valid JSON: the string itself, or, for a name whose bytes are not UTF-8 (os.fsdecode's
+    lone surrogates, which strict JSON parsers reject), {"bytes_b64": base64 of its bytes}: lossless."""
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        return {"bytes_b64": base64.b64encode(os.fsencode(name)).decode("ascii")}
+
+
+def _name_from_json(value) -> str:
+    """Inverse of _name_to_json; ValueError for anything else."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict) and set(value) == {"bytes_b64"} and isinstance(value["bytes_b64"], str):
+        return os.fsdecode(base64.b64decode(value["bytes_b64"], validate=True))
+    raise ValueError(f"bad file name {value!r}")
 
 
 def _write_json(path: str | os.PathLike, doc: dict) -> str:
@@ -67,10 +87,10 @@ def _read_json(path: Path, what: str, raw: bytes | None = None) -> dict:
 def _items(rows, n_classes: int, key: str) -> list[tuple[str, int]]:
     out = []
     for row in rows:
-        if not (isinstance(row, list) and len(row) == 2 and isinstance(row[0], str)
+        if not (isinstance(row, list) and len(row) == 2 and isinstance(row[0], (str, dict))
                 and isinstance(row[1], int) and 0 <= row[1] < n_classes):
             raise ValueError(f"bad entry in '{key}': {row!r}")
-        out.append((row[0], row[1]))
+        out.append((_name_from_json(row[0]), row[1]))
     return out
 
 
