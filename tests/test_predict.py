@@ -235,7 +235,7 @@ def test_predict_does_not_import_rich_or_plots(setup):
     img = str(next(data.rglob("*.png")))
     code = ("import sys\nfrom cnncli.commands.cli import main\n"
             f"try:\n    main(['predict', {img!r}, '-m', {str(model)!r}])\nexcept SystemExit as e:\n    code = e.code\n"
-            "heavy = [m for m in ('rich', 'scipy.stats', 'cnncli.report.metrics', 'cnncli.report.plots') if m in sys.modules]\n"
+            "heavy = [m for m in ('rich', 'scipy.stats', 'cnncli.report.metrics', 'cnncli.report.charts', 'matplotlib') if m in sys.modules]\n"
             "print(code, heavy, file=sys.stderr)")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
     assert res.stderr.decode().strip().endswith("0 []"), res.stderr

@@ -353,6 +353,19 @@ def test_save_threshold_saves_when_the_model_is_unchanged(tmp_path, capsys):
     assert all(tensors_after[k].tobytes() == v.tobytes() for k, v in tensors_before.items())
 
 
+def test_save_threshold_through_a_symlinked_model_saves_into_the_file_it_points_at(tmp_path, capsys):
+    data = make_image_folder(tmp_path / "data", n_per_class=6, size=8)
+    (tmp_path / "models").mkdir()
+    real = _tiny_model(tmp_path / "models" / "v3.safetensors")
+    link = tmp_path / "cur.safetensors"
+    link.symlink_to(real)
+    code, out, err = run_main(["eval", data, "-m", link, "--split", "all", "--pick-threshold", "youden",
+                               "--save-threshold", "--format", "json"], capsys)
+    assert code == 0, err
+    assert link.is_symlink() and os.readlink(link) == str(real)  # the link is still a link to v3
+    assert weights.load(real)[1]["threshold"] == json.loads(out)["saved_threshold"]["threshold"]
+
+
 # ---------------------------------------------------------------- damaged checkpoints
 
 

@@ -4,6 +4,7 @@ No typer or rich here. `run` returns a JSON-able report; `format_table` renders 
 """
 
 from dataclasses import dataclass
+import os
 from pathlib import Path
 
 import numpy as np
@@ -89,9 +90,12 @@ def _save(opts, model_path, digest, report, threshold):
     if not 0.0 <= keys.get("threshold", 0.0) <= 1.0:  # above every score: "nothing is positive" is no threshold
         raise DataError(f"--save-threshold: the picked threshold {threshold:.17g} is above every possible "
                         "probability (it would classify nothing as positive); not saved")
-    with modelfile.output_lock(model_path, wait=opts.wait):
+    # A symlinked -m (cur.safetensors -> models/v3.safetensors) is saved into the file it points at, under
+    # that file's lock: replacing the link would leave the scored file without what was fitted on it.
+    target = Path(os.path.realpath(model_path))
+    with modelfile.output_lock(target, wait=opts.wait):
         # Under the lock, and only if the file still holds what these were fitted on.
-        modelfile.save_decisions(model_path, keys, expect=digest)
+        modelfile.save_decisions(target, keys, expect=digest)
     if "threshold" in keys:
         report["saved_threshold"] = {"file": str(model_path), "threshold": keys["threshold"]}
     report["saved"] = {"file": str(model_path), **keys}
