@@ -66,3 +66,22 @@ def test_split_manifest_keeps_non_utf8_file_names_in_valid_json(tmp_path):
     assert sorted(manifest.resolve_items(doc["train"] + doc["val"], root)) == sorted(
         (root / n, k) for n, k in doc["train"] + doc["val"])
     assert all(os.path.exists(p) for p, _ in manifest.resolve_items(doc["train"] + doc["val"], root))
+
+
+def test_jpegs_with_corrupt_exif_give_no_raw_python_warnings_in_train_or_predict(tmp_path):
+    from PIL import Image
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    bad_exif = b"Exif\x00\x00II*\x00\x08\x00\x00\x00\xff\xff" + b"\x01" * 30  # IFD runs past its end
+    for cls in ("a", "b"):
+        (tmp_path / "d" / cls).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(
+                tmp_path / "d" / cls / f"{i}.jpg", exif=bad_exif)
+    model = tmp_path / "m.safetensors"
+    done = _run("train", tmp_path / "d", "--arch", "tiny", "--epochs", "1", "-o", model)
+    assert done.returncode == 0, done.stderr
+    assert b"Warning" not in done.stderr and b"warnings.warn" not in done.stderr, done.stderr
+    done = _run("predict", tmp_path / "d" / "a" / "0.jpg", "-m", model)
+    assert done.returncode == 0 and b"Warning" not in done.stderr, done.stderr

@@ -151,3 +151,15 @@ def test_jit_flags_are_spelled_only_in_config():
     found = [(rel, *hit) for name, (rel, tree) in MODULES.items() if name != "cnncli.config"
              for hit in _jit_flags(tree)]
     assert found == []
+
+
+def test_every_package_under_cnncli_goes_into_the_wheel():
+    # A package missing from the wheel passes an editable install and fails a real one (CI's).
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    from setuptools import find_packages
+
+    root = Path(__file__).resolve().parents[1]
+    conf = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    found = set(find_packages(str(root), **conf.get("packages", {}).get("find", {})))
+    on_disk = {".".join(p.relative_to(root).parent.parts) for p in (root / "cnncli").rglob("__init__.py")}
+    assert on_disk <= found, sorted(on_disk - found)

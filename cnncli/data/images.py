@@ -312,6 +312,9 @@ def read_size(path: str | os.PathLike) -> tuple[int, int]:
         raise BadImageError(f"{path}: cannot read file ({exc.strerror or exc})") from exc
     try:
         with fp, warnings.catch_warnings():
+            # Pillow's own warnings (e.g. "Corrupt EXIF data" while it reads the header) would reach stderr as
+            # raw multi-line Python warnings; the decoder tolerates such files, so the header read does too.
+            warnings.filterwarnings("ignore", module=r"PIL(\.|$)")
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             return _open(path, fp).size
     except BadImageError:
