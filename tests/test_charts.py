@@ -14,7 +14,7 @@ from PIL import Image
 
 from cnncli.commands.cli import main
 from cnncli.engine.model import Model
-from cnncli.errors import CnnError, UsageError
+from cnncli.errors import CnnError
 from cnncli.report import charts, eval_chart, metrics, mosaic, training_chart
 from cnncli.store import modelfile
 
@@ -75,7 +75,7 @@ def test_format_follows_suffix_and_is_reproducible(tmp_path, suffix, magic):
 
 
 def test_unknown_suffix_and_unwritable_destination(tmp_path):
-    with pytest.raises(UsageError, match="x.gif"):
+    with pytest.raises(ValueError, match="x.gif"):
         charts.chart_format(tmp_path / "x.gif")
     with pytest.raises(CnnError):
         training_chart.plot_history(tmp_path / "missing" / "h.png", HISTORY)

@@ -130,7 +130,10 @@ def run(opts, on_warn=None):
     if opts.plot:  # a picture that cannot be drawn fails before decoding, not after
         from cnncli.report import eval_chart
 
-        eval_chart.check_plottable(len(clf.classes))
+        try:
+            eval_chart.check_plottable(len(clf.classes))
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
     if opts.errors_image:
         from cnncli.report import mosaic
     splits = eval_splits.Splits(opts.data, model_path, clf, on_warn)

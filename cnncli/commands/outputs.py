@@ -17,14 +17,17 @@ import os
 from collections.abc import Iterable, Mapping
 
 from cnncli.data.images import has_image_extension
-from cnncli.errors import OutputError
+from cnncli.errors import OutputError, UsageError
 from cnncli.store.atomic import check_writable_target
 
 def check_plot_suffix(path: str | os.PathLike) -> None:
     """UsageError (exit 2) unless `path` ends in a format the charts can write: .png, .svg or .pdf, any case."""
     from cnncli.report.charts import chart_format  # light: matplotlib itself loads only to draw
 
-    chart_format(path)
+    try:
+        chart_format(path)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def check_outputs(outputs: Mapping[str, str | os.PathLike], overwrite: bool, own: Iterable[str] = ()) -> None:

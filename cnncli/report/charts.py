@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import os
 
-from cnncli.errors import UsageError
 
 # The picture format follows the output file's suffix.
 FORMATS = {".png": "png", ".svg": "svg", ".pdf": "pdf"}
@@ -33,10 +32,10 @@ _STYLE = {
 
 
 def chart_format(path) -> str:
-    """'png', 'svg' or 'pdf' from the suffix of ``path`` (any letter case); UsageError for anything else."""
+    """'png', 'svg' or 'pdf' from the suffix of ``path`` (any letter case); ValueError for anything else."""
     suffix = os.path.splitext(os.fspath(path))[1].lower()
     if suffix not in FORMATS:
-        raise UsageError(f"{os.fspath(path)}: cannot draw a '{suffix or '(no suffix)'}' picture "
+        raise ValueError(f"{os.fspath(path)}: cannot draw a '{suffix or '(no suffix)'}' picture "
                          f"(use {', '.join(FORMATS)})")
     return FORMATS[suffix]
 
@@ -79,7 +78,7 @@ def render(fig, fmt: str) -> bytes:
 def save(fig, path) -> None:
     """Write ``fig`` to ``path`` atomically in the format its suffix names (see ``chart_format``).
 
-    Raises UsageError for an unknown suffix, WriteError when the file cannot be written.
+    Raises ValueError for an unknown suffix, WriteError when the file cannot be written.
     """
     from cnncli.store.atomic import atomic_write_bytes
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from cnncli.errors import UsageError
 from cnncli.report import charts, metrics
 
 # Beyond this many classes a K x K matrix is unreadable at any size; `eval --plot` refuses up front.
@@ -17,9 +16,9 @@ MAX_LABEL_CHARS = 16
 
 
 def check_plottable(num_classes: int, option: str = "--plot") -> None:
-    """UsageError when a model has too many classes for a confusion-matrix picture (checked before decoding)."""
+    """ValueError when a model has too many classes for a confusion-matrix picture (checked before decoding)."""
     if num_classes > MAX_MATRIX_CLASSES:
-        raise UsageError(f"{option}: a confusion matrix of {num_classes} classes cannot be drawn readably "
+        raise ValueError(f"{option}: a confusion matrix of {num_classes} classes cannot be drawn readably "
                          f"(at most {MAX_MATRIX_CLASSES}); use --format json for the numbers")
 
 
