@@ -118,3 +118,21 @@ def test_a_retrain_that_diverged_leaves_the_models_split_alone(tmp_path, capsys)
     assert code == 4, err
     assert (model.read_bytes(), split.read_bytes()) == before
     assert _source(data, model, capsys)[0] == f"held-out split recorded in {split}"
+
+
+def test_a_non_utf8_file_name_survives_the_checkpoint_record_in_strict_json(tmp_path, capsys, monkeypatch):
+    import os
+    import re
+
+    data = make_image_folder(tmp_path / "data", n_per_class=10, size=8)
+    (data / "cat" / "img_0001.png").rename(data / "cat" / os.fsdecode(b"caf\xe9\xff.png"))  # Latin-1 bytes
+    ref = tmp_path / "ref.safetensors"
+    assert run_main(["train", data, "-o", ref, *ARGS], capsys)[0] == 0
+    out = tmp_path / "m.safetensors"
+    _interrupted(data, out, capsys, monkeypatch)
+    raw = (tmp_path / "m.ckpt.data.json").read_bytes()
+    assert not re.search(rb"\\ud[c-f]", raw, re.I)  # no lone surrogate escapes, which strict parsers reject
+    json.loads(raw.decode("utf-8"))
+    code, _, err = run_main(["train", data, "-o", out, "--resume"], capsys)
+    assert code == 0, err  # the odd name reads back as the same file: resume sees no change
+    assert _tensors(out) == _tensors(ref)

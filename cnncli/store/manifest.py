@@ -60,6 +60,20 @@ def _name_from_json(value) -> str:
     raise ValueError(f"bad file name {value!r}")
 
 
+# A key of the run record's "files" map whose name is not UTF-8: NUL, which no file name can hold, then
+# "b64:" and the base64 of its bytes. Lossless, and unambiguous with every real name.
+_KEY_B64 = "\x00b64:"
+
+
+def _key_to_json(name: str) -> str:
+    value = _name_to_json(name)
+    return value if isinstance(value, str) else _KEY_B64 + value["bytes_b64"]
+
+
+def _key_from_json(key: str) -> str:
+    return _name_from_json({"bytes_b64": key[len(_KEY_B64):]}) if key.startswith(_KEY_B64) else key
+
+
 def _write_json(path: str | os.PathLike, doc: dict) -> str:
     """Write doc atomically; returns the SHA-256 (hex) of the bytes written."""
     data = (json.dumps(doc, ensure_ascii=True, indent=1) + "\n").encode("utf-8")
@@ -160,11 +174,12 @@ def write_run_data(path, run_id: str, root, classes, parts: Mapping[str, Iterabl
                    files: Mapping[str, str], drawn: bool) -> str:
     """Record the files of a run for its checkpoint: {"format": "cnncli-run-data", "version": 1, "run_id",
     "classes", "parts": {"train": [[rel, label], ...], "val": [...], "test": [...]}, "drawn": bool (the
-    validation part was drawn from the training folders), "files": {rel: digest}}. Returns the SHA-256 (hex)
+    validation part was drawn from the training folders), "files": {rel: digest}} (a rel that is not UTF-8
+    is stored as NUL + "b64:" + base64 of its bytes, so the file stays strict JSON). Returns the SHA-256 (hex)
     of the file's bytes, which the checkpoint stores to prove the record is its own. Raises WriteError."""
     return _write_json(path, {"format": RUN_FORMAT, "version": RUN_VERSION, "run_id": run_id, "classes": list(classes),
                        "parts": {k: _rel_items(v, root) for k, v in parts.items()}, "drawn": bool(drawn),
-                       "files": dict(files)})
+                       "files": {_key_to_json(k): v for k, v in files.items()}})
 
 
 def read_run_data(path: str | os.PathLike) -> dict:
@@ -187,6 +202,7 @@ def read_run_data(path: str | os.PathLike) -> dict:
                 doc["drawn"], bool):
             raise ValueError("'run_id', 'drawn' or 'files' missing")
         doc["parts"] = {k: _items(v, len(classes), k) for k, v in doc["parts"].items()}
+        doc["files"] = {_key_from_json(k): v for k, v in doc["files"].items()}
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise FormatError(f"{path}: malformed checkpoint data record ({exc})") from exc
     return doc
