@@ -263,3 +263,11 @@ def test_resume_without_checkpoint_is_a_usage_error(tmp_path, capsys):
     data = make_image_folder(tmp_path / "data", n_per_class=4, size=8)
     code, out, err = run_main(["train", str(data), "-o", str(tmp_path / "m.safetensors"), "--resume"], capsys)
     assert code == 2 and out == "" and "no checkpoint" in err
+
+
+def test_a_data_folder_name_with_a_newline_and_an_escape_code_is_escaped_in_every_info_line(tmp_path):
+    data = make_image_folder(tmp_path / "in\nside\x1b[31m", n_per_class=6, size=8)
+    code, out, err = run_child(["train", data, "-o", tmp_path / "m.safetensors", *FAST, "--epochs", "1"], tmp_path)
+    assert code == 0, err
+    assert b"\x1b" not in err and b"in\\nside\\x1b[31m" in err
+    assert not any(line.startswith(b"side") for line in err.splitlines())  # no line was split by the name

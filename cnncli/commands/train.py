@@ -213,7 +213,7 @@ def _run_locked(opts, report, out, side, stop, given):
     resumed = None
     if opts.resume:
         resumed, opts = train_resume.resume_options(opts, side, given)
-        report.info(f"resuming from {side['checkpoint']} at epoch {resumed[1].epoch + 1}, "
+        report.info(f"resuming from {one_line(side['checkpoint'])} at epoch {resumed[1].epoch + 1}, "
                     f"batch {resumed[1].batch + 1}")
     _check_outputs(opts, out, side)
     ds = folders.scan_dataset(opts.data, on_warn=report.warn)
@@ -230,7 +230,7 @@ def _run_locked(opts, report, out, side, stop, given):
     resize = resumed[0].resize if resumed else opts.resize
     if not resumed:
         _build(opts, 3 if color == "rgb" else 1, size, len(ds.classes))  # a bad --arch fails before any decoding
-    report.info(f"reading {len(parts['train'])} training images in {len(ds.classes)} classes from {ds.root} "
+    report.info(f"reading {len(parts['train'])} training images in {len(ds.classes)} classes from {one_line(ds.root)} "
                 f"(input {size}x{size}, resize {resize})")
     # The files and their digests, written with the first checkpoint, so that --resume can prove it sees
     # the same data (a run that fails before its first checkpoint leaves no record behind).
