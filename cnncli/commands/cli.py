@@ -13,7 +13,7 @@ import typer
 
 from cnncli import __version__
 from cnncli.commands.options import (DATA, MODEL, MODEL_HELP, OPTIMISATION, OUTPUT, RUN, CheckFormat, ClassWeights,
-                                     Color, EvalFormat, EvalSplit, HelpCommand, HelpGroup, OptimizerName,
+                                     Color, EvalFormat, NoCacheOption, EvalSplit, HelpCommand, HelpGroup, OptimizerName,
                                      PredictFormat, Augment, AugmentOption, Resize, ResizeOption, ShowFormat, TTA, examples,
                                      given_options, positive_finite, probability, require)
 from cnncli.commands.ledger_cli import app as ledger_app
@@ -68,7 +68,7 @@ def train(
                                                         rich_help_panel=DATA)] = ClassWeights.none,
     strict: Annotated[bool, typer.Option("--strict", help="Stop at the first unreadable image instead of "
                                          "skipping it.", rich_help_panel=DATA)] = False,
-    arch: Annotated[str, typer.Option(help="Architecture spec or preset (tiny, m1, default).",
+    no_cache: NoCacheOption = False, arch: Annotated[str, typer.Option(help="Architecture spec or preset (tiny, m1, default).",
                                       rich_help_panel=MODEL)] = "default",
     seed: Annotated[int, typer.Option(help="Seed for initial weights, split, shuffling and augmentation.",
                                       rich_help_panel=MODEL)] = 0,
@@ -130,7 +130,7 @@ def train(
                         resize=resize.value, class_weights=class_weights.value,
                         patience=patience, max_time=max_time, clip_norm=clip_norm, threads=threads,
                         overwrite=overwrite, resume=resume, strict=strict, wait=wait,
-                        plot=str(plot) if plot else None, fail_on_collapse=fail_on_collapse)
+                        plot=str(plot) if plot else None, fail_on_collapse=fail_on_collapse, no_cache=no_cache)
     reporter = TrainReporter(quiet)
     try:
         summary = run(opts, reporter, given=given_options(ctx))

@@ -20,7 +20,7 @@ from cnncli.data.augment import photo_batch
 
 from cnncli.engine import kernels
 
-from cnncli.store import checkpoint, manifest, modelfile
+from cnncli.store import checkpoint, decode_cache, manifest, modelfile
 
 from cnncli.store import weights
 from cnncli.store.atomic import OutputLock, atomic_write_bytes, check_writable_target
@@ -65,6 +65,7 @@ class TrainOptions:
     wait: float
     plot: str | None
     fail_on_collapse: bool
+    no_cache: bool = False  # decode every image, read and write no decode cache (store/decode_cache.py)
 
 
 AUTO_STEPS, AUTO_MIN_EPOCHS, AUTO_MAX_EPOCHS = 4500, 3, 50
@@ -139,12 +140,30 @@ def _decode(ds, parts, opts, report, size, color, resize):
     def on_bad(path, reason):
         report.warn(f"skipped {one_line(path)}: {one_line(reason)}")
 
-    kw = dict(size=size, strict=opts.strict, on_bad=on_bad, classes=ds.classes, resize=resize)
+    cache = _open_cache(opts, report)
+    kw = dict(size=size, strict=opts.strict, on_bad=on_bad, classes=ds.classes, resize=resize,
+              decoder=cache.decode if cache else None)
     train = folders.load_images(parts["train"], color=color, **kw)
     fixed = "rgb" if train.channels == 3 else "gray"
     val = folders.load_images(parts["val"], color=fixed, **kw) if parts["val"] else None
     test = folders.load_images(parts["test"], color=fixed, **kw) if parts["test"] else None
+    if cache is not None:
+        report.info(f"decoded {cache.decoded}, {cache.hits} from cache")
+        if cache.off_reason:
+            report.info(f"decode cache not written: {one_line(cache.off_reason)}")
+        elif cache.written:
+            cache.trim()
     return train, val, test, fixed
+
+
+def _open_cache(opts, report):
+    """The decode cache (None with --no-cache or CNNCLI_CACHE_SIZE=0), its location said in one info line."""
+    try:
+        cache, where = decode_cache.open_cache(not opts.no_cache)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    report.info(one_line(where))
+    return cache
 
 
 def _checkpoint_tensors(model, optimizer, state):

@@ -17,7 +17,8 @@ from cnncli.store import checkpoint, manifest
 # how the run is executed (--threads, --wait, -q: not run options), and what happens at the end without
 # touching the weights (--plot replaces the saved one; --overwrite and --fail-on-collapse hold if either run
 # gave them). Everything else is the interrupted run's and must not contradict it.
-MAY_CHANGE = frozenset({"data", "output", "resume", "wait", "threads", "plot", "overwrite", "fail_on_collapse"})
+MAY_CHANGE = frozenset({"data", "output", "resume", "wait", "threads", "plot", "overwrite", "fail_on_collapse",
+                        "no_cache"})
 RECORD_DIGEST_KEY = "run_data_sha256"
 
 
@@ -58,6 +59,7 @@ def resume_options(opts, side, given):
     merged = {**asdict(opts), **saved, "data": opts.data, "output": opts.output, "resume": True, "wait": opts.wait,
               "threads": opts.threads, "overwrite": bool(saved.get("overwrite", True) or opts.overwrite),
               "fail_on_collapse": bool(saved.get("fail_on_collapse", False) or opts.fail_on_collapse),
+              "no_cache": opts.no_cache,
               "plot": opts.plot or saved.get("plot")}
     if merged["plot"]:
         outputs.check_plot_suffix(merged["plot"])

@@ -306,11 +306,11 @@ class Loaded(NamedTuple):
     channels: int  # C: 1 or 3
 
 
-def _decode_chunk(paths: list[Path], size: int, channels: int, resize: str) -> list:
+def _decode_chunk(paths: list[Path], size: int, channels: int, resize: str, decoder: Callable = decode) -> list:
     out = []
     for p in paths:
         try:
-            out.append(decode(p, size, channels, resize))
+            out.append(decoder(p, size, channels, resize))
         except BadImageError as exc:
             out.append(exc)
     return out
@@ -326,6 +326,7 @@ def load_images(
     classes: Sequence[str] | None = None,
     allow_lost_classes: bool = False,
     resize: str = "crop",
+    decoder: Callable[..., np.ndarray] | None = None,
 ) -> Loaded:
     """Decode (path, label) items into uint8 (N, C, size, size) and int64 labels (N,), in input order.
 
@@ -334,7 +335,8 @@ def load_images(
     on_bad(path, reason) and returned in `bad`; with strict=True the first bad file (in input order) raises
     BadImageError instead. A class that had items but lost all of them to bad files raises DataError (named
     from `classes` when given) unless allow_lost_classes (eval: such a class just has no support). Decoding
-    runs in `workers` threads; `resize` is the decoder's rule (images.RESIZE_RULES); memory stays at one byte per kept value (gray images are stored with one
+    runs in `workers` threads; `resize` is the decoder's rule (images.RESIZE_RULES); `decoder` replaces
+    images.decode (same signature and result: a decode cache's); memory stays at one byte per kept value (gray images are stored with one
     channel until a colour image is seen).
     """
     if color not in ("auto", "gray", "rgb"):
@@ -350,7 +352,7 @@ def load_images(
     chunks = [[Path(p) for p, _ in items[i : i + chunk]] for i in range(0, n, chunk)]
     with bombs_are_errors(), ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         results = pool.map(_decode_chunk, chunks, [size] * len(chunks), [decoded] * len(chunks),
-                           [resize] * len(chunks))
+                           [resize] * len(chunks), [decoder or decode] * len(chunks))
         i = 0
         for res in results:
             for r in res:

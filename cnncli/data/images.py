@@ -30,6 +30,7 @@ Every failure raises BadImageError("<path>: <short reason>"). Files are only eve
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import re
@@ -46,6 +47,8 @@ IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", 
 ALLOWED_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")
 MIN_SIDE = 4
 RESIZE_RULES = ("crop", "squash", "pad")  # see rule 8 above; "crop" is what files without a rule used
+# Bump when `decode` gives other pixels for the same file and settings: persistent decode caches key on it.
+DECODER_REVISION = 1
 
 _ORIENTATION_TAG = 0x0112
 
@@ -201,20 +204,36 @@ def _check_jpeg_length(path: str | os.PathLike, im: Image.Image, fp) -> None:
         raise BadImageError(f"{path}: truncated image ({reason})")
 
 
-def _decode(path: str | os.PathLike, size: int, rgb: bool, resize: str = "crop") -> np.ndarray:
+def _source(path: str | os.PathLike, content: bytes | None):
+    """An open binary file for `path`, or a memory file over `content` (the bytes a caller already read)."""
+    if content is not None:
+        if not content:
+            raise BadImageError(f"{path}: empty file")
+        return io.BytesIO(content)
+    try:
+        if os.path.getsize(path) == 0:
+            raise BadImageError(f"{path}: empty file")
+        return open(path, "rb")
+    except OSError as exc:
+        raise BadImageError(f"{path}: cannot read file ({exc.strerror or exc})") from exc
+
+
+def read_bytes(path: str | os.PathLike) -> bytes:
+    """The whole file, or BadImageError("<path>: cannot read file (...)") as `decode` reports it."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise BadImageError(f"{path}: cannot read file ({exc.strerror or exc})") from exc
+
+
+def _decode(path: str | os.PathLike, size: int, rgb: bool, resize: str = "crop",
+            content: bytes | None = None) -> np.ndarray:
     """Core of `decode`, without warning handling: uint8 (H, W) for a gray source (even with rgb=True) or
     luma (rgb=False), (H, W, 3) for a colour source with rgb=True."""
     if size < 1:
         raise ValueError(f"size must be positive, got {size}")
-    try:
-        if os.path.getsize(path) == 0:
-            raise BadImageError(f"{path}: empty file")
-    except OSError as exc:
-        raise BadImageError(f"{path}: cannot read file ({exc.strerror or exc})") from exc
-    try:
-        fp = open(path, "rb")
-    except OSError as exc:
-        raise BadImageError(f"{path}: cannot read file ({exc.strerror or exc})") from exc
+    fp = _source(path, content)
     try:
         with fp:
             im = _open(path, fp)
@@ -269,23 +288,26 @@ def bombs_are_errors() -> warnings.catch_warnings:
     return _BombsAreErrors()
 
 
-def decode(path: str | os.PathLike, size: int, channels: int, resize: str = "crop") -> np.ndarray:
+def decode(path: str | os.PathLike, size: int, channels: int, resize: str = "crop",
+           content: bytes | None = None) -> np.ndarray:
     """Read one image file as uint8 of shape (channels, size, size); channels is 1 (gray) or 3 (RGB).
 
     The one decoder behind train, eval and predict (rules in the module docstring). With channels=3 a source
     without colour comes out with three equal channels, so `is_gray(x)` tells whether the source was gray
-    (a gray mode, or colour pixels that are all gray). Raises BadImageError("<path>: <reason>") for anything
-    that is not a readable image, ValueError for a bad size, channel count or resize rule (RESIZE_RULES).
+    (a gray mode, or colour pixels that are all gray). `content`: the file's bytes, already read by the caller
+    (the decode cache hashes exactly the bytes it decodes); `path` then only names the file in errors.
+    Raises BadImageError("<path>: <reason>") for anything that is not a readable image, ValueError for a bad
+    size, channel count or resize rule (RESIZE_RULES).
     """
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
     if resize not in RESIZE_RULES:
         raise ValueError(f"resize must be one of {', '.join(RESIZE_RULES)}, got {resize!r}")
     if _open_blocks:  # the caller's block covers every thread
-        arr = _decode(path, size, channels == 3, resize)
+        arr = _decode(path, size, channels == 3, resize, content)
     else:
         with bombs_are_errors():
-            arr = _decode(path, size, channels == 3, resize)
+            arr = _decode(path, size, channels == 3, resize, content)
     return to_chw(arr, channels)
 
 

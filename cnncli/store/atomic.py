@@ -90,11 +90,13 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, durable: bool = True) -> None:
     """Replace the file at `path` with `data` atomically and durably.
 
     Writes a unique temp file in the same directory (same filesystem, so the rename is atomic), fsyncs it,
-    `os.replace`s it onto `path` and fsyncs the directory. An existing file at `path` is never opened for
+    `os.replace`s it onto `path` and fsyncs the directory. durable=False skips both fsyncs: still atomic
+    (readers see the old or the new file), but a power loss may lose or empty the file; only for files whose
+    readers verify them anyway (decode cache entries). An existing file at `path` is never opened for
     writing, so it cannot be truncated or damaged. If `path` is a symlink, the link itself is replaced.
 
     Raises WriteError("<path>: cannot write: <reason>") on any failure, after removing the temp file.
@@ -113,10 +115,12 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             os.fchmod(f.fileno(), _new_file_mode(path))
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
         tmp = None
-        _fsync_dir(directory)
+        if durable:
+            _fsync_dir(directory)
     except BaseException as exc:
         if tmp is not None:
             try:
