@@ -66,8 +66,8 @@ def train(
     resize: ResizeOption = Resize.crop,
     class_weights: Annotated[ClassWeights, typer.Option(help="auto: weight the loss against class imbalance.",
                                                         rich_help_panel=DATA)] = ClassWeights.none,
-    strict: Annotated[bool, typer.Option("--strict", help="Stop at the first unreadable image instead of "
-                                         "skipping it.", rich_help_panel=DATA)] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Stop at the first bad image.",
+                                         rich_help_panel=DATA)] = False,
     no_cache: NoCacheOption = False, arch: Annotated[str, typer.Option(help="Architecture spec or preset (tiny, m1, default).",
                                       rich_help_panel=MODEL)] = "default",
     seed: Annotated[int, typer.Option(help="Seed for initial weights, split, shuffling and augmentation.",

@@ -74,8 +74,7 @@ Resize = _choices("Resize", "crop", "squash", "pad")
 Augment = _choices("Augment", "none", "light", "photo")
 AugmentOption = Annotated[Augment, typer.Option(help="light: flips, shifts; photo: crop, turn, colour (bare: light).",
                                                 show_default=False, rich_help_panel=DATA)]
-NoCacheOption = Annotated[bool, typer.Option("--no-cache", help="Decode every image; read and write no decode "
-                                             "cache.", rich_help_panel=DATA)]
+NoCacheOption = Annotated[bool, typer.Option("--no-cache", help="No on-disk decode cache.", rich_help_panel=DATA)]
 ResizeOption = Annotated[Resize, typer.Option(help="Centre square (default), whole image or letterbox.",
                                               show_default=False, rich_help_panel=DATA)]
 TTA = Annotated[bool, typer.Option("--tta", help="Average each image with its mirror image.", rich_help_panel=MODEL)]
