@@ -35,16 +35,27 @@ class EvalOptions:
     min_confidence: float | None = None  # report (and with save_threshold store) this "unknown" cut-off
     shard: tuple | None = None  # (i, n): score only shard i of n of the scored part (commands/shard.py)
     tta: bool = False  # average each image's logits with its mirror's
+    progress: bool = True  # a bar over the scored images on stderr, when it is a terminal and they are many
 
 
-def _load(part, clf, on_warn):
-    """Decode a Part's images; returns (folders.Loaded, proba float32 (N, K)). DataError when none decode."""
+def _load(part, clf, on_warn, progress=False):
+    """Decode a Part's images; returns (folders.Loaded, proba float32 (N, K)). DataError when none decode.
+    progress: draw a bar over the decoding (on a terminal only, and only for more than LONG_RUN images)."""
     def on_bad(path, reason):
         if on_warn is not None:
             on_warn(f"skipped {path}: {reason}")
 
-    loaded = folders.load_images(part.items, clf.size, color=clf.color, on_bad=on_bad, classes=clf.classes,
-                                 allow_lost_classes=True, resize=clf.resize)  # README: unreadable images are skipped, always
+    from cnncli.commands.progress import LONG_RUN, InputsProgress, live_terminal
+
+    long_run = progress and len(part.items) >= LONG_RUN
+    bar = InputsProgress("eval", len(part.items)) if long_run and live_terminal() else None
+    try:  # README: unreadable images are skipped, always
+        loaded = folders.load_images(part.items, clf.size, color=clf.color, on_bad=on_bad, classes=clf.classes,
+                                     allow_lost_classes=True, resize=clf.resize,
+                                     on_progress=bar.update if bar is not None else None)
+    finally:
+        if bar is not None:
+            bar.close()
     if len(loaded.y) == 0:
         raise DataError(f"{part.source}: no readable images")
     return loaded, clf.proba(loaded.x)
@@ -146,7 +157,7 @@ def run(opts, on_warn=None):
     outputs.check_not_inputs(plot_out, [model_path, *(p for p, _ in scored.items)], root=opts.data)
     threshold = opts.threshold if opts.threshold is not None else clf.threshold
     picked = calibrated = None
-    loaded, proba = _load(scored, clf, on_warn)
+    loaded, proba = _load(scored, clf, on_warn, opts.progress)
     if opts.calibrate or opts.pick_threshold:
         what = "temperature fitted" if opts.calibrate else "threshold picked"
         tune, tune_loaded = _tuning(opts, splits, scored, loaded, clf, on_warn, what)

@@ -78,6 +78,8 @@ NoCacheOption = Annotated[bool, typer.Option("--no-cache", help="No on-disk deco
 ResizeOption = Annotated[Resize, typer.Option(help="Centre square (default), whole image or letterbox.",
                                               show_default=False, rich_help_panel=DATA)]
 TTA = Annotated[bool, typer.Option("--tta", help="Average each image with its mirror image.", rich_help_panel=MODEL)]
+NoProgress = Annotated[bool, typer.Option("--no-progress", rich_help_panel=RUN,
+                                          help="No progress bar on a terminal (never drawn elsewhere).")]
 # Options that took no value before they took one: given bare, they mean this value.
 _BARE = {"--augment": ("light", tuple(m.value for m in Augment))}
 

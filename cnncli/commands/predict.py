@@ -46,7 +46,8 @@ class PredictOptions:
     sort_into: str | None = None  # link or copy images into DIR/<label>/ (commands/sorting.py)
     copy: bool = False
     log_timestamps: bool = False
-    summary: bool | None = None  # end-of-run line on stderr; None: when stderr is no terminal and the run was long
+    summary: bool | None = None  # end-of-run line on stderr; None: when the run was long (a full first batch)
+    progress: bool = True  # a bar on stderr over the inputs of a long run, when stderr is a terminal
 
 
 def parse_band(text):
@@ -206,6 +207,14 @@ def _exit_with_parent(parent, every=0.2):
 
 
 def _process_pool(workers):
+    # The pool's queues need multiprocessing's resource tracker, a helper process that removes their semaphores
+    # should predict be killed outright (SIGKILL) and then says so in a 'leaked semaphore objects' warning on
+    # the stderr it inherited: noise in a cron log, as nothing was lost. Started first with stderr on /dev/null.
+    from multiprocessing import resource_tracker
+
+    from cnncli.commands.streams import spawn_without_stderr
+
+    spawn_without_stderr(resource_tracker.ensure_running)
     # spawn, not fork: the parent already runs threads (kernels, the input reader), which fork would copy mid-state.
     return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
                                initargs=(os.getpid(),))
@@ -309,12 +318,18 @@ def run(opts, on_error=None, out=None):
         # A full first batch means a long run: decode in worker processes, since decoding small images is
         # mostly Python work that holds the GIL, and threads would share one core. Short runs keep threads,
         # which start at once.
-        full = current is not None and len(current) >= opts.batch_size and opts.workers > 1
+        long_run = current is not None and len(current) >= opts.batch_size
+        full = long_run and opts.workers > 1
         if opts.summary is None:
-            extras.summary = full and not sys.stderr.isatty()
+            extras.summary = long_run  # on a terminal, the summary line takes the place of the erased bar
         pool = _process_pool(opts.workers) if full else ThreadPoolExecutor(max(1, opts.workers))
-        finished = False
+        finished, bar = False, None
         try:
+            if long_run:
+                from cnncli.commands.predict_extras import progress_bar
+
+                bar = progress_bar(opts)
+
             def read_ahead():
                 batch = next(batches, None)
                 return batch, (_submit_decodes(pool, batch, size, channels, opts.workers, clf.resize) if batch else None)
@@ -347,9 +362,13 @@ def run(opts, on_error=None, out=None):
                             on_error(path, decoded[i])
                 out.flush()
                 extras.batch_done()  # after the rows went out: a rerun prints a row at least once
+                if bar is not None:
+                    bar.update(seen + extras.counts["skipped"])
                 current, pending = upcoming()
             finished = True
         finally:
+            if bar is not None:
+                bar.close()  # before the summary line, which takes its place
             _stop_pool(pool, finished)
             extras.close(finished)
     if seen == 0 and not extras.counts["skipped"]:

@@ -17,8 +17,9 @@ from cnncli.errors import UsageError, one_line
 TIMESTAMP_ENV = "CNNCLI_LOG_TIMESTAMPS"
 
 
-def batch_options(opts, shard, ledger, new_only, sort_into, copy, log_timestamps):
+def batch_options(opts, shard, ledger, new_only, sort_into, copy, log_timestamps, no_progress=False):
     """Check and set PredictOptions' batch-run fields from the command line's values; UsageError if they clash."""
+    opts.progress = not no_progress
     if new_only and not ledger:
         raise UsageError("--new-only: needs --ledger FILE")
     if copy and not sort_into:
@@ -29,6 +30,23 @@ def batch_options(opts, shard, ledger, new_only, sort_into, copy, log_timestamps
     opts.log_timestamps = log_timestamps
     if log_timestamps or ledger or shard or sort_into:
         opts.summary = True
+
+
+def progress_bar(opts):
+    """The bar over a long predict run's inputs (progress.InputsProgress), or None when none may be drawn.
+
+    Its total is counted on the side (the same inputs, listed again, through the same shard) unless paths come
+    from stdin, which can be read only once: then it counts up without a total."""
+    from cnncli.commands.progress import InputsProgress, live_terminal
+
+    if not (opts.progress and live_terminal()):
+        return None
+    bar = InputsProgress("predict")
+    if "-" not in opts.inputs:
+        from cnncli.commands.predict_inputs import iter_inputs
+
+        bar.count_total(take_shard(iter_inputs(opts.inputs, opts.null), opts.shard))
+    return bar
 
 
 class Known:

@@ -40,6 +40,25 @@ def stderr_on_null():
     return io.TextIOWrapper(io.FileIO(2, "w", closefd=False), errors="backslashreplace", line_buffering=True)
 
 
+def spawn_without_stderr(start):
+    """Call start() (which starts a helper process) with fd 2 on /dev/null, so the helper inherits that instead of
+    the user's stderr; fd 2 is restored before returning. For helpers whose only messages would be noise."""
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr to protect
+        return start()
+    try:
+        sys.stderr.flush()  # what is buffered belongs to the real stderr
+    except (OSError, ValueError, AttributeError):
+        pass
+    try:
+        _null_onto(2)
+        return start()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def say(msg):
     """Write one message line to stderr; if stderr cannot take it, drop it (and every later one) quietly."""
     try:

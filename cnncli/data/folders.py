@@ -327,6 +327,7 @@ def load_images(
     allow_lost_classes: bool = False,
     resize: str = "crop",
     decoder: Callable[..., np.ndarray] | None = None,
+    on_progress: Callable[[int], None] | None = None,
 ) -> Loaded:
     """Decode (path, label) items into uint8 (N, C, size, size) and int64 labels (N,), in input order.
 
@@ -337,7 +338,8 @@ def load_images(
     from `classes` when given) unless allow_lost_classes (eval: such a class just has no support). Decoding
     runs in `workers` threads; `resize` is the decoder's rule (images.RESIZE_RULES); `decoder` replaces
     images.decode (same signature and result: a decode cache's); memory stays at one byte per kept value (gray images are stored with one
-    channel until a colour image is seen).
+    channel until a colour image is seen). on_progress(done) hears the number of
+    items decoded so far, after each chunk.
     """
     if color not in ("auto", "gray", "rgb"):
         raise ValueError(f"color must be auto, gray or rgb, got {color!r}")
@@ -376,6 +378,8 @@ def load_images(
                     x[i] = r[:channels]  # r has `decoded` channels, all equal while the run is gray
                     keep[i] = True
                 i += 1
+            if on_progress is not None:
+                on_progress(i)
     labels = np.fromiter((int(lbl) for _, lbl in items), np.int64, count=n)
     if bad and not allow_lost_classes:
         had = set(labels.tolist())
