@@ -13,9 +13,10 @@ import typer
 
 from cnncli import __version__
 from cnncli.commands.options import (DATA, MODEL, MODEL_HELP, OPTIMISATION, OUTPUT, RUN, CheckFormat, ClassWeights,
-                                     Color, EvalFormat, NoCacheOption, EvalSplit, HelpCommand, HelpGroup, OptimizerName,
-                                     PredictFormat, Augment, AugmentOption, Resize, ResizeOption, ShowFormat, TTA, examples,
-                                     NoProgress, given_options, positive_finite, probability, require)
+                                     Color, EvalFormat, NoCacheOption, EvalSplit, HelpCommand, HelpGroup, NoEarlyStop,
+                                     OptimizerName, PatienceOption, PredictFormat, Augment, AugmentOption, Resize,
+                                     ResizeOption, ShowFormat, TTA, examples, NoProgress, given_options, positive_finite,
+                                     probability, require)
 from cnncli.commands.ledger_cli import app as ledger_app
 from cnncli.commands.streams import say
 from cnncli.errors import EXIT_GATE, one_line
@@ -70,7 +71,7 @@ def train(
                                          rich_help_panel=DATA)] = False,
     no_cache: NoCacheOption = False, arch: Annotated[str, typer.Option(help="Architecture spec or preset (tiny, m1, default).",
                                       rich_help_panel=MODEL)] = "default",
-    seed: Annotated[int, typer.Option(help="Seed for initial weights, split, shuffling and augmentation.",
+    seed: Annotated[int, typer.Option(help="Seed for weights, split, shuffling, augmentation.",
                                       rich_help_panel=MODEL)] = 0,
     epochs: Annotated[Optional[int], typer.Option(
         help="Passes over the training images (default: about 4,500 gradient steps, 3 to 50 epochs).",
@@ -94,17 +95,17 @@ def train(
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Only warnings and errors on stderr.",
                                         rich_help_panel=OUTPUT)] = False,
     fail_on_collapse: Annotated[bool, typer.Option(
-        "--fail-on-collapse", help="Exit 3 without writing weights when training collapsed (one class for all, or "
-        "a runaway loss).", rich_help_panel=RUN)] = False,
-    patience: Annotated[Optional[int], typer.Option(help="Stop after this many epochs without a better validation "
-                                                    "accuracy.", rich_help_panel=RUN)] = None,
+        "--fail-on-collapse", help="Exit 3, writing nothing, if training collapsed (one class, runaway loss).",
+        rich_help_panel=RUN)] = False,
+    patience: PatienceOption = None,
+    no_early_stop: NoEarlyStop = False,
     max_time: Annotated[Optional[float], typer.Option(help="Stop training after this many seconds.",
                                                       rich_help_panel=RUN)] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its checkpoint.",
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run.",
                                          rich_help_panel=RUN)] = False,
     threads: Annotated[Optional[int], typer.Option(help="Worker threads (default: all CPUs).",
                                                    rich_help_panel=RUN)] = None,
-    wait: Annotated[float, typer.Option(help="Seconds to wait for another run writing the same output.",
+    wait: Annotated[float, typer.Option(help="Seconds to wait for a run on this output.",
                                         rich_help_panel=RUN)] = 0.0,
 ):
     """Train a classifier on a labeled image folder and write a weight file."""
@@ -116,7 +117,6 @@ def train(
     require(0 <= val_split < 1, "--val-split", f"must be in [0, 1), got {val_split}")
     require(size is None or 4 <= size <= 1024, "--size", f"must be between 4 and 1024, got {size}")
     require(0 <= seed < 2**32, "--seed", f"must be between 0 and 4294967295, got {seed}")
-    require(patience is None or patience >= 1, "--patience", f"must be at least 1, got {patience}")
     positive_finite(max_time, "--max-time")
     positive_finite(clip_norm, "--clip-norm")
     require(threads is None or 1 <= threads <= 1024, "--threads", f"must be at least 1, got {threads}")
@@ -126,7 +126,7 @@ def train(
 
     opts = TrainOptions(data=str(data), output=str(output), arch=arch, size=size, color=color.value, epochs=epochs,
                         batch_size=batch_size, lr=lr, optimizer=optimizer.value, weight_decay=weight_decay,
-                        val_split=val_split, seed=seed, augment=augment.value,
+                        val_split=val_split, seed=seed, augment=augment.value, no_early_stop=no_early_stop,
                         resize=resize.value, class_weights=class_weights.value,
                         patience=patience, max_time=max_time, clip_norm=clip_norm, threads=threads,
                         overwrite=overwrite, resume=resume, strict=strict, wait=wait,

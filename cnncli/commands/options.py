@@ -5,7 +5,7 @@ The option signatures, and their defaults (written there once and shown by --hel
 
 import math
 from enum import Enum
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -77,6 +77,11 @@ AugmentOption = Annotated[Augment, typer.Option(help="light: flips, shifts; phot
 NoCacheOption = Annotated[bool, typer.Option("--no-cache", help="No on-disk decode cache.", rich_help_panel=DATA)]
 ResizeOption = Annotated[Resize, typer.Option(help="Centre square (default), whole image or letterbox.",
                                               show_default=False, rich_help_panel=DATA)]
+PatienceOption = Annotated[Optional[int], typer.Option(
+    help="Stop after N epochs without gain (0: never; default: max(3, epochs/5)).",
+    metavar="N", show_default=False, rich_help_panel=RUN)]
+NoEarlyStop = Annotated[bool, typer.Option("--no-early-stop", help="Run every epoch (same as --patience 0).",
+                                           rich_help_panel=RUN)]
 TTA = Annotated[bool, typer.Option("--tta", help="Average each image with its mirror image.", rich_help_panel=MODEL)]
 NoProgress = Annotated[bool, typer.Option("--no-progress", rich_help_panel=RUN,
                                           help="No progress bar on a terminal (never drawn elsewhere).")]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cnncli.commands import outputs, train_resume
+from cnncli.commands import outputs, train_options, train_resume
 from cnncli.data import audit, folders
 from cnncli.data.augment import photo_batch
 
@@ -55,7 +55,7 @@ class TrainOptions:
     augment: str  # none, light or photo (data/augment.py)
     resize: str  # crop, squash or pad (data/images.py)
     class_weights: str
-    patience: int | None
+    patience: int | None  # None: train_options.patience picks it; 0: never stop early
     max_time: float | None
     clip_norm: float | None
     threads: int | None
@@ -66,6 +66,7 @@ class TrainOptions:
     plot: str | None
     fail_on_collapse: bool
     no_cache: bool = False  # decode every image, read and write no decode cache (store/decode_cache.py)
+    no_early_stop: bool = False
 
 
 AUTO_STEPS, AUTO_MIN_EPOCHS, AUTO_MAX_EPOCHS = 4500, 3, 50
@@ -203,6 +204,7 @@ def run(opts, report, given=frozenset()):
     command line (with --resume, those must not contradict the checkpoint). Raises CnnError subclasses for
     user-facing failures."""
     out = Path(opts.output)
+    train_options.check(opts)
     if opts.plot:
         outputs.check_plot_suffix(opts.plot)
     check_writable_target(out, overwrite=True)  # the folder, before a lock file is made in it (exit 73)
@@ -274,11 +276,12 @@ def _run_locked(opts, report, out, side, stop, given):
         mean, std = channel_stats(train.x)
         clf = modelfile.Classifier(model, ds.classes, color, mean, std, resize=resize)
         weights_by_class = (class_weights_auto(train.y, len(ds.classes)) if opts.class_weights == "auto" else None)
-        cfg = TrainConfig(epochs=opts.epochs or auto_epochs(len(train.y), opts.batch_size), batch_size=opts.batch_size, lr=opts.lr, optimizer=opts.optimizer,
+        epochs = opts.epochs or auto_epochs(len(train.y), opts.batch_size)
+        cfg = TrainConfig(epochs=epochs, batch_size=opts.batch_size, lr=opts.lr, optimizer=opts.optimizer,
                           weight_decay=opts.weight_decay, seed=opts.seed,
                           augment=opts.augment,
-                          class_weights=weights_by_class, patience=opts.patience, max_time=opts.max_time,
-                          clip_norm=opts.clip_norm)
+                          class_weights=weights_by_class, patience=train_options.patience(opts, epochs, val is not None),
+                          max_time=opts.max_time, clip_norm=opts.clip_norm)
         state, optimizer = TrainState(), None
     bad = train.bad + (val.bad if val else []) + (test.bad if test else [])
     if bad:
@@ -328,6 +331,8 @@ def _run_locked(opts, report, out, side, stop, given):
         checkpoint(state, optimizer)
         return {"interrupted": stop.signum, "checkpoint": str(side["checkpoint"]), "epoch": state.epoch,
                 "batch": state.batch}
+    if state.stop_reason == "early-stopped":
+        report.info(train_options.stop_line(state, cfg))
     summary = {"classes": ds.classes, "images_per_class": counts, "skipped_files": len(bad),
                "epochs_run": state.epoch, "best_epoch": state.best_epoch, "stop_reason": state.stop_reason,
                "seconds": round(time.monotonic() - t0, 1), "output": str(out)}
@@ -341,7 +346,8 @@ def _run_locked(opts, report, out, side, stop, given):
                  "lr": cfg.lr, "weight_decay": cfg.weight_decay, "batch_size": cfg.batch_size, "augment": cfg.augment,
                  "class_weights": cfg.class_weights, "images": len(train.y),
                  "val_accuracy": summary.get("val_accuracy"), "test_accuracy": summary.get("test_accuracy"),
-                 "stop_reason": state.stop_reason, "data": data_path, "run_id": run_id}
+                 "stop_reason": state.stop_reason, "epochs_planned": cfg.epochs, "patience": cfg.patience,
+                 "data": data_path, "run_id": run_id}
     try:
         found = check_collapse(state.history, val.y if val is not None else None, val_predicted, len(clf.classes),
                                cfg.lr, opts.fail_on_collapse)

@@ -33,9 +33,10 @@ class TrainConfig:
     seed: int = 0
     augment: bool | str = False  # "none", "light" (or True: augment_batch) or "photo" (fit's `augment` callable)
     class_weights: list | None = None  # one weight per class, or None
-    patience: int | None = None  # epochs without a better validation accuracy before stopping
+    patience: int | None = None  # epochs without a better validation score before stopping (None: never)
     max_time: float | None = None  # seconds of training, checked after every batch
     clip_norm: float | None = None
+    freeze: int = 0  # the first `freeze` layers with parameters are never updated (fine-tuning)
 
 
 @dataclass
@@ -88,6 +89,27 @@ def warmup_steps(optimizer, per_epoch, total):
     return min(max(per_epoch, total // 20, WARMUP_MIN_STEPS), 200, max(1, total // 4))
 
 
+def default_patience(epochs):
+    """Early-stopping patience for a budget of `epochs`: max(3, ceil(epochs / 5)), a fifth of the budget and
+    never under 3 epochs (so a run of 4 epochs or fewer never stops early)."""
+    return max(3, math.ceil(epochs / 5))
+
+
+def frozen_layers(model, n):
+    """Indices of the first n layers of model that have parameters (the layers `--freeze n` keeps fixed);
+    ValueError when n leaves no layer with parameters to train."""
+    with_params = [i for i, layer in enumerate(model.layers) if layer.params]
+    if not 0 <= n < len(with_params):
+        raise ValueError(f"{model.spec} has {len(with_params)} layers with parameters; at most "
+                         f"{len(with_params) - 1} can be frozen, got {n}")
+    return frozenset(with_params[:n])
+
+
+def _trainable(pairs, frozen):
+    """The (name, array) pairs of Model.named() outside the frozen layer indices."""
+    return [(name, v) for name, v in pairs if int(name.split(".")[1]) not in frozen] if frozen else pairs
+
+
 def evaluate(model, x, y, to_float, batch_size=256):
     """(mean loss, accuracy, probabilities (N, K)) of model on uint8 images x (N, C, H, W) with labels y (N,)."""
     proba = np.concatenate([model.predict_proba(to_float(x[i:i + batch_size]), batch_size)
@@ -106,6 +128,9 @@ def fit(model, x, y, cfg, to_float, x_val=None, y_val=None, state=None, optimize
     the run with stop_reason 'interrupted' and a state that fit() can resume from. Raises DivergedError
     when the loss becomes NaN or infinite. augment(uint8 batch, rng) -> uint8 batch, when given, changes each
     training batch (cfg.augment only names it); without it cfg.augment True or "light" uses augment_batch.
+    The first cfg.freeze layers with parameters are left out of the optimizer (and of gradient clipping),
+    so their weights stay bit-identical. With cfg.patience and a validation set, the run ends after
+    cfg.patience epochs without a better validation score (stop_reason 'early-stopped').
     """
     state = state or TrainState()
     state.stop_reason = ""
@@ -115,6 +140,7 @@ def fit(model, x, y, cfg, to_float, x_val=None, y_val=None, state=None, optimize
     total = per_epoch * cfg.epochs
     warmup = warmup_steps(cfg.optimizer, per_epoch, total)
     weights = None if cfg.class_weights is None else np.asarray(cfg.class_weights, np.float32)
+    frozen = frozen_layers(model, cfg.freeze)
     started = time.monotonic() - state.elapsed
     if augment is None and cfg.augment not in (False, "none"):
         if cfg.augment not in (True, "light"):
@@ -129,14 +155,14 @@ def fit(model, x, y, cfg, to_float, x_val=None, y_val=None, state=None, optimize
                 xb = augment(xb, np.random.default_rng([cfg.seed, 2, state.epoch, b]))
             model.set_dropout_rng(np.random.default_rng([cfg.seed, 3, state.epoch, b]))
             loss, logits = model.loss_and_grads(to_float(xb), y[idx], weights)
-            grads = model.named("grads")
+            grads = _trainable(model.named("grads"), frozen)
             if not math.isfinite(loss) or not all(np.isfinite(g).all() for _, g in grads):
                 raise DivergedError(f"the loss became {loss} at epoch {state.epoch + 1}, batch {b + 1}: "
                                     f"training diverged; try a lower learning rate (--lr {cfg.lr / 10:g}) or --clip-norm")
             if cfg.clip_norm:
                 clip_by_global_norm(grads, cfg.clip_norm)
             lr = learning_rate(cfg.lr, state.step, total, cfg.schedule, warmup)
-            optimizer.step(model.named(), grads, lr)
+            optimizer.step(_trainable(model.named(), frozen), grads, lr)
             state.step += 1
             state.batch = b + 1
             run = state.running
@@ -166,7 +192,7 @@ def fit(model, x, y, cfg, to_float, x_val=None, y_val=None, state=None, optimize
         if cfg.max_time is not None and state.elapsed >= cfg.max_time:
             state.stop_reason = "time-limit"
             break
-        if cfg.patience is not None and state.epochs_without_gain >= cfg.patience:
+        if cfg.patience and state.epochs_without_gain >= cfg.patience:
             state.stop_reason = "early-stopped"
             break
     state.stop_reason = state.stop_reason or "completed"

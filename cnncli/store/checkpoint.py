@@ -68,15 +68,19 @@ STATE = {"epoch": _int(0), "batch": _int(0), "step": _int(0), "elapsed": _num(0)
 CONFIG = {"epochs": _int(1), "batch_size": _int(1), "lr": _num(0, strict=True), "optimizer": _one_of(*OPTIMIZERS),
           "weight_decay": _num(0), "schedule": _one_of("cosine", "constant"), "seed": _kind(int, "an integer"),
           "augment": _AUGMENT, "class_weights": _WEIGHTS, "patience": _opt(_int(1)),
-          "max_time": _opt(_num(0, strict=True)), "clip_norm": _opt(_num(0, strict=True))}
+          "max_time": _opt(_num(0, strict=True)), "clip_norm": _opt(_num(0, strict=True)),
+          "freeze": _int(0)}
+# Config fields added after checkpoints were first written, with the value an older checkpoint meant.
+CONFIG_SINCE = {"freeze": 0}
 OPTIONS = {"data": _kind(str, "a string"), "output": _kind(str, "a string"), "arch": _kind(str, "a string"),
            "size": _opt(("4 to 1024", lambda v: _int(4)[1](v) and v <= 1024)), "color": _one_of("auto", "gray", "rgb"),
            "epochs": _opt(_int(1)), "batch_size": _int(1), "lr": _num(0, strict=True), "optimizer": _one_of(*OPTIMIZERS),
            "weight_decay": _num(0), "val_split": ("a number in [0, 1)", lambda v: _num(0)[1](v) and v < 1),
            "seed": _kind(int, "an integer"), "augment": _AUGMENT_OPTION,
-           "resize": _opt(_one_of("crop", "squash", "pad")), "class_weights": _one_of("none", "auto"), "patience": _opt(_int(1)), "max_time": _opt(_num(0, strict=True)),
+           "resize": _opt(_one_of("crop", "squash", "pad")), "class_weights": _one_of("none", "auto"), "patience": _opt(_int(0)), "max_time": _opt(_num(0, strict=True)),
            "clip_norm": _opt(_num(0, strict=True)), "threads": _opt(_int(1)), "overwrite": _kind(bool, "true or false"),
-           "strict": _kind(bool, "true or false"), "plot": _opt(_kind(str, "a string"))}
+           "strict": _kind(bool, "true or false"), "plot": _opt(_kind(str, "a string")),
+           "no_early_stop": _kind(bool, "true or false")}
 
 
 def _check_map(path, name, value, required, checks, extra_ok=False):
@@ -124,6 +128,8 @@ def read(path):
     shapes = clf.model.expected_shapes()
     _check_map(path, "state", meta.get("state"), [f.name for f in fields(TrainState) if f.name != "best_weights"],
                STATE)
+    if isinstance(meta.get("config"), dict):
+        meta["config"] = {**CONFIG_SINCE, **meta["config"]}
     _check_map(path, "config", meta.get("config"), [f.name for f in fields(TrainConfig)], CONFIG)
     _check_map(path, "options", meta.get("options"), [], OPTIONS, extra_ok=True)
     cfg = TrainConfig(**meta["config"])
