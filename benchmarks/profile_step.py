@@ -1,11 +1,13 @@
 """Per-layer profile of one cnncli training step: ms per layer, forward and backward.
 
-    python benchmarks/profile_step.py [--net default28] [--threads N] [--steps 10]
+    python benchmarks/profile_step.py [--net default28] [--threads N] [--steps 10] [--cnncli-path DIR]
 
-NET is a key of nets.NETS. Runs the steps of Model.loss_and_grads and SGD layer by layer, timing each call;
-prints the median wall and CPU (process time, all threads) ms per layer over --steps steps after 3 warm-up
-steps, for the loss and the optimizer step too, and for the whole step. On a busy machine the CPU column with
---threads 1 is the steadiest figure; wall time is what a user waits.
+NET is a key of nets.NETS. Runs the steps of Model.loss_and_grads and SGD layer by layer, as the model runs
+them (a conv and the ReLU after it are one row when the model fuses them, and so are a ReLU and the max pool
+after it in the backward pass), timing each call; prints the median wall and CPU (process time, all threads)
+ms per row over --steps steps after 3 warm-up steps, for the loss and the optimizer step too, and for the
+whole step. On a busy machine the CPU column with --threads 1 is the steadiest figure; wall time is what a
+user waits. --cnncli-path measures another checkout (an older one runs its layers one by one, as it did).
 """
 
 import argparse
@@ -15,18 +17,25 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+if "--cnncli-path" in sys.argv[:-1]:  # before cnncli is imported: the checkout to measure
+    sys.path.insert(0, os.path.abspath(sys.argv[sys.argv.index("--cnncli-path") + 1]))
 
 import cnncli.config  # noqa: E402,F401  (as the cnncli command: before numpy work starts)
 from cnncli.engine import kernels  # noqa: E402
-from cnncli.engine.layers import softmax_cross_entropy  # noqa: E402
+from cnncli.engine.layers import Activation, Conv, MaxPool, softmax_cross_entropy  # noqa: E402
 from cnncli.engine.model import Model  # noqa: E402
 from cnncli.engine.optim import SGD  # noqa: E402
 from nets import NETS, data  # noqa: E402
 
 
+def _relu(layers, i):
+    return 0 <= i < len(layers) and isinstance(layers[i], Activation) and layers[i].kind == "relu"
+
+
 def profile(model, opt, x, y, steps):
     """{row name: [(wall ms, CPU ms) per step]}, with a row for the whole step."""
     layers = model.layers
+    fuses = hasattr(Activation, "fused")  # checkouts before the training fusion run every layer on its own
     rows = {}
 
     def rec(name, t0, c0=None):
@@ -34,19 +43,32 @@ def profile(model, opt, x, y, steps):
 
     for _ in range(steps):
         step_wall, step_cpu = time.perf_counter(), time.process_time()
-        h = x
-        for i, layer in enumerate(layers):
+        h, i = x, 0
+        while i < len(layers):
             t0, c0 = time.perf_counter(), time.process_time()
-            h = layer.forward(h, True)
-            rec(f"{i:2d} {layer.token} fwd", t0, c0)
+            if fuses and isinstance(layers[i], Conv) and _relu(layers, i + 1):
+                h = layers[i + 1].fused(layers[i].forward(h, True, relu=True))
+                rec(f"{i:2d} {layers[i].token}+relu fwd", t0, c0)
+                i += 2
+            else:
+                h = layers[i].forward(h, True)
+                rec(f"{i:2d} {layers[i].token} fwd", t0, c0)
+                i += 1
         t0, c0 = time.perf_counter(), time.process_time()
         _, d = softmax_cross_entropy(h.reshape(len(x), -1), y)
         rec("   loss", t0, c0)
         d = d.reshape(d.shape[0], -1, 1, 1)
-        for i in range(len(layers) - 1, -1, -1):
+        i = len(layers) - 1
+        while i >= 0:
             t0, c0 = time.perf_counter(), time.process_time()
-            d = layers[i].backward(d, need_dx=i > 0)
-            rec(f"{i:2d} {layers[i].token} bwd", t0, c0)
+            if fuses and isinstance(layers[i], MaxPool) and _relu(layers, i - 1):
+                d = layers[i].backward(d, relu=True)
+                rec(f"{i - 1:2d} relu+{layers[i].token} bwd", t0, c0)
+                i -= 2
+            else:
+                d = layers[i].backward(d, need_dx=i > 0)
+                rec(f"{i:2d} {layers[i].token} bwd", t0, c0)
+                i -= 1
         t0, c1 = time.perf_counter(), time.process_time()
         opt.step(model.named(), model.named("grads"), 0.01)
         rec("   sgd step", t0, c1)
@@ -59,6 +81,7 @@ def main():
     ap.add_argument("--net", default="default28", choices=sorted(NETS))
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--cnncli-path", help="the cnncli checkout to measure (default: the one on the path)")
     args = ap.parse_args()
     kernels.set_threads(args.threads)
     spec, shape, classes, bs, _ = NETS[args.net]
@@ -69,7 +92,8 @@ def main():
     total = statistics.median(w for w, _ in rows["   whole step"])
     total_cpu = statistics.median(c for _, c in rows["   whole step"])
     print(f"{args.net}: {spec} on {'x'.join(map(str, shape))} ({source}), batch {bs}, {args.threads} threads, "
-          f"median of {args.steps} steps; load average {os.getloadavg()[0]:.2f}")
+          f"median of {args.steps} steps; load average {os.getloadavg()[0]:.2f}; cnncli from "
+          f"{os.path.dirname(os.path.dirname(os.path.abspath(cnncli.config.__file__)))}")
     print(f"{'layer':<28} {'wall ms':>8} {'CPU ms':>8} {'CPU share':>9}")
     for name, v in rows.items():
         ms, cpu = statistics.median(w for w, _ in v), statistics.median(c for _, c in v)

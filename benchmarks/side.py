@@ -5,7 +5,8 @@
 NET is a key of nets.NETS (m1, default28, default64, default128). `run.py` starts this script once per side
 and round, each time in a new process, and interleaves the sides; run it alone only to debug one side.
 
-- cnncli: imports cnncli.config first, exactly as the `cnncli` command does, then uses the engine's Model.
+- cnncli: imports cnncli.config before anything loads numpy, exactly as the `cnncli` command does (the record's
+  numpy_before_cnncli says so), then uses the engine's Model.
 - torch: PyTorch as its users run it: torch.set_num_threads(N) and nothing else of ours in the environment.
 - ort (inference only): onnxruntime's default CPU session with intra_op_num_threads = N, running the PyTorch
   twin exported to ONNX in this process.
@@ -58,11 +59,21 @@ def _timed_passes(run_pass, n_images, seconds, minimum=3):
     return statistics.median(rates), len(rates)
 
 
+def cnncli_environment():
+    """Import cnncli.config before anything loads numpy, exactly as the `cnncli` command does, and return whether
+    numpy was loaded already. The order matters: OpenBLAS reads its thread count when numpy loads, so a numpy
+    loaded first runs every GEMM on its own threads inside each of cnncli's kernel threads (measured 4-6x
+    slower training on a busy 2-core machine)."""
+    numpy_first = "numpy" in sys.modules
+    import cnncli.config  # noqa: F401
+    return numpy_first
+
+
 def cnncli_api():
     """(kernels, model module, optim module) of the cnncli on the path: the engine/ layout or an older flat one."""
     import importlib
 
-    import cnncli.config  # noqa: F401  (what the cnncli command sets up before numpy work)
+    cnncli_environment()
     for base in ("cnncli.engine", "cnncli"):
         try:
             return tuple(importlib.import_module(f"{base}.{m}") for m in ("kernels", "model", "optim"))
@@ -168,6 +179,8 @@ def ort_infer(net, threads, seconds, x, bs):
 
 def main():
     a = _args()
+    # The cnncli side sets up its environment before nets.py imports numpy (see cnncli_environment).
+    numpy_first = cnncli_environment() if a.side == "cnncli" else None
     from nets import NETS, data
 
     if a.net not in NETS:
@@ -189,7 +202,7 @@ def main():
         rate, passes = fn(a.net, a.threads, a.seconds, x, infer_bs)
         result = {"img_s": rate, "passes": passes, "batch": infer_bs, "images": n}
     print(json.dumps({"side": a.side, "task": a.task, "net": a.net, "threads": a.threads, "data": source,
-                      **result, "load_before": load, "load_after": os.getloadavg()[0]}))
+                      **result, "numpy_before_cnncli": numpy_first, "load_before": load, "load_after": os.getloadavg()[0]}))
 
 
 if __name__ == "__main__":

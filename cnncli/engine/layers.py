@@ -118,13 +118,14 @@ class Conv(Layer):
         }
 
     def forward(self, x, training=False, relu=False):
-        """relu=True (inference only) also applies the ReLU that follows, in the same pass over the output."""
+        """relu=True also applies the ReLU that follows, in the same pass over the output (the model then hands
+        the output to that ReLU layer's `fused`)."""
         w = self.params["weight"]
         n, _, h, wd = x.shape
         _, oh, ow = self.output_shape(x.shape[1:])
         out = _take(self._fwd_slot, (n, self.filters, oh, ow), x.dtype)
         _forward_kernels(x, training).conv2d_forward(x, w, self.params["bias"], self.stride, self.padding, out,
-                                                     relu=relu and not training)
+                                                     relu=relu)
         self.x = x
         return out
 
@@ -165,12 +166,13 @@ class MaxPool(Layer):
         # The indices of the maxima, kept in inference too: `cnncli show` traces gradients through them.
         self.argmax = _take(self._arg_slot, out.shape, np.dtype(np.int32))
         _forward_kernels(x, training).maxpool_forward(x, self.size, self.stride, self.padding, out, self.argmax)
-        self.in_shape = x.shape
+        self.in_shape, self.out = x.shape, out
         return out
 
-    def backward(self, dy, need_dx=True):
+    def backward(self, dy, need_dx=True, relu=False):
+        """relu=True: the input was a ReLU's output, and dx is the gradient through that ReLU too (one pass)."""
         dx = _take(self._bwd_slot, self.in_shape, dy.dtype)
-        _numba().maxpool_backward(np.ascontiguousarray(dy), self.argmax, dx)
+        _numba().maxpool_backward(np.ascontiguousarray(dy), self.argmax, dx, self.out if relu else None)
         return dx
 
 
@@ -190,6 +192,11 @@ class Activation(Layer):
         _forward_kernels(x, training).activation_forward(self.kind, x, out)
         self.y = out
         return out
+
+    def fused(self, y):
+        """The layer before applied this activation in its own pass and returned y: keep it for backward."""
+        self.y = y
+        return y
 
     def backward(self, dy, need_dx=True):
         dx = _take(self._bwd_slot, self.y.shape, self.y.dtype)

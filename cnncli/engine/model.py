@@ -204,6 +204,10 @@ def _count(shape):
     return n
 
 
+def _is_relu(layers, i):
+    return 0 <= i < len(layers) and isinstance(layers[i], Activation) and layers[i].kind == "relu"
+
+
 class Model:
     """A CNN classifier: input (N, C, H, W) float32 -> logits (N, num_classes).
 
@@ -239,18 +243,27 @@ class Model:
         h = np.ascontiguousarray(x)
         layers, i = self.layers, 0
         while i < len(layers):
-            # Outside training a conv followed by ReLU runs as one fused pass (the ReLU layer is skipped).
-            fuse = (not training and isinstance(layers[i], Conv) and i + 1 < len(layers)
-                    and isinstance(layers[i + 1], Activation) and layers[i + 1].kind == "relu")
-            h = layers[i].forward(h, training, relu=True) if fuse else layers[i].forward(h, training)
-            i += 2 if fuse else 1
+            # A conv followed by ReLU runs as one fused pass; the ReLU layer only keeps the output for backward.
+            if isinstance(layers[i], Conv) and _is_relu(layers, i + 1):
+                h = layers[i + 1].fused(layers[i].forward(h, training, relu=True))
+                i += 2
+            else:
+                h = layers[i].forward(h, training)
+                i += 1
         return h.reshape(h.shape[0], self.num_classes)
 
     def backward(self, dlogits):
         """Fill every layer's grads from dlogits (N, num_classes); returns nothing."""
         d = dlogits.reshape(dlogits.shape[0], self.num_classes, 1, 1)
-        for i in range(len(self.layers) - 1, -1, -1):
-            d = self.layers[i].backward(d, need_dx=i > 0)
+        i = len(self.layers) - 1
+        while i >= 0:
+            # Max pooling after a ReLU: one pass gives the gradient through both (the same values bit for bit).
+            if isinstance(self.layers[i], MaxPool) and _is_relu(self.layers, i - 1):
+                d = self.layers[i].backward(d, relu=True)
+                i -= 2
+            else:
+                d = self.layers[i].backward(d, need_dx=i > 0)
+                i -= 1
 
     def loss_and_grads(self, x, labels, class_weights=None):
         """Forward and backward on a batch; returns (mean loss, logits (N, K))."""

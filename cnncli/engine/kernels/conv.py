@@ -23,7 +23,8 @@ def conv2d_forward(x, w, b, stride, padding, out, relu=False):
     """out (N, F, OH, OW) = cross-correlation of x (N, C, H, W) with w (F, C, KH, KW), plus b (F,).
 
     stride and padding are (sh, sw) and (ph, pw); padding is zeros. All arrays C-contiguous, one float dtype.
-    relu=True applies ReLU to out as activation_forward would (inference fusion: no second pass over memory).
+    relu=True applies ReLU to out as activation_forward would, chunk by chunk while the chunk is in cache (the
+    model fuses a conv with the ReLU after it, in training and inference: no second pass over memory).
     """
     _check_conv(x, w, b, stride, padding, out, "out")
     N, C = x.shape[:2]

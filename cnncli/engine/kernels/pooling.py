@@ -126,9 +126,13 @@ def maxpool_forward(x, size, stride, padding, out, argmax=None):
 
 
 @njit(**JIT)
-def _maxpool_backward_chunk(dout, argmax, dx, lo, hi):
+def _maxpool_backward_chunk(dout, argmax, relu, pooled, dx, lo, hi):
+    """dx = dout routed to each window's maximum. relu=True: the pool's input was a ReLU's output, and the ReLU's
+    gradient is applied in the same pass: the maximum a window routes to is pooled[p], so the ReLU passes dout[p]
+    exactly where pooled[p] > 0 (activation_backward's rule, bit for bit)."""
     C, HW = dx.shape[1], dx.shape[2] * dx.shape[3]
     OHW = dout.shape[2] * dout.shape[3]
+    zero = np.zeros(1, dtype=dx.dtype)[0]
     for nc in range(lo, hi):
         n = nc // C
         c = nc % C
@@ -136,17 +140,28 @@ def _maxpool_backward_chunk(dout, argmax, dx, lo, hi):
         d = dx[n, c].reshape(HW)
         g = dout[n, c].reshape(OHW)
         a = argmax[n, c].reshape(OHW)
+        y = pooled[n, c].reshape(OHW)
         d[:] = 0.0
-        for p in range(OHW):
-            d[a[p]] += g[p]
+        if relu:
+            for p in range(OHW):
+                v = g[p]  # loaded unconditionally, as in _relu_backward_chunk
+                d[a[p]] += v if y[p] > zero else zero
+        else:
+            for p in range(OHW):
+                d[a[p]] += g[p]
 
 
-def maxpool_backward(dout, argmax, dx):
+def maxpool_backward(dout, argmax, dx, relu_pooled=None):
     """Overwrite dx (N, C, H, W) with dout (N, C, OH, OW) routed to each window's maximum.
 
     argmax (int32, dout's shape) must come from maxpool_forward on an input of dx's shape: its values index dx.
+    relu_pooled (dout's shape and dtype): the pool's output, when its input was a ReLU's output; dx is then the
+    gradient through the ReLU as well (activation_backward's rule, bit for bit), in one pass instead of two.
     """
     _input("dx", dx, 4)
     _expect("dout", dout, (*dx.shape[:2], *dout.shape[2:]), dx.dtype)
     _expect("argmax", argmax, dout.shape, np.int32)
-    _run(_maxpool_backward_chunk, dx.shape[0] * dx.shape[1], dout, argmax, dx)
+    if relu_pooled is not None:
+        _expect("relu_pooled", relu_pooled, dout.shape, dx.dtype)
+    _run(_maxpool_backward_chunk, dx.shape[0] * dx.shape[1], dout, argmax, relu_pooled is not None,
+         dout if relu_pooled is None else relu_pooled, dx)
