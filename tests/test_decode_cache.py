@@ -165,7 +165,7 @@ def test_a_bad_cache_size_is_a_usage_error(tmp_path, capsys, monkeypatch):
 @pytest.mark.parametrize("text,expected", [("2G", 2 * 1024**3), ("500M", 500 * 1024**2), ("65536", 65536),
                                            ("1.5k", 1536), ("0", 0), (None, decode_cache.DEFAULT_CAP)])
 def test_cache_size_spellings(text, expected):
-    assert decode_cache.parse_cap(text) == expected
+    assert decode_cache.parse_bytes(text) == expected
 
 
 def test_resume_may_add_no_cache_and_ends_bit_identical(tmp_path, capsys, monkeypatch):

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
-from cnncli.commands import outputs, train_options, train_resume
+from cnncli.commands import outputs, train_budget, train_options, train_resume
 from cnncli.data import audit, folders
 from cnncli.data.augment import photo_batch
 
 from cnncli.engine import kernels
 
-from cnncli.store import checkpoint, decode_cache, manifest, modelfile
+from cnncli.store import checkpoint, manifest, modelfile
 
 from cnncli.store import weights
 from cnncli.store.atomic import OutputLock, atomic_write_bytes, check_writable_target
@@ -132,6 +132,18 @@ def _parts(ds, opts):
     return {"train": train_items, "val": val_items, "test": ds.test or []}, drawn
 
 
+def _auto_size(opts, ds, parts, report):
+    """The input size from the training images' headers (folders.choose_size); above 64 px as far as time and
+    memory allow (train_budget.auto_size), said in one info line."""
+    median = folders.choose_size([p for p, _ in ds.train], cap=train_budget.AUTO_SIZE_MAX, seed=opts.seed)
+    n_train = len(parts["train"])
+    size, why = train_budget.auto_size(median, opts.arch, len(ds.classes), n_train, len(_all_paths(ds)),
+                                       opts.epochs or auto_epochs(n_train, opts.batch_size))
+    if why:
+        report.info(why)
+    return size
+
+
 def _all_paths(ds):
     return [p for part in (ds.train, ds.val or [], ds.test or []) for p, _ in part]
 
@@ -141,7 +153,7 @@ def _decode(ds, parts, opts, report, size, color, resize):
     def on_bad(path, reason):
         report.warn(f"skipped {one_line(path)}: {one_line(reason)}")
 
-    cache = _open_cache(opts, report)
+    cache = train_budget.open_cache(opts.no_cache, report)
     kw = dict(size=size, strict=opts.strict, on_bad=on_bad, classes=ds.classes, resize=resize,
               decoder=cache.decode if cache else None)
     train = folders.load_images(parts["train"], color=color, **kw)
@@ -155,16 +167,6 @@ def _decode(ds, parts, opts, report, size, color, resize):
         elif cache.written:
             cache.trim()
     return train, val, test, fixed
-
-
-def _open_cache(opts, report):
-    """The decode cache (None with --no-cache or CNNCLI_CACHE_SIZE=0), its location said in one info line."""
-    try:
-        cache, where = decode_cache.open_cache(not opts.no_cache)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    report.info(one_line(where))
-    return cache
 
 
 def _checkpoint_tensors(model, optimizer, state):
@@ -231,7 +233,7 @@ def _check_outputs(opts, out, side, ds=None):
 
 def _run_locked(opts, report, out, side, stop, given):
     t0 = time.monotonic()
-    resumed = None
+    resumed, budget = None, train_budget.train_memory()
     if opts.resume:
         resumed, opts = train_resume.resume_options(opts, side, given)
         report.info(f"resuming from {one_line(side['checkpoint'])} at epoch {resumed[1].epoch + 1}, "
@@ -246,7 +248,7 @@ def _run_locked(opts, report, out, side, stop, given):
     else:
         run_id = uuid.uuid4().hex
         parts, drawn = _parts(ds, opts)
-    size = opts.size or (resumed[0].size if resumed else folders.choose_size([p for p, _ in ds.train], seed=opts.seed))
+    size = opts.size or (resumed[0].size if resumed else _auto_size(opts, ds, parts, report))
     color = resumed[0].color if resumed else opts.color
     resize = resumed[0].resize if resumed else opts.resize
     if not resumed:
@@ -312,8 +314,9 @@ def _run_locked(opts, report, out, side, stop, given):
         report.epoch_end(st.history[-1], cfg.epochs)
         last_tick[0] = time.monotonic()
 
+    micro = train_budget.micro_batch(model, budget, cfg.batch_size)
     report.info(f"training {model.spec} ({model.num_params():,} parameters) on {len(train.y)} images, "
-                f"validating on {len(val.y) if val else 0}")
+                f"validating on {len(val.y) if val else 0}" + train_budget.describe(micro, budget))
     stop.armed = True
     try:
         # Overflow on the way to a NaN loss is reported once, by fit's DivergedError, not as numpy warnings.
@@ -321,7 +324,7 @@ def _run_locked(opts, report, out, side, stop, given):
             state, optimizer = fit(model, train.x, train.y, cfg, clf.to_float,
                                    val.x if val else None, val.y if val else None, state=state,
                                    optimizer=optimizer, on_batch=on_batch, on_epoch=on_epoch, should_stop=stop,
-                                   augment=photo_batch if cfg.augment == "photo" else None)
+                                   augment=photo_batch if cfg.augment == "photo" else None, micro_batch=micro)
     except DivergedError:
         _discard(side)
         raise

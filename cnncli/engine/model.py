@@ -40,6 +40,10 @@ MAX_ACTIVATIONS = 2**27  # floats per image, input plus every layer's output: 51
 MAX_MACS = 2**34  # multiply-adds (and pooling comparisons) per image: about 17 billion, seconds per image
 MAX_BATCH_ACTIVATIONS = 2**29  # a training batch: batch size x activations per image, 2 GiB of float32
 INFERENCE_FLOATS = 2**27  # activations in flight during inference: images_per_pass() keeps a pass under 512 MiB
+# Bytes a training step holds per activation value of its images: the forward outputs, the input gradients,
+# pooling indices and kernel scratch. benchmarks/memory.py measured about 9 (default preset, 128 and 224 px:
+# peak RSS minus the start-up, over batch x activations x 4 bytes is 2.2-2.3); 10 leaves some margin.
+TRAIN_BYTES_PER_VALUE = 10
 
 _SEP = re.compile(r"\s*(?:>>|->|[-,\s])\s*")
 _PAIR = r"(\d+)(?:x(\d+))?"
@@ -265,12 +269,51 @@ class Model:
                 d = self.layers[i].backward(d, need_dx=i > 0)
                 i -= 1
 
-    def loss_and_grads(self, x, labels, class_weights=None):
-        """Forward and backward on a batch; returns (mean loss, logits (N, K))."""
-        logits = self.forward(x, training=True)
-        loss, dlogits = softmax_cross_entropy(logits, labels, class_weights)
-        self.backward(dlogits)
-        return loss, logits
+    def loss_and_grads(self, x, labels, class_weights=None, micro_batch=None):
+        """Forward and backward on a batch x (N, C, H, W) with labels (N,); returns (mean loss, logits (N, K)).
+
+        micro_batch (see micro_batch_size): run the batch in passes of at most that many images, adding their
+        gradients in a fixed order, so only one pass's activations are held. The loss and gradients are the
+        whole batch's (each pass weighted by its share of the batch), equal to a single pass up to float
+        rounding, and the same for any thread count. Ignored for networks whose layers couple the images of a
+        batch (batch normalisation's statistics)."""
+        n = x.shape[0]
+        if micro_batch is None or micro_batch >= n or self.couples_images():
+            logits = self.forward(x, training=True)
+            loss, dlogits = softmax_cross_entropy(logits, labels, class_weights)
+            self.backward(dlogits)
+            return loss, logits
+        passes = -(-n // micro_batch)
+        step = -(-n // passes)  # equal passes (the last one may be smaller): buffers keep their shape
+        w = np.ones(n, np.float64) if class_weights is None else np.asarray(class_weights, np.float64)[labels]
+        loss, total, sums, parts = 0.0, w.sum(), None, []
+        for lo in range(0, n, step):
+            logits = self.forward(x[lo:lo + step], training=True)
+            part_loss, dlogits = softmax_cross_entropy(logits, labels[lo:lo + step], class_weights)
+            share = w[lo:lo + step].sum() / total
+            loss += part_loss * share
+            dlogits *= dlogits.dtype.type(share)
+            self.backward(dlogits)
+            if sums is None:
+                sums = [{k: np.array(g, copy=True) for k, g in layer.grads.items()} for layer in self.layers]
+            else:
+                for acc, layer in zip(sums, self.layers):
+                    for k, g in layer.grads.items():
+                        acc[k] += g
+            parts.append(logits)
+        for acc, layer in zip(sums, self.layers):
+            layer.grads = acc
+        return float(loss), np.concatenate(parts)
+
+    def couples_images(self):
+        """True when a layer's training pass mixes the images of a batch (batch statistics), so the batch
+        cannot be split into micro-batches without changing what is computed."""
+        return any(getattr(layer, "couples_images", layer.token.startswith("bn")) for layer in self.layers)
+
+    def micro_batch_size(self, budget_bytes):
+        """Images per training pass whose buffers stay under budget_bytes (TRAIN_BYTES_PER_VALUE bytes per
+        activation value; at least 1)."""
+        return max(1, int(budget_bytes) // (TRAIN_BYTES_PER_VALUE * max(1, self.activations)))
 
     def predict_proba(self, x, batch_size=256):
         """Class probabilities (N, num_classes) float32 for x (N, C, H, W) float32, batch_size images per

@@ -119,7 +119,7 @@ def evaluate(model, x, y, to_float, batch_size=256):
 
 
 def fit(model, x, y, cfg, to_float, x_val=None, y_val=None, state=None, optimizer=None,
-        on_batch=None, on_epoch=None, should_stop=None, augment=None):
+        on_batch=None, on_epoch=None, should_stop=None, augment=None, micro_batch=None):
     """Train model on uint8 images x (N, C, H, W) with int labels y (N,); returns (TrainState, optimizer).
 
     to_float maps a uint8 batch to the model's float32 input (the normalisation). With a validation set,
@@ -131,6 +131,7 @@ def fit(model, x, y, cfg, to_float, x_val=None, y_val=None, state=None, optimize
     The first cfg.freeze layers with parameters are left out of the optimizer (and of gradient clipping),
     so their weights stay bit-identical. With cfg.patience and a validation set, the run ends after
     cfg.patience epochs without a better validation score (stop_reason 'early-stopped').
+    micro_batch: images per forward/backward pass within a batch (Model.loss_and_grads); None: the whole batch.
     """
     state = state or TrainState()
     state.stop_reason = ""
@@ -154,7 +155,7 @@ def fit(model, x, y, cfg, to_float, x_val=None, y_val=None, state=None, optimize
             if augment is not None:
                 xb = augment(xb, np.random.default_rng([cfg.seed, 2, state.epoch, b]))
             model.set_dropout_rng(np.random.default_rng([cfg.seed, 3, state.epoch, b]))
-            loss, logits = model.loss_and_grads(to_float(xb), y[idx], weights)
+            loss, logits = model.loss_and_grads(to_float(xb), y[idx], weights, micro_batch)
             grads = _trainable(model.named("grads"), frozen)
             if not math.isfinite(loss) or not all(np.isfinite(g).all() for _, g in grads):
                 raise DivergedError(f"the loss became {loss} at epoch {state.epoch + 1}, batch {b + 1}: "

@@ -50,11 +50,11 @@ def default_dir(env=None) -> Path:
     return base / "cnncli" / "decoded"
 
 
-def parse_cap(text: str | None) -> int:
-    """Bytes from CNNCLI_CACHE_SIZE's text ("2G", "500M", "65536", "0"); None or "" gives DEFAULT_CAP.
-    Raises ValueError naming the variable for anything else."""
+def parse_bytes(text: str | None, name: str = "CNNCLI_CACHE_SIZE", default: int = DEFAULT_CAP) -> int:
+    """Bytes from a size setting's text ("2G", "500M", "65536", "0"); None or "" gives `default`.
+    Raises ValueError naming the setting for anything else."""
     if text is None or not text.strip():
-        return DEFAULT_CAP
+        return default
     t = text.strip().upper().removesuffix("B").removesuffix("I")
     unit = t[-1] if t and t[-1] in _UNITS else ""
     number = t[:-1] if unit else t
@@ -63,7 +63,7 @@ def parse_cap(text: str | None) -> int:
     except ValueError:
         value = -1.0
     if not (value >= 0 and value * _UNITS[unit] < 2**62):
-        raise ValueError(f"CNNCLI_CACHE_SIZE: expected bytes with an optional K, M or G suffix (e.g. 2G), got {text!r}")
+        raise ValueError(f"{name}: expected bytes with an optional K, M or G suffix (e.g. 2G), got {text!r}")
     return int(value * _UNITS[unit])
 
 
@@ -198,7 +198,7 @@ def open_cache(enabled: bool, env=None) -> tuple[DecodeCache | None, str]:
     env = os.environ if env is None else env
     if not enabled:
         return None, "decode cache off (--no-cache)"
-    cap = parse_cap(env.get("CNNCLI_CACHE_SIZE"))
+    cap = parse_bytes(env.get("CNNCLI_CACHE_SIZE"))
     if cap == 0:
         return None, "decode cache off (CNNCLI_CACHE_SIZE=0)"
     root = default_dir(env)
