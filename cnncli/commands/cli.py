@@ -14,9 +14,9 @@ import typer
 from cnncli import __version__
 from cnncli.commands.options import (DATA, MODEL, MODEL_HELP, OPTIMISATION, OUTPUT, RUN, CheckFormat, ClassWeights,
                                      Color, EvalFormat, NoCacheOption, EvalSplit, HelpCommand, HelpGroup, NoEarlyStop,
-                                     OptimizerName, PatienceOption, PredictFormat, Augment, AugmentOption, Resize,
-                                     ResizeOption, ShowFormat, TTA, examples, NoProgress, given_options, positive_finite,
-                                     probability, require)
+                                     InitOption, FreezeOption, OptimizerName, PatienceOption, PredictFormat, Augment,
+                                     AugmentOption, Resize, ResizeOption, ShowFormat, TTA, examples, NoProgress,
+                                     given_options, positive_finite, probability, require)
 from cnncli.commands.ledger_cli import app as ledger_app
 from cnncli.commands.streams import say
 from cnncli.errors import EXIT_GATE, one_line
@@ -73,6 +73,7 @@ def train(
                                       rich_help_panel=MODEL)] = "default",
     seed: Annotated[int, typer.Option(help="Seed for weights, split, shuffling, augmentation.",
                                       rich_help_panel=MODEL)] = 0,
+    init: InitOption = None, freeze: FreezeOption = 0,
     epochs: Annotated[Optional[int], typer.Option(
         help="Passes over the training images (default: about 4,500 gradient steps, 3 to 50 epochs).",
         show_default=False, rich_help_panel=OPTIMISATION)] = None,
@@ -97,8 +98,7 @@ def train(
     fail_on_collapse: Annotated[bool, typer.Option(
         "--fail-on-collapse", help="Exit 3, writing nothing, if training collapsed (one class, runaway loss).",
         rich_help_panel=RUN)] = False,
-    patience: PatienceOption = None,
-    no_early_stop: NoEarlyStop = False,
+    patience: PatienceOption = None, no_early_stop: NoEarlyStop = False,
     max_time: Annotated[Optional[float], typer.Option(help="Stop training after this many seconds.",
                                                       rich_help_panel=RUN)] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run.",
@@ -127,7 +127,7 @@ def train(
     opts = TrainOptions(data=str(data), output=str(output), arch=arch, size=size, color=color.value, epochs=epochs,
                         batch_size=batch_size, lr=lr, optimizer=optimizer.value, weight_decay=weight_decay,
                         val_split=val_split, seed=seed, augment=augment.value, no_early_stop=no_early_stop,
-                        resize=resize.value, class_weights=class_weights.value,
+                        resize=resize.value, class_weights=class_weights.value, init=init and str(init), freeze=freeze,
                         patience=patience, max_time=max_time, clip_norm=clip_norm, threads=threads,
                         overwrite=overwrite, resume=resume, strict=strict, wait=wait,
                         plot=str(plot) if plot else None, fail_on_collapse=fail_on_collapse, no_cache=no_cache)

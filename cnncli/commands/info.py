@@ -12,7 +12,9 @@ from cnncli.store import modelfile
 # Training-summary keys in the order the text shows them, with their labels; others follow as stored.
 _TRAIN_LABELS = {
     "data": "data", "images": "training images", "epochs": "epochs", "best_epoch": "best epoch",
-    "stop_reason": "stopped", "epochs_planned": "planned epochs", "patience": "patience", "optimizer": "optimizer", "lr": "learning rate", "weight_decay": "weight decay",
+    "stop_reason": "stopped", "epochs_planned": "planned epochs", "patience": "patience", "init": "started from",
+    "init_sha256": "its metadata SHA-256", "init_output_layer": "its output layer", "frozen_layers": "frozen layers",
+    "optimizer": "optimizer", "lr": "learning rate", "weight_decay": "weight decay",
     "batch_size": "batch size", "augment": "augment", "class_weights": "class weights", "seed": "seed",
     "val_accuracy": "validation accuracy", "test_accuracy": "test accuracy", "cnncli_version": "cnncli version",
 }

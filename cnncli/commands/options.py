@@ -5,6 +5,7 @@ The option signatures, and their defaults (written there once and shown by --hel
 
 import math
 from enum import Enum
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -82,6 +83,11 @@ PatienceOption = Annotated[Optional[int], typer.Option(
     metavar="N", show_default=False, rich_help_panel=RUN)]
 NoEarlyStop = Annotated[bool, typer.Option("--no-early-stop", help="Run every epoch (same as --patience 0).",
                                            rich_help_panel=RUN)]
+InitOption = Annotated[Optional[Path], typer.Option(
+    metavar="OLD", help="Fine-tune: start from the weights in this file.", show_default=False,
+    rich_help_panel=MODEL)]
+FreezeOption = Annotated[int, typer.Option(metavar="N", help="With --init: keep its first N weight layers fixed.",
+                                           show_default=False, rich_help_panel=MODEL)]
 TTA = Annotated[bool, typer.Option("--tta", help="Average each image with its mirror image.", rich_help_panel=MODEL)]
 NoProgress = Annotated[bool, typer.Option("--no-progress", rich_help_panel=RUN,
                                           help="No progress bar on a terminal (never drawn elsewhere).")]

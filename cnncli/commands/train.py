@@ -6,7 +6,6 @@ object with the methods info, warn, batch, epoch_end (see cli.TrainReporter).
 
 import math
 import os
-import signal
 import time
 import uuid
 from dataclasses import asdict, dataclass
@@ -14,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cnncli.commands import outputs, train_budget, train_options, train_resume
+from cnncli.commands import outputs, train_budget, train_init, train_options, train_resume
+from cnncli.commands.stop_request import StopRequest
 from cnncli.data import audit, folders
 from cnncli.data.augment import photo_batch
 
@@ -67,6 +67,8 @@ class TrainOptions:
     fail_on_collapse: bool
     no_cache: bool = False  # decode every image, read and write no decode cache (store/decode_cache.py)
     no_early_stop: bool = False
+    init: str | None = None  # weight file to start from (commands/train_init.py)
+    freeze: int = 0  # with init: the first N layers with parameters stay fixed
 
 
 AUTO_STEPS, AUTO_MIN_EPOCHS, AUTO_MAX_EPOCHS = 4500, 3, 50
@@ -77,35 +79,6 @@ def auto_epochs(n_images, batch_size):
     ones few (Fashion-MNIST's 48,000 training images at batch 64: 6 epochs), clamped to [3, 50]."""
     steps_per_epoch = max(1, math.ceil(n_images / batch_size))
     return min(AUTO_MAX_EPOCHS, max(AUTO_MIN_EPOCHS, round(AUTO_STEPS / steps_per_epoch)))
-
-
-class StopRequest:
-    """SIGINT / SIGTERM handling: the first signal asks training to stop after the current batch; a second
-    one (or any signal while nothing is running that could save) stops at once."""
-
-    def __init__(self):
-        self.signum = None
-        self.armed = False
-        self._old = {}
-
-    def __enter__(self):
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-
-    def _handle(self, signum, frame):
-        if self.armed and self.signum is None:
-            self.signum = signum
-            return
-        self.signum = signum
-        raise KeyboardInterrupt if signum == signal.SIGINT else SystemExit(128 + signum)
-
-    def __call__(self):
-        return self.signum is not None
 
 
 def sidecars(output):
@@ -238,6 +211,7 @@ def _run_locked(opts, report, out, side, stop, given):
         resumed, opts = train_resume.resume_options(opts, side, given)
         report.info(f"resuming from {one_line(side['checkpoint'])} at epoch {resumed[1].epoch + 1}, "
                     f"batch {resumed[1].batch + 1}")
+    init, opts = train_init.load(opts, given) if opts.init else (None, opts)  # before anything is written
     _check_outputs(opts, out, side)
     ds = folders.scan_dataset(opts.data, on_warn=report.warn)
     _check_outputs(opts, out, side, ds)
@@ -275,15 +249,16 @@ def _run_locked(opts, report, out, side, stop, given):
         optimizer.state = {"step": resumed[4]["optimizer_step"], **opt_state}
     else:
         model = _build(opts, channels, size, len(ds.classes))
-        mean, std = channel_stats(train.x)
-        clf = modelfile.Classifier(model, ds.classes, color, mean, std, resize=resize)
+        from_init = train_init.start_from(model, init, opts, ds.classes, report) if init else {}
+        mean, std = (init.mean, init.std) if init else channel_stats(train.x)  # as the init weights saw images
+        clf = modelfile.Classifier(model, ds.classes, color, mean, std, resize=resize, train=from_init)
         weights_by_class = (class_weights_auto(train.y, len(ds.classes)) if opts.class_weights == "auto" else None)
         epochs = opts.epochs or auto_epochs(len(train.y), opts.batch_size)
         cfg = TrainConfig(epochs=epochs, batch_size=opts.batch_size, lr=opts.lr, optimizer=opts.optimizer,
                           weight_decay=opts.weight_decay, seed=opts.seed,
                           augment=opts.augment,
-                          class_weights=weights_by_class, patience=train_options.patience(opts, epochs, val is not None),
-                          max_time=opts.max_time, clip_norm=opts.clip_norm)
+                          class_weights=weights_by_class, patience=train_options.patience(opts, epochs, bool(val)),
+                          max_time=opts.max_time, clip_norm=opts.clip_norm, freeze=opts.freeze)
         state, optimizer = TrainState(), None
     bad = train.bad + (val.bad if val else []) + (test.bad if test else [])
     if bad:
@@ -345,12 +320,12 @@ def _run_locked(opts, report, out, side, stop, given):
         val_predicted = decide(val_proba)
     if test is not None:
         summary["test_accuracy"] = evaluate(model, test.x, test.y, clf.to_float)[1]
-    clf.train = {"epochs": state.epoch, "best_epoch": state.best_epoch, "seed": cfg.seed, "optimizer": cfg.optimizer,
-                 "lr": cfg.lr, "weight_decay": cfg.weight_decay, "batch_size": cfg.batch_size, "augment": cfg.augment,
-                 "class_weights": cfg.class_weights, "images": len(train.y),
+    clf.train = {**clf.train, "epochs": state.epoch, "best_epoch": state.best_epoch, "seed": cfg.seed,
+                 "optimizer": cfg.optimizer, "lr": cfg.lr, "weight_decay": cfg.weight_decay,
+                 "batch_size": cfg.batch_size, "augment": cfg.augment, "class_weights": cfg.class_weights,
                  "val_accuracy": summary.get("val_accuracy"), "test_accuracy": summary.get("test_accuracy"),
                  "stop_reason": state.stop_reason, "epochs_planned": cfg.epochs, "patience": cfg.patience,
-                 "data": data_path, "run_id": run_id}
+                 "images": len(train.y), "data": data_path, "run_id": run_id}
     try:
         found = check_collapse(state.history, val.y if val is not None else None, val_predicted, len(clf.classes),
                                cfg.lr, opts.fail_on_collapse)

@@ -13,7 +13,7 @@ from dataclasses import fields
 
 import numpy as np
 
-from cnncli.engine.training import TrainConfig, TrainState
+from cnncli.engine.training import TrainConfig, TrainState, frozen_layers
 from cnncli.errors import FormatError
 from cnncli.store import modelfile, weights
 
@@ -80,7 +80,7 @@ OPTIONS = {"data": _kind(str, "a string"), "output": _kind(str, "a string"), "ar
            "resize": _opt(_one_of("crop", "squash", "pad")), "class_weights": _one_of("none", "auto"), "patience": _opt(_int(0)), "max_time": _opt(_num(0, strict=True)),
            "clip_norm": _opt(_num(0, strict=True)), "threads": _opt(_int(1)), "overwrite": _kind(bool, "true or false"),
            "strict": _kind(bool, "true or false"), "plot": _opt(_kind(str, "a string")),
-           "no_early_stop": _kind(bool, "true or false")}
+           "no_early_stop": _kind(bool, "true or false"), "init": _opt(_kind(str, "a string")), "freeze": _int(0)}
 
 
 def _check_map(path, name, value, required, checks, extra_ok=False):
@@ -138,8 +138,14 @@ def read(path):
     step = meta.get("optimizer_step")
     if not _int(0)[1](step):
         raise FormatError(f"{path}: damaged checkpoint: 'optimizer_step' must be an integer >= 0")
-    # Before the first step an optimizer holds no state; after it, one entry per parameter and suffix.
-    opt_expected = {} if step == 0 else {p + s: shape for p, shape in shapes.items() for s in OPTIMIZERS[cfg.optimizer]}
+    try:
+        frozen = frozen_layers(clf.model, cfg.freeze)
+    except ValueError as exc:
+        raise FormatError(f"{path}: damaged checkpoint: 'config.freeze': {exc}") from None
+    # Before the first step an optimizer holds no state; after it, one entry per parameter outside the frozen
+    # layers (which the optimizer never sees) and suffix.
+    opt_expected = {} if step == 0 else {p + s: shape for p, shape in shapes.items() for s in OPTIMIZERS[cfg.optimizer]
+                                         if int(p.split(".")[1]) not in frozen}
     _check_tensor_group(path, "opt", parts.get("opt", {}), opt_expected)
     if "best" in parts:
         _check_tensor_group(path, "best", parts["best"], shapes)
