@@ -8,7 +8,7 @@ import pytest
 from conftest import make_image_folder
 from robust_helpers import run_main
 
-from cnncli.data.augment import photo_batch
+from cnncli.data.augment import flip_batch, photo_batch
 from cnncli.data.images import decode
 from cnncli.engine.layers import softmax
 from cnncli.store import modelfile, weights
@@ -30,6 +30,15 @@ def test_photo_augmentation_is_seeded_and_changes_the_images():
     flat = np.full((2, 3, 8, 8), 100, np.uint8)  # a uniform gray image stays gray (any crop, turn, colour)
     out = photo_batch(flat, np.random.default_rng(3))
     assert (out == out[:, :, :1, :1]).all() and (out[:, 0] == out[:, 1]).all()
+
+
+def test_flip_augmentation_mirrors_about_half_the_images_and_nothing_else():
+    x = np.random.default_rng(0).integers(0, 256, (64, 3, 8, 8), dtype=np.uint8)
+    out = flip_batch(x, np.random.default_rng(1))
+    mirrored = np.array([np.array_equal(o, i[..., ::-1]) for o, i in zip(out, x)])
+    kept = np.array([np.array_equal(o, i) for o, i in zip(out, x)])
+    assert (mirrored ^ kept).all() and 16 < mirrored.sum() < 48
+    assert np.array_equal(out, flip_batch(x, np.random.default_rng(1)))
 
 
 def test_same_seed_gives_identical_weights_with_photo_augmentation(tmp_path, capsys):

@@ -16,7 +16,7 @@ import numpy as np
 from cnncli.commands import outputs, train_budget, train_init, train_options, train_resume
 from cnncli.commands.stop_request import StopRequest
 from cnncli.data import audit, folders
-from cnncli.data.augment import photo_batch
+from cnncli.data.augment import augment_function
 
 from cnncli.engine import kernels
 
@@ -299,7 +299,7 @@ def _run_locked(opts, report, out, side, stop, given):
             state, optimizer = fit(model, train.x, train.y, cfg, clf.to_float,
                                    val.x if val else None, val.y if val else None, state=state,
                                    optimizer=optimizer, on_batch=on_batch, on_epoch=on_epoch, should_stop=stop,
-                                   augment=photo_batch if cfg.augment == "photo" else None, micro_batch=micro)
+                                   augment=augment_function(cfg.augment), micro_batch=micro)
     except DivergedError:
         _discard(side)
         raise

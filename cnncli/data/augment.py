@@ -1,5 +1,6 @@
 """Random changes to uint8 training batches (N, C, H, W), one mode per `train --augment`.
 
+- "flip": random horizontal flips only, as a typical PyTorch script does (scripts/photo_ablation.py).
 - "light": horizontal flips and shifts of up to 2 pixels (engine.training.augment_batch, the old --augment).
 - "photo": one affine warp per image (a random resized crop keeping 55-100 % of the area at aspect 3:4 to 4:3,
   a horizontal flip, a rotation of up to 10 degrees; bilinear, edges clamped), then brightness, contrast
@@ -15,7 +16,7 @@ import math
 
 import numpy as np
 
-MODES = ("none", "light", "photo")
+MODES = ("none", "flip", "light", "photo")
 AREA = (0.55, 1.0)  # fraction of the image a random resized crop keeps
 ASPECT = (3 / 4, 4 / 3)
 MAX_DEGREES = 10.0
@@ -73,3 +74,16 @@ def photo_batch(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         return x.copy()
     f = _jitter(_warp(x, rng), rng)
     return np.clip(np.rint(f), 0, 255).astype(np.uint8)
+
+
+def flip_batch(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The "flip" augmentation: each image of a uint8 batch (N, C, H, W) mirrored left-right with probability 1/2."""
+    flips = rng.random(len(x)) < 0.5
+    out = x.copy()
+    out[flips] = x[flips, :, :, ::-1]
+    return out
+
+
+def augment_function(mode: str):
+    """The batch function for an --augment mode, or None where the training loop has its own ("none", "light")."""
+    return {"flip": flip_batch, "photo": photo_batch}.get(mode)

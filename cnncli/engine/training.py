@@ -31,7 +31,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     schedule: str = "cosine"
     seed: int = 0
-    augment: bool | str = False  # "none", "light" (or True: augment_batch) or "photo" (fit's `augment` callable)
+    augment: bool | str = False  # "none", "light" (True: augment_batch), "flip", "photo" (fit's `augment`)
     class_weights: list | None = None  # one weight per class, or None
     patience: int | None = None  # epochs without a better validation score before stopping (None: never)
     max_time: float | None = None  # seconds of training, checked after every batch
@@ -119,7 +119,7 @@ def evaluate(model, x, y, to_float, batch_size=256):
 
 
 def fit(model, x, y, cfg, to_float, x_val=None, y_val=None, state=None, optimizer=None,
-        on_batch=None, on_epoch=None, should_stop=None, augment=None, micro_batch=None):
+        on_batch=None, on_epoch=None, should_stop=None, augment=None, micro_batch=None, warmup=True):
     """Train model on uint8 images x (N, C, H, W) with int labels y (N,); returns (TrainState, optimizer).
 
     to_float maps a uint8 batch to the model's float32 input (the normalisation). With a validation set,
@@ -132,6 +132,7 @@ def fit(model, x, y, cfg, to_float, x_val=None, y_val=None, state=None, optimize
     so their weights stay bit-identical. With cfg.patience and a validation set, the run ends after
     cfg.patience epochs without a better validation score (stop_reason 'early-stopped').
     micro_batch: images per forward/backward pass within a batch (Model.loss_and_grads); None: the whole batch.
+    warmup=False skips the learning-rate warm-up (for experiments: scripts/photo_ablation.py).
     """
     state = state or TrainState()
     state.stop_reason = ""
@@ -139,7 +140,7 @@ def fit(model, x, y, cfg, to_float, x_val=None, y_val=None, state=None, optimize
     n = len(x)
     per_epoch = math.ceil(n / cfg.batch_size)
     total = per_epoch * cfg.epochs
-    warmup = warmup_steps(cfg.optimizer, per_epoch, total)
+    warmup = warmup_steps(cfg.optimizer, per_epoch, total) if warmup else 0
     weights = None if cfg.class_weights is None else np.asarray(cfg.class_weights, np.float32)
     frozen = frozen_layers(model, cfg.freeze)
     started = time.monotonic() - state.elapsed
