@@ -93,3 +93,30 @@ def test_whole_model_gradient_check_through_fused_passes_in_float64():
     for name, p in model.named():
         numeric = numerical_gradient(lambda: softmax_cross_entropy(model.forward(x, training=True), labels)[0], p)
         assert rel_error(grads[name], numeric) < 1e-6, name
+
+
+def test_winograd_scratch_buffers_reused_across_shapes_never_leak_old_values():
+    # Each thread keeps its Winograd plane buffers from call to call: interleaving two layers' shapes (one with
+    # an odd size, so tiles reach past the edge) must give exactly the results of the first calls.
+    rng = np.random.default_rng(7)
+    shapes = [((4, 5, 9, 9), (6, 5, 3, 3), (1, 1)), ((3, 8, 6, 7), (8, 8, 3, 3), (0, 0))]
+    cases = []
+    for xs, ws, pad in shapes:
+        x, w = rng.standard_normal(xs).astype(np.float32), rng.standard_normal(ws).astype(np.float32)
+        out = np.empty((xs[0], ws[0], xs[2] + 2 * pad[0] - 2, xs[3] + 2 * pad[1] - 2), np.float32)
+        cases.append((x, w, pad, out, rng.standard_normal(out.shape).astype(np.float32)))
+
+    def run(x, w, pad, out, dout):
+        kernels.conv2d_forward(x, w, np.zeros(w.shape[0], np.float32), (1, 1), pad, out)
+        dx = np.empty_like(x)
+        dw, db = kernels.conv2d_backward(x, w, dout, (1, 1), pad, dx)
+        return out.copy(), dx, dw, db
+
+    first = [run(*c) for c in cases]
+    for _ in range(2):
+        for case, want in zip(cases, first):
+            for got, ref in zip(run(*case), want):
+                assert got.tobytes() == ref.tobytes()
+    x, w, pad, out, dout = cases[0]
+    want_dx, want_dw, want_db = naive.conv_backward(*(a.astype(np.float64) for a in (x, w, dout)), (1, 1), pad)
+    assert np.abs(first[0][3] - want_db).max() <= 1e-5 * np.abs(want_db).max()
