@@ -41,6 +41,36 @@ def test_relu_pool_backward_in_one_pass_equals_the_two_passes_and_the_naive_loop
     np.testing.assert_allclose(fused, want, rtol=1e-6 if dtype == np.float32 else 1e-12, atol=1e-6)
 
 
+# One case per forward path: (x shape, w shape, stride, padding).
+PATHS = {
+    "direct": ((3, 2, 9, 8), (4, 2, 3, 3), (1, 1), (1, 1)),
+    "winograd": ((3, 5, 9, 8), (4, 5, 3, 3), (1, 1), (1, 0)),
+    "wide im2col": ((3, 5, 9, 8), (4, 5, 2, 3), (1, 1), (1, 1)),
+    "strided im2col": ((3, 2, 9, 8), (4, 2, 3, 2), (2, 1), (1, 0)),
+}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("path", sorted(PATHS))
+def test_conv_with_relu_on_the_way_out_equals_conv_then_relu_on_every_path(path, dtype):
+    xs, ws, stride, padding = PATHS[path]
+    rng = np.random.default_rng(8)
+    x, w, b = (rng.standard_normal(s).astype(dtype) for s in (xs, ws, ws[:1]))
+    x[0, 0, 0, :3] = np.nan  # NaN outputs become 0, as activation_forward makes them
+    oh = (xs[2] + 2 * padding[0] - ws[2]) // stride[0] + 1
+    ow = (xs[3] + 2 * padding[1] - ws[3]) // stride[1] + 1
+    plain, fused = np.empty((xs[0], ws[0], oh, ow), dtype), np.empty((xs[0], ws[0], oh, ow), dtype)
+    kernels.conv2d_forward(x, w, b, stride, padding, plain)
+    kernels.activation_forward("relu", plain.copy(), plain)
+    kernels.conv2d_forward(x, w, b, stride, padding, fused, relu=True)
+    assert not np.isnan(plain).any() and (plain[0] == 0).any()
+    assert fused.tobytes() == plain.tobytes()
+    # Against the reference loops on the images without NaN.
+    x64, w64, b64 = (a.astype(np.float64) for a in (x[1:], w, b))
+    want = naive.activation_forward("relu", naive.conv_forward(x64, w64, b64, stride, padding))
+    np.testing.assert_allclose(fused[1:], want, rtol=1e-4 if dtype == np.float32 else 1e-10, atol=1e-4)
+
+
 def test_relu_pool_backward_refuses_a_pooled_array_of_the_wrong_shape():
     dout = np.ones((1, 2, 2, 2), np.float32)
     with pytest.raises(ValueError, match="relu_pooled"):

@@ -4,7 +4,6 @@ import numpy as np
 
 from cnncli.config import CHUNKS
 from cnncli.engine.kernels.checks import _check_conv, _expect
-from cnncli.engine.kernels.elementwise import _relu_chunk
 from cnncli.engine.kernels.im2col import _conv_backward_chunk, _conv_gemm_chunk
 from cnncli.engine.kernels.sums import _sum_parts
 from cnncli.engine.kernels.threads import _bounds, _run, get_threads
@@ -23,7 +22,7 @@ def conv2d_forward(x, w, b, stride, padding, out, relu=False):
     """out (N, F, OH, OW) = cross-correlation of x (N, C, H, W) with w (F, C, KH, KW), plus b (F,).
 
     stride and padding are (sh, sw) and (ph, pw); padding is zeros. All arrays C-contiguous, one float dtype.
-    relu=True applies ReLU to out as activation_forward would, chunk by chunk while the chunk is in cache (the
+    relu=True applies ReLU to out as activation_forward would, bit for bit, as each path writes its output (the
     model fuses a conv with the ReLU after it, in training and inference: no second pass over memory).
     """
     _check_conv(x, w, b, stride, padding, out, "out")
@@ -32,27 +31,16 @@ def conv2d_forward(x, w, b, stride, padding, out, relu=False):
     (sh, sw), (ph, pw) = stride, padding
     OH, OW = out.shape[2], out.shape[3]
     if sh == 1 and sw == 1 and _wino_fits(C, KH, KW, OH, OW, ph, pw):
-        fn, total, args, n_chunks = _wino_plan(x, w, b, ph, pw, out)
+        fn, total, args, n_chunks = _wino_plan(x, w, b, ph, pw, out, relu)
     elif sh == 1 and sw == 1 and C <= 3:
-        fn, total, args, n_chunks = _wide_forward_direct, N * F, (x, w, b, ph, pw, out), 2 * get_threads()
+        fn, total, args, n_chunks = _wide_forward_direct, N * F, (x, w, b, ph, pw, out, relu), 2 * get_threads()
     elif sh == 1 and sw == 1:
-        fn, total, args = _wide_forward_gemm, N, (x, w.reshape(F, C * KH * KW), b, KH, KW, ph, pw, out)
+        fn, total, args = _wide_forward_gemm, N, (x, w.reshape(F, C * KH * KW), b, KH, KW, ph, pw, out, relu)
         n_chunks = _gemm_chunks(N, C * KH * KW, (OH - 1) * (x.shape[3] + 2 * pw) + OW)
     else:
         fn, total, n_chunks = _conv_gemm_chunk, N, CHUNKS
-        args = (x, w.reshape(F, C * KH * KW), b, sh, sw, ph, pw, KH, KW, out.reshape(N, F, OH * OW), OH, OW)
-    if relu:
-        fn = _then_relu(fn, out.reshape(total, -1))
+        args = (x, w.reshape(F, C * KH * KW), b, sh, sw, ph, pw, KH, KW, out.reshape(N, F, OH * OW), OH, OW, relu)
     _run(fn, total, *args, n_chunks=n_chunks)
-
-
-def _then_relu(fn, items):
-    """A chunk function that runs fn and then ReLU in place over its own items (rows of items), still in cache."""
-    def chunk(*args):
-        fn(*args)
-        part = items[args[-2]:args[-1]].reshape(-1)
-        _relu_chunk(part, part, 0, part.size)
-    return chunk
 
 
 def conv2d_backward(x, w, dout, stride, padding, dx=None):

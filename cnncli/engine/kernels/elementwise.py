@@ -11,6 +11,13 @@ from cnncli.engine.kernels.threads import _run, get_threads
 # cannot prove the index non-negative, adds a wrap-around check per access, and the loop stays scalar.
 
 @njit(**JIT)
+def _relu_if(v, relu, zero):
+    """ReLU of v when relu (the rule of _relu_chunk, bit for bit), else v; zero is a zero of v's type. For
+    kernels that apply the ReLU as they write their output, instead of a second pass over memory."""
+    return v if not relu or v > zero else zero
+
+
+@njit(**JIT)
 def _relu_chunk(x, out, lo, hi):
     xs, os_ = x[lo:hi], out[lo:hi]
     # A zero of x's own type: a bare 0.0 is float64 and would turn the select into conversions.

@@ -4,6 +4,7 @@ import numpy as np
 from numba import njit
 
 from cnncli.config import JIT
+from cnncli.engine.kernels.elementwise import _relu_if
 from cnncli.engine.kernels.sums import _row_sums
 
 
@@ -60,9 +61,11 @@ def _strided_cols(x, KH, KW, sh, sw, ph, pw, OH, OW, cols, lo, hi):
 
 
 @njit(**JIT)
-def _bias_scatter(res, b, out3, lo, hi):
-    """out3[n, f, :] = res[f, (n - lo) * P : (n - lo + 1) * P] + b[f] for images [lo, hi); out3 is (N, F, P)."""
+def _bias_scatter(res, b, out3, relu, lo, hi):
+    """out3[n, f, :] = res[f, (n - lo) * P : (n - lo + 1) * P] + b[f] for images [lo, hi) (ReLU of it when relu);
+    out3 is (N, F, P)."""
     F, P = out3.shape[1], out3.shape[2]
+    zero = np.zeros(1, dtype=out3.dtype)[0]
     for n in range(lo, hi):
         off = (n - lo) * P
         for f in range(F):
@@ -70,13 +73,13 @@ def _bias_scatter(res, b, out3, lo, hi):
             dst = out3[n, f]
             src = res[f, off:]
             for p in range(P):
-                dst[p] = src[p] + bf
+                dst[p] = _relu_if(src[p] + bf, relu, zero)
 
 
-def _conv_gemm_chunk(x, w2, b, sh, sw, ph, pw, KH, KW, out3, OH, OW, lo, hi):
+def _conv_gemm_chunk(x, w2, b, sh, sw, ph, pw, KH, KW, out3, OH, OW, relu, lo, hi):
     cols = np.empty((w2.shape[1], (hi - lo) * OH * OW), dtype=x.dtype)
     _strided_cols(x, KH, KW, sh, sw, ph, pw, OH, OW, cols, lo, hi)
-    _bias_scatter(w2 @ cols, b, out3, lo, hi)
+    _bias_scatter(w2 @ cols, b, out3, relu, lo, hi)
 
 
 @njit(**JIT)

@@ -4,6 +4,7 @@ import numpy as np
 from numba import njit
 
 from cnncli.config import JIT
+from cnncli.engine.kernels.elementwise import _relu_if
 from cnncli.engine.kernels.sums import _row_sums
 
 
@@ -42,8 +43,9 @@ def _pad_image(img, ph, pw, dst):
 
 
 @njit(**JIT)
-def _wide_forward_direct(x, w, b, ph, pw, out, lo, hi):
-    """Direct stride-1 convolution for few input channels; work items are (image, filter) pairs."""
+def _wide_forward_direct(x, w, b, ph, pw, out, relu, lo, hi):
+    """Direct stride-1 convolution for few input channels (ReLU on the way out when relu); work items are
+    (image, filter) pairs."""
     N, C, H, W = x.shape
     F, _, KH, KW = w.shape
     OH, OW = out.shape[2], out.shape[3]
@@ -51,6 +53,7 @@ def _wide_forward_direct(x, w, b, ph, pw, out, lo, hi):
     L = (OH - 1) * Wp + OW
     xp = np.empty((C, Hp * Wp), dtype=x.dtype)
     acc = np.empty(L, dtype=x.dtype)
+    zero = np.zeros(1, dtype=x.dtype)[0]
     last_n = -1
     for nf in range(lo, hi):
         n = nf // F
@@ -76,7 +79,7 @@ def _wide_forward_direct(x, w, b, ph, pw, out, lo, hi):
             o_row = o[y]
             a = acc[y * Wp:]
             for xx in range(OW):
-                o_row[xx] = a[xx]
+                o_row[xx] = _relu_if(a[xx], relu, zero)
 
 
 @njit(**JIT)
@@ -111,9 +114,11 @@ def _wide_cols(x, KH, KW, ph, pw, L, cols, lo, hi):
 
 
 @njit(**JIT)
-def _wide_bias_scatter(res, b, Wp, L, out, lo, hi):
-    """out[n, f, y, x] = res[f, (n - lo) * L + y * Wp + x] + b[f]: drops the garbage columns."""
+def _wide_bias_scatter(res, b, Wp, L, out, relu, lo, hi):
+    """out[n, f, y, x] = res[f, (n - lo) * L + y * Wp + x] + b[f] (ReLU of it when relu): drops the garbage
+    columns."""
     F, OH, OW = out.shape[1], out.shape[2], out.shape[3]
+    zero = np.zeros(1, dtype=out.dtype)[0]
     for n in range(lo, hi):
         col0 = (n - lo) * L
         for f in range(F):
@@ -123,16 +128,16 @@ def _wide_bias_scatter(res, b, Wp, L, out, lo, hi):
                 r = res[f, col0 + y * Wp:]
                 o_row = o[y]
                 for xx in range(OW):
-                    o_row[xx] = r[xx] + bf
+                    o_row[xx] = _relu_if(r[xx] + bf, relu, zero)
 
 
-def _wide_forward_gemm(x, w2, b, KH, KW, ph, pw, out, lo, hi):
-    """im2col + GEMM stride-1 convolution for images [lo, hi)."""
+def _wide_forward_gemm(x, w2, b, KH, KW, ph, pw, out, relu, lo, hi):
+    """im2col + GEMM stride-1 convolution for images [lo, hi) (ReLU on the way out when relu)."""
     Wp = x.shape[3] + 2 * pw
     L = (out.shape[2] - 1) * Wp + out.shape[3]
     cols = np.empty((w2.shape[1], (hi - lo) * L), dtype=x.dtype)
     _wide_cols(x, KH, KW, ph, pw, L, cols, lo, hi)
-    _wide_bias_scatter(w2 @ cols, b, Wp, L, out, lo, hi)
+    _wide_bias_scatter(w2 @ cols, b, Wp, L, out, relu, lo, hi)
 
 
 @njit(**JIT)

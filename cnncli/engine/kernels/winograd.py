@@ -6,6 +6,7 @@ import numpy as np
 from numba import njit
 
 from cnncli.config import CHUNKS, JIT
+from cnncli.engine.kernels.elementwise import _relu_if
 from cnncli.engine.kernels.sums import _sum_parts
 from cnncli.engine.kernels.threads import _bounds, _run
 
@@ -77,10 +78,12 @@ def _wino_input(x, ph, pw, TH, TW, V, lo, hi):
 
 
 @njit(**JIT)
-def _wino_output(M, b, TH, TW, out, lo, hi):
-    """out[n, f] = A^T m A + b[f] for every 2 x 2 output tile of images [lo, hi); M is (16, F * T) as V."""
+def _wino_output(M, b, TH, TW, out, relu, lo, hi):
+    """out[n, f] = A^T m A + b[f] for every 2 x 2 output tile of images [lo, hi); M is (16, F * T) as V.
+    relu=True writes ReLU of that (the rule of activation_forward) instead."""
     F, OH, OW = out.shape[1], out.shape[2], out.shape[3]
     T = (hi - lo) * TH * TW
+    zero = np.zeros(1, dtype=out.dtype)[0]
     for n in range(lo, hi):
         base = (n - lo) * TH * TW
         for f in range(F):
@@ -100,13 +103,13 @@ def _wino_output(M, b, TH, TW, out, lo, hi):
                     u2 = M[6, t] - M[10, t] - M[14, t]
                     u3 = M[7, t] - M[11, t] - M[15, t]
                     xq = 2 * tx
-                    o[y, xq] = s0 + s1 + s2 + bf
+                    o[y, xq] = _relu_if(s0 + s1 + s2 + bf, relu, zero)
                     if xq + 1 < OW:
-                        o[y, xq + 1] = s1 - s2 - s3 + bf
+                        o[y, xq + 1] = _relu_if(s1 - s2 - s3 + bf, relu, zero)
                     if y + 1 < OH:
-                        o[y + 1, xq] = u0 + u1 + u2 + bf
+                        o[y + 1, xq] = _relu_if(u0 + u1 + u2 + bf, relu, zero)
                         if xq + 1 < OW:
-                            o[y + 1, xq + 1] = u1 - u2 - u3 + bf
+                            o[y + 1, xq + 1] = _relu_if(u1 - u2 - u3 + bf, relu, zero)
 
 
 _scratch = threading.local()  # each worker thread's plane buffers, by purpose and shape
@@ -134,14 +137,14 @@ def _planes(rows, T, dtype, purpose):
     return buf, buf[:, :rows * T].reshape(16, rows, T)
 
 
-def _wino_chunk(x, U, b, ph, pw, TH, TW, out, lo, hi):
-    """Winograd convolution of images [lo, hi) of x into out."""
+def _wino_chunk(x, U, b, ph, pw, TH, TW, out, relu, lo, hi):
+    """Winograd convolution of images [lo, hi) of x into out (with ReLU when relu)."""
     T = (hi - lo) * TH * TW
     V, V3 = _planes(x.shape[1], T, x.dtype, "V")
     M, M3 = _planes(U.shape[1], T, x.dtype, "M")
     _wino_input(x, ph, pw, TH, TW, V, lo, hi)
     np.matmul(U, V3, out=M3)
-    _wino_output(M, b, TH, TW, out, lo, hi)
+    _wino_output(M, b, TH, TW, out, relu, lo, hi)
 
 
 @njit(**JIT)
@@ -208,7 +211,7 @@ def _wino_backward_chunk(x, dout, U_flip, ph, pw, TH, TW, need_dx, dx, dU_parts,
     if need_dx:  # a full correlation of dout with the flipped, transposed filters
         H, W = dx.shape[2], dx.shape[3]
         _wino_chunk(dout, U_flip, np.zeros(dx.shape[1], dx.dtype), 2 - ph, 2 - pw, (H + 1) // 2, (W + 1) // 2,
-                    dx, lo, hi)
+                    dx, False, lo, hi)
 
 
 # Winograd pays where the transformed tiles of one image stay in cache; beyond this, im2col + GEMM is faster.
@@ -222,7 +225,7 @@ def _wino_fits(C, KH, KW, OH, OW, ph, pw):
             and 16 * C * ((OH + 1) // 2) * ((OW + 1) // 2) * 4 <= _WINO_MAX_IMAGE_BYTES)
 
 
-def _wino_plan(x, w, b, ph, pw, out):
+def _wino_plan(x, w, b, ph, pw, out, relu=False):
     """(chunk function, item count, arguments, chunk count) of out = conv(x, w) + b through Winograd F(2x2, 3x3);
     chunks of images sized from the shapes only."""
     N, C = x.shape[:2]
@@ -231,7 +234,8 @@ def _wino_plan(x, w, b, ph, pw, out):
     U = np.empty((16, w.shape[0], C), dtype=x.dtype)
     _wino_weights(w, U)
     per_image = 16 * C * TH * TW * 4
-    return _wino_chunk, N, (x, U, b, ph, pw, TH, TW, out), max(1, min(N, -(-N * per_image // _WINO_CHUNK_BYTES)))
+    return (_wino_chunk, N, (x, U, b, ph, pw, TH, TW, out, relu),
+            max(1, min(N, -(-N * per_image // _WINO_CHUNK_BYTES))))
 
 
 def _wino_backward(x, w, dout, ph, pw, dx):
