@@ -1,13 +1,15 @@
 """Per-layer profile of one cnncli training step: ms per layer, forward and backward.
 
-    python benchmarks/profile_step.py [--net default28] [--threads N] [--steps 10] [--cnncli-path DIR]
+    python benchmarks/profile_step.py [--net default28] [--threads N] [--steps 10] [--stat median|min]
+                                      [--cnncli-path DIR]
 
 NET is a key of nets.NETS. Runs the steps of Model.loss_and_grads and SGD layer by layer, as the model runs
 them (a conv and the ReLU after it are one row when the model fuses them, and so are a ReLU and the max pool
-after it in the backward pass), timing each call; prints the median wall and CPU (process time, all threads)
-ms per row over --steps steps after 3 warm-up steps, for the loss and the optimizer step too, and for the
-whole step. On a busy machine the CPU column with --threads 1 is the steadiest figure; wall time is what a
-user waits. --cnncli-path measures another checkout (an older one runs its layers one by one, as it did).
+after it in the backward pass), timing each call; prints the median (or minimum) wall and CPU (process time,
+all threads) ms per row over --steps steps after 3 warm-up steps, for the loss and the optimizer step too,
+and for the whole step. On a busy machine the CPU column with --threads 1 and --stat min is the steadiest
+figure; wall time is what a user waits. --cnncli-path measures another checkout (an older one runs its
+layers one by one, as it did).
 """
 
 import argparse
@@ -82,6 +84,8 @@ def main():
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--cnncli-path", help="the cnncli checkout to measure (default: the one on the path)")
+    ap.add_argument("--stat", choices=["median", "min"], default="median",
+                    help="per row over the steps; min is the steadier figure on a machine busy with other work")
     args = ap.parse_args()
     kernels.set_threads(args.threads)
     spec, shape, classes, bs, _ = NETS[args.net]
@@ -89,14 +93,15 @@ def main():
     x, y, source = data(args.net, bs)
     profile(model, opt, x, y, 3)
     rows = profile(model, opt, x, y, args.steps)
-    total = statistics.median(w for w, _ in rows["   whole step"])
-    total_cpu = statistics.median(c for _, c in rows["   whole step"])
+    stat = statistics.median if args.stat == "median" else min
+    total = stat([w for w, _ in rows["   whole step"]])
+    total_cpu = stat([c for _, c in rows["   whole step"]])
     print(f"{args.net}: {spec} on {'x'.join(map(str, shape))} ({source}), batch {bs}, {args.threads} threads, "
-          f"median of {args.steps} steps; load average {os.getloadavg()[0]:.2f}; cnncli from "
+          f"{args.stat} of {args.steps} steps; load average {os.getloadavg()[0]:.2f}; cnncli from "
           f"{os.path.dirname(os.path.dirname(os.path.abspath(cnncli.config.__file__)))}")
     print(f"{'layer':<28} {'wall ms':>8} {'CPU ms':>8} {'CPU share':>9}")
     for name, v in rows.items():
-        ms, cpu = statistics.median(w for w, _ in v), statistics.median(c for _, c in v)
+        ms, cpu = stat([w for w, _ in v]), stat([c for _, c in v])
         print(f"{name:<28} {ms:8.2f} {cpu:8.2f} {100 * cpu / total_cpu:8.1f}%")
     print(f"throughput {bs / total * 1e3:,.0f} img/s wall, {bs / total_cpu * 1e3:,.0f} img/s per CPU second")
 
