@@ -10,6 +10,7 @@ EXIT_GATE = 3  # eval --fail-under: a metric fell below the bar
 EXIT_DIVERGED = 4  # training: the loss became NaN or infinite
 EXIT_DATA = 65  # bad data: dataset, image folder, or weight file contents
 EXIT_NOINPUT = 66  # an input path does not exist or cannot be read
+EXIT_UNAVAILABLE = 69  # --scheduler: the Dask scheduler cannot be reached, or went away mid-run
 EXIT_INTERNAL = 70  # a bug in cnncli
 EXIT_CANTCREAT = 73  # the output cannot be created (missing or read-only directory, exists)
 EXIT_IOERR = 74  # writing failed (disk full, file-size limit, I/O error)
@@ -52,6 +53,18 @@ class NoInputError(CnnError):
     """An input (data folder, weight file, image list) does not exist or cannot be read."""
 
     exit_code = EXIT_NOINPUT
+
+
+class MissingExtraError(CnnError):
+    """An option needs an optional extra that is not installed (--scheduler needs cnncli[dask])."""
+
+    exit_code = EXIT_USAGE
+
+
+class ClusterError(CnnError):
+    """The Dask scheduler cannot be reached, or went away mid-run (rows already written stay valid)."""
+
+    exit_code = EXIT_UNAVAILABLE
 
 
 class OutputError(CnnError):

@@ -15,7 +15,7 @@ from cnncli import __version__
 from cnncli.commands.options import (DATA, MODEL, MODEL_HELP, OPTIMISATION, OUTPUT, RUN, CheckFormat, ClassWeights,
                                      Color, EvalFormat, NoCacheOption, EvalSplit, HelpCommand, HelpGroup, NoEarlyStop,
                                      InitOption, FreezeOption, OptimizerName, PatienceOption, PredictFormat, Augment,
-                                     AugmentOption, Resize, ResizeOption, ShowFormat, TTA, examples, NoProgress,
+                                     AugmentOption, Resize, ResizeOption, Scheduler, ShowFormat, TTA, examples, NoProgress,
                                      given_options, positive_finite, probability, require)
 from cnncli.commands.ledger_cli import app as ledger_app
 from cnncli.commands.streams import say
@@ -204,7 +204,7 @@ def predict(
     log_timestamps: Annotated[bool, typer.Option(
         "--log-timestamps", help="Prefix the end-of-run summary with the UTC time (or CNNCLI_LOG_TIMESTAMPS=1).",
         rich_help_panel=RUN)] = False,
-    tta: TTA = False, no_progress: NoProgress = False,
+    tta: TTA = False, no_progress: NoProgress = False, scheduler: Scheduler = None,
 ):
     """Classify images; one result row per input on stdout, streamed as each batch finishes."""
     require(inputs, "INPUT", "give image files, folders, glob patterns or - for stdin")
@@ -219,12 +219,11 @@ def predict(
                           format=fmt.value if fmt else None, top_k=top_k, all_probs=all_probs,
                           threshold=threshold, uncertain=parse_band(uncertain) if uncertain else None,
                           null=null, batch_size=batch_size, min_confidence=min_confidence, tta=tta)
-    batch_options(opts, shard, ledger, new_only, sort_into, copy, log_timestamps, no_progress)
+    batch_options(opts, shard, ledger, new_only, sort_into, copy, log_timestamps, no_progress, scheduler)
     try:
         code = run(opts, on_error=lambda path, msg: _say(f"cnncli: {one_line(path)}: {msg}"))
     except BrokenPipeError:  # the reader stopped early (`| head -1`): that is a normal end, not a failure
         from cnncli.commands.entry import quiet_broken_pipe
-
         quiet_broken_pipe()
         raise typer.Exit(0) from None
     if code:

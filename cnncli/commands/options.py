@@ -88,6 +88,10 @@ InitOption = Annotated[Optional[Path], typer.Option(
     rich_help_panel=MODEL)]
 FreezeOption = Annotated[int, typer.Option(metavar="N", help="With --init: keep its first N weight layers fixed.",
                                            show_default=False, rich_help_panel=MODEL)]
+Scheduler = Annotated[Optional[str], typer.Option(
+    metavar="ADDRESS", help="Score on a Dask cluster: tcp://HOST:PORT, or local:N worker processes started here "
+    "(default: $CNNCLI_SCHEDULER; none: this process). Needs pip install 'cnncli[dask]'.", show_default=False,
+    rich_help_panel=RUN)]
 TTA = Annotated[bool, typer.Option("--tta", help="Average each image with its mirror image.", rich_help_panel=MODEL)]
 NoProgress = Annotated[bool, typer.Option("--no-progress", rich_help_panel=RUN,
                                           help="No progress bar on a terminal (never drawn elsewhere).")]

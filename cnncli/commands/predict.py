@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from cnncli.commands.model_path import resolve_model
 from cnncli.commands.predict_inputs import iter_inputs
 from cnncli.engine.decision import DEFAULT_THRESHOLD, decide
-from cnncli.errors import EXIT_OK, EXIT_PARTIAL, BadImageError, NoInputError, UsageError, one_line
+from cnncli.errors import EXIT_OK, EXIT_PARTIAL, NoInputError, UsageError, one_line
 from cnncli.report.lines import row
+from cnncli.batch.scoring import decode_many, score_decoded
 
 FORMATS = ("table", "tsv", "csv", "jsonl")
 UNCERTAIN = "uncertain"
@@ -48,6 +49,7 @@ class PredictOptions:
     log_timestamps: bool = False
     summary: bool | None = None  # end-of-run line on stderr; None: when the run was long (a full first batch)
     progress: bool = True  # a bar on stderr over the inputs of a long run, when stderr is a terminal
+    scheduler: tuple | None = None  # score on a Dask cluster: commands/cluster.parse_scheduler's value
 
 
 def parse_band(text):
@@ -59,18 +61,6 @@ def parse_band(text):
     if not (0.0 <= lo <= hi <= 1.0):
         raise UsageError(f"--uncertain: need 0 <= LOW <= HIGH <= 1, got {text!r}")
     return lo, hi
-
-
-def _decode_one(path, size, channels, resize="crop"):
-    from cnncli.data.images import decode
-
-    try:
-        return decode(path, size, channels, resize)
-    except BadImageError as exc:
-        msg = str(exc)
-        return msg.removeprefix(f"{path}: ")
-    except (OSError, ValueError) as exc:  # e.g. a name the OS cannot represent
-        return f"cannot read file ({exc})"
 
 
 def _batches(entries, n):
@@ -181,11 +171,6 @@ class Writer:
             self._row([path] + [""] * n + [message])
 
 
-def _decode_many(paths, size, channels, resize="crop"):
-    """Decode a chunk of paths: each entry an array (C, size, size) uint8 or an error message."""
-    return [_decode_one(p, size, channels, resize) for p in paths]
-
-
 def _worker_init(parent):
     # Ctrl-C reaches the whole process group: the parent reports it, workers just stop quietly.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -238,7 +223,7 @@ def _submit_decodes(pool, batch, size, channels, workers, resize="crop"):
     """Start decoding batch [(path, error or None)] in chunks; returns [(indices, future)] for _gather."""
     todo = [i for i, (_, err) in enumerate(batch) if err is None]
     step = max(1, -(-len(todo) // (2 * max(1, workers))))  # two chunks per worker keeps both busy
-    return [(todo[k:k + step], pool.submit(_decode_many, [batch[i][0] for i in todo[k:k + step]], size, channels,
+    return [(todo[k:k + step], pool.submit(decode_many, [batch[i][0] for i in todo[k:k + step]], size, channels,
                                             resize))
             for k in range(0, len(todo), step)]
 
@@ -278,19 +263,57 @@ def _in_background(fn):
     return result
 
 
+def _scored_locally(opts, clf, current, batches, full):
+    """Decode and score predict's batches in this process; yields (batch, decoded, (good, proba, ood)) per batch
+    (scoring.score_decoded), in order. Decoding runs in a pool (processes when full: a long run), one batch
+    ahead; the pool is stopped at the end, at once when the consumer stops early."""
+    size, channels = clf.size, clf.channels
+    pool = _process_pool(opts.workers) if full else ThreadPoolExecutor(max(1, opts.workers))
+    finished = False
+    try:
+        def read_ahead():
+            batch = next(batches, None)
+            return batch, (_submit_decodes(pool, batch, size, channels, opts.workers, clf.resize) if batch else None)
+
+        pending = _submit_decodes(pool, current, size, channels, opts.workers, clf.resize) if current else None
+        while current is not None:
+            # The next batch is read (and its decoding started) on another thread while this one is
+            # classified, so a batch's rows go out as soon as it is done even when more paths are slow
+            # to arrive on stdin.
+            upcoming = _in_background(read_ahead)
+            decoded = _gather(current, pending)
+            yield current, decoded, score_decoded(clf, decoded)
+            current, pending = upcoming()
+        finished = True
+    finally:
+        _stop_pool(pool, finished)
+
+
+def _scored_on_cluster(opts, client, checksum, current, batches):
+    import itertools
+
+    from cnncli.commands.cluster import scored_batches
+
+    return scored_batches(opts.scheduler, client, checksum, itertools.chain([current], batches), opts.tta)
+
+
 def run(opts, on_error=None, out=None):
     """Classify every input in opts.inputs, writing rows to `out` (default sys.stdout) as each batch finishes.
 
     on_error(path, message) is called for every input that fails. Returns EXIT_OK when every input was
-    classified, EXIT_PARTIAL when some failed. Raises NoInputError when there were no inputs at all, and what
-    modelfile.load raises for a bad weight file.
+    classified, EXIT_PARTIAL when some failed. Raises NoInputError when there were no inputs at all, what
+    modelfile.load raises for a bad weight file, and with opts.scheduler ClusterError when the Dask scheduler
+    cannot be reached or goes away.
     """
-    from cnncli.store import modelfile  # numpy and the kernels load here, not at import
-    from cnncli.report.ood import energy
+    from contextlib import ExitStack
+
+    from cnncli.store import modelfile, weights  # numpy and the kernels load here, not at import
     from cnncli.data.images import bombs_are_errors
 
     out = sys.stdout if out is None else out
-    clf = modelfile.load(resolve_model(opts.model))
+    model_path = resolve_model(opts.model)
+    data = weights.read_bytes(model_path)  # read once: a cluster's workers get these very bytes
+    clf = modelfile.load_bytes(model_path, data)
     clf.tta = opts.tta
     threshold = opts.threshold if opts.threshold is not None else clf.threshold
     if len(clf.classes) != 2:
@@ -305,72 +328,59 @@ def run(opts, on_error=None, out=None):
                     band=opts.uncertain is not None or min_confidence is not None)
     from cnncli.commands.predict_extras import Extras, Known
 
-    extras = Extras(opts, clf, decider.threshold)  # opens --ledger / --sort-into before any row is written
-    writer.header()
-    size, channels = clf.size, clf.channels
-    seen = failed = 0
+    with ExitStack() as stack:
+        if opts.scheduler:  # before any row: an unreachable scheduler fails the run without output
+            from cnncli.commands.cluster import connect, install_model
 
-    import numpy as np
+            client = stack.enter_context(connect(opts.scheduler))
+            checksum = install_model(client, opts.scheduler, str(model_path), data)
+        extras = Extras(opts, clf, decider.threshold)  # opens --ledger / --sort-into before any row is written
+        writer.header()
+        seen = failed = 0
+        with bombs_are_errors():
+            batches = _batches(extras.entries(iter_inputs(opts.inputs, opts.null)), opts.batch_size)
+            current = next(batches, None)
+            # A full first batch means a long run: decode in worker processes, since decoding small images is
+            # mostly Python work that holds the GIL, and threads would share one core. Short runs keep threads,
+            # which start at once.
+            long_run = current is not None and len(current) >= opts.batch_size
+            full = long_run and opts.workers > 1
+            if opts.summary is None:
+                extras.summary = long_run  # on a terminal, the summary line takes the place of the erased bar
+            scored = (_scored_on_cluster(opts, client, checksum, current, batches) if opts.scheduler and current
+                      else _scored_locally(opts, clf, current, batches, full))
+            finished, bar = False, None
+            try:
+                if long_run:
+                    from cnncli.commands.predict_extras import progress_bar
 
-    with bombs_are_errors():
-        batches = _batches(extras.entries(iter_inputs(opts.inputs, opts.null)), opts.batch_size)
-        current = next(batches, None)
-        # A full first batch means a long run: decode in worker processes, since decoding small images is
-        # mostly Python work that holds the GIL, and threads would share one core. Short runs keep threads,
-        # which start at once.
-        long_run = current is not None and len(current) >= opts.batch_size
-        full = long_run and opts.workers > 1
-        if opts.summary is None:
-            extras.summary = long_run  # on a terminal, the summary line takes the place of the erased bar
-        pool = _process_pool(opts.workers) if full else ThreadPoolExecutor(max(1, opts.workers))
-        finished, bar = False, None
-        try:
-            if long_run:
-                from cnncli.commands.predict_extras import progress_bar
-
-                bar = progress_bar(opts)
-
-            def read_ahead():
-                batch = next(batches, None)
-                return batch, (_submit_decodes(pool, batch, size, channels, opts.workers, clf.resize) if batch else None)
-
-            pending = _submit_decodes(pool, current, size, channels, opts.workers, clf.resize) if current else None
-            while current is not None:
-                # The next batch is read (and its decoding started) on another thread while this one is
-                # classified, so a batch's rows go out as soon as it is done even when more paths are slow
-                # to arrive on stdin.
-                upcoming = _in_background(read_ahead)
-                decoded = _gather(current, pending)
-                good = [i for i, r in enumerate(decoded) if not isinstance(r, (str, Known))]
-                logits = clf.logits(np.stack([decoded[i] for i in good])) if good else None
-                proba = clf.proba_from_logits(logits) if good else None
-                ood = energy(logits) if good else None
-                rows = dict(zip(good, range(len(good))))
-                for i, (path, _) in enumerate(current):
-                    seen += 1
-                    if i in rows or isinstance(decoded[i], Known):
-                        p = proba[rows[i]] if i in rows else decoded[i].p
-                        label, prob, others = decider.decide(p)
-                        ood_i = ood[rows[i]] if i in rows else decoded[i].ood
-                        writer.result(path, label, prob, others, p, ood_i)
-                        extras.row(path, label, prob, p, ood_i, i not in rows)
-                    else:
-                        failed += 1
-                        extras.error(path)
-                        writer.error(path, decoded[i])
-                        if on_error is not None:
-                            on_error(path, decoded[i])
-                out.flush()
-                extras.batch_done()  # after the rows went out: a rerun prints a row at least once
+                    bar = progress_bar(opts)
+                for current, decoded, (good, proba, ood) in scored:
+                    rows = dict(zip(good, range(len(good))))
+                    for i, (path, _) in enumerate(current):
+                        seen += 1
+                        if i in rows or isinstance(decoded[i], Known):
+                            p = proba[rows[i]] if i in rows else decoded[i].p
+                            label, prob, others = decider.decide(p)
+                            ood_i = ood[rows[i]] if i in rows else decoded[i].ood
+                            writer.result(path, label, prob, others, p, ood_i)
+                            extras.row(path, label, prob, p, ood_i, i not in rows)
+                        else:
+                            failed += 1
+                            extras.error(path)
+                            writer.error(path, decoded[i])
+                            if on_error is not None:
+                                on_error(path, decoded[i])
+                    out.flush()
+                    extras.batch_done()  # after the rows went out: a rerun prints a row at least once
+                    if bar is not None:
+                        bar.update(seen + extras.counts["skipped"])
+                finished = True
+            finally:
                 if bar is not None:
-                    bar.update(seen + extras.counts["skipped"])
-                current, pending = upcoming()
-            finished = True
-        finally:
-            if bar is not None:
-                bar.close()  # before the summary line, which takes its place
-            _stop_pool(pool, finished)
-            extras.close(finished)
+                    bar.close()  # before the summary line, which takes its place
+                scored.close()  # stops the decode pool (at once unless finished)
+                extras.close(finished)
     if seen == 0 and not extras.counts["skipped"]:
         raise NoInputError("no input images (give files, folders, glob patterns or - for stdin)")
     return EXIT_PARTIAL if failed else EXIT_OK

@@ -214,6 +214,13 @@ def load(path):
     return from_parts(path, tensors, meta)
 
 
+def load_bytes(path, data):
+    """A Classifier from the bytes of a weight file (weights.read_bytes), validated as load() does; path only
+    names it in errors. Lets a caller read the file once and hand the very same bytes on (Dask workers)."""
+    tensors, meta = weights.parse(path, data)
+    return from_parts(path, tensors, meta)
+
+
 def default_sidecar(output, suffix):
     """Path of a file kept beside the weights, e.g. model.safetensors -> model.history.csv."""
     out = Path(output)

@@ -255,8 +255,20 @@ def load(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any]
     Tensor names and shapes are not checked against an architecture here; modelfile does that.
     """
     path = Path(path)
+    return _parse(path, read_bytes(path))
+
+
+def read_bytes(path: str | os.PathLike) -> bytes:
+    """The whole file at path, unparsed (what load() reads): NoInputError / FormatError as load() raises them for
+    a missing, unreadable, non-regular, empty or oversized file. Hand the bytes to parse() to validate them."""
+    path = Path(path)
     _stat_input(path)
-    return _parse(path, _read_file(path, MAX_FILE_BYTES))
+    return _read_file(path, MAX_FILE_BYTES)
+
+
+def parse(path: str | os.PathLike, data: bytes) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Validate the bytes of a whole weight file (path only names it in errors); returns what load() does."""
+    return _parse(path, data)
 
 
 def update_metadata(path: str | os.PathLike, changes: Mapping[str, Any], expect: str | None = None,

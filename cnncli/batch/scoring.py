@@ -1,0 +1,58 @@
+"""Scoring one batch of image paths: decode, one model call, probabilities and OOD scores.
+
+The single definition of how predict turns a batch of paths into numbers, used by predict's own process and by
+Dask workers (cnncli/batch/dask_worker.py) alike, so that a cluster run prints byte for byte what a local run
+prints: the same images are stacked into the same model calls (the kernels' results depend, in the last bits,
+on which images share a call). No typer, rich or dask here; numpy and the model load only when scoring.
+"""
+
+
+def decode_one(path, size, channels, resize="crop"):
+    """One image as uint8 (C, size, size), or the reason (str) it cannot be used, as predict's error row says it."""
+    from cnncli.data.images import decode
+    from cnncli.errors import BadImageError
+
+    try:
+        return decode(path, size, channels, resize)
+    except BadImageError as exc:
+        msg = str(exc)
+        return msg.removeprefix(f"{path}: ")
+    except (OSError, ValueError) as exc:  # e.g. a name the OS cannot represent
+        return f"cannot read file ({exc})"
+
+
+def decode_many(paths, size, channels, resize="crop"):
+    """Decode a chunk of paths: each entry an array (C, size, size) uint8 or an error message."""
+    return [decode_one(p, size, channels, resize) for p in paths]
+
+
+def score_decoded(clf, decoded):
+    """Run the model once over the decoded images of a batch.
+
+    decoded: one entry per input, a uint8 array (C, H, W) for an image, anything else for an input that is not
+    scored (an error message, a ledger hit). Returns (good, proba, ood): the indices of the arrays in decoded,
+    their probabilities float32 (G, K) and OOD energy scores float64 (G,); proba and ood are None when G = 0.
+    """
+    import numpy as np
+
+    from cnncli.report.ood import energy
+
+    good = [i for i, r in enumerate(decoded) if isinstance(r, np.ndarray)]
+    if not good:
+        return good, None, None
+    logits = clf.logits(np.stack([decoded[i] for i in good]))
+    return good, clf.proba_from_logits(logits), energy(logits)
+
+
+def score_paths(clf, paths):
+    """Decode paths with clf's input rules and score them (score_decoded) in this process.
+
+    Returns (reasons, good, proba, ood): reasons[i] is the error message of paths[i] or None; good, proba, ood
+    as score_decoded gives them over the paths.
+    """
+    from cnncli.data.images import bombs_are_errors
+
+    with bombs_are_errors():
+        decoded = decode_many(paths, clf.size, clf.channels, clf.resize)
+    reasons = [r if isinstance(r, str) else None for r in decoded]
+    return (reasons, *score_decoded(clf, decoded))
