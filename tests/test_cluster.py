@@ -21,6 +21,8 @@ from robust_helpers import child_env, cnncli_child, run_child, run_main
 
 from distributed import Client, LocalCluster
 
+from cnncli.store import weights
+
 SIZE = 16
 SLOW = 240  # seconds: a child run or a cluster start-up on a busy two-core machine
 
@@ -107,33 +109,38 @@ def test_bad_or_unreachable_scheduler(tmp_path, capsys):
     code, out, err = run_main(["predict", *inputs, "-m", model, "--scheduler", "http://x"], capsys)
     assert code == 2 and out == "" and "--scheduler" in err
     env = child_env(DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT="2s")
-    code, out, err = run_child(["predict", *inputs, "-m", model, "--scheduler", "tcp://127.0.0.1:9"], tmp_path,
-                               timeout=SLOW, env=env)
-    lines = err.decode().splitlines()
-    assert code == 69 and out == b"" and len(lines) == 1 and "tcp://127.0.0.1:9" in lines[0], err
+    for command in (["predict", *inputs], ["eval", data]):
+        code, out, err = run_child([*command, "-m", model, "--scheduler", "tcp://127.0.0.1:9"], tmp_path,
+                                   timeout=SLOW, env=env)
+        lines = err.decode().splitlines()
+        assert code == 69 and out == b"" and len(lines) == 1 and "tcp://127.0.0.1:9" in lines[0], err
 
 
 def test_without_dask_the_option_says_how_to_install_it(tmp_path):
     data, model, inputs = _world(tmp_path, n_per_class=1)
     probe = ("import sys\nsys.modules['distributed'] = None\nsys.modules['dask'] = None\n"
              "from cnncli.commands.cli import main\nmain(sys.argv[1:])")
-    for extra, env in ((["--scheduler", "local:2"], child_env()), ([], child_env(CNNCLI_SCHEDULER="tcp://h:8786"))):
-        res = subprocess.run([sys.executable, "-c", probe, "predict", *inputs, "-m", str(model), *extra],
+    runs = [(["predict", *inputs], ["--scheduler", "local:2"], child_env()),
+            (["predict", *inputs], [], child_env(CNNCLI_SCHEDULER="tcp://h:8786")),
+            (["eval", str(data)], ["--scheduler", "tcp://h:8786"], child_env())]
+    for command, extra, env in runs:
+        res = subprocess.run([sys.executable, "-c", probe, *command, "-m", str(model), *extra],
                              capture_output=True, timeout=SLOW, cwd=tmp_path, env=env)
         lines = res.stderr.decode().splitlines()
         assert res.returncode == 2 and res.stdout == b"" and len(lines) == 1, res.stderr
         assert "pip install 'cnncli[dask]'" in lines[0]
 
 
-def test_plain_predict_never_imports_dask(tmp_path):
+def test_plain_predict_and_eval_never_import_dask(tmp_path):
     data, model, inputs = _world(tmp_path, n_per_class=2)
     probe = ("import sys\nfrom cnncli.commands.cli import main\n"
              "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    code = e.code\n"
              "print(code, sorted(m for m in sys.modules if m.split('.')[0] in ('dask', 'distributed')), "
              "file=sys.stderr)")
-    res = subprocess.run([sys.executable, "-c", probe, "predict", *inputs, "-m", str(model)], capture_output=True,
-                         timeout=SLOW, cwd=tmp_path, env=child_env())
-    assert res.stderr.decode().strip().endswith("1 []"), res.stderr
+    for command, code in ((["predict", *inputs], 1), (["eval", str(data)], 0)):
+        res = subprocess.run([sys.executable, "-c", probe, *command, "-m", str(model)], capture_output=True,
+                             timeout=SLOW, cwd=tmp_path, env=child_env())
+        assert res.stderr.decode().strip().endswith(f"{code} []"), res.stderr
 
 
 def test_worker_checks_the_model_bytes_against_their_checksum(tmp_path):
@@ -150,6 +157,40 @@ def test_worker_checks_the_model_bytes_against_their_checksum(tmp_path):
     dask_worker.ModelBytes("m.safetensors", bytes(damaged), bad).setup()
     with pytest.raises(FormatError, match="do not match their SHA-256"):
         dask_worker.classifier(bad)
+
+
+def _eval_world(tmp_path: Path):
+    """(labeled folder with train/val/test parts and two unreadable test files, model path)."""
+    data = make_image_folder(tmp_path / "data", n_per_class=6, size=SIZE, split=True, n_test=9, n_val=7)
+    (data / "test" / "cat" / "broken.png").write_bytes(b"not an image")
+    (data / "test" / "dog" / "empty.png").write_bytes(b"")
+    return data, tiny_model(tmp_path / "m.safetensors")
+
+
+EVAL_FORMS = [["--format", "json", "--errors", "3", "--min-confidence", "0.6", "--tta"],
+              ["--format", "table", "--calibrate", "--pick-threshold", "youden", "--save-threshold"],
+              ["--format", "json", "--split", "all", "--pick-threshold", "sensitivity=0.8", "--shard", "0/2"]]
+
+
+@pytest.mark.parametrize("form", EVAL_FORMS, ids=["json", "table-calibrate", "json-all-shard"])
+def test_eval_report_is_identical_on_the_cluster(tmp_path, capsys, cluster, form):
+    data, model = _eval_world(tmp_path)
+    pristine = model.read_bytes()
+    args = ["eval", data, "-m", model, *form]
+    code, out, err = run_main(args, capsys)
+    assert code == 0 and "skipped" in err and out, err
+    saved = weights.load(model)[1]
+    model.write_bytes(pristine)  # --calibrate / --save-threshold wrote into it: start the second run equal
+    code2, out2, err2 = run_main([*args, "--scheduler", cluster[0]], capsys)
+    assert (code2, out2, err2) == (code, out, err)
+    assert weights.load(model)[1] == saved  # the same values saved (safetensors orders the header at random)
+
+
+def test_eval_errors_image_is_refused_on_the_cluster(tmp_path, capsys, cluster):
+    data, model = _eval_world(tmp_path)
+    code, out, err = run_main(["eval", data, "-m", model, "--errors-image", tmp_path / "e.png", "--scheduler",
+                               cluster[0]], capsys)
+    assert code == 2 and out == "" and "--errors-image" in err and not (tmp_path / "e.png").exists()
 
 
 def _installed():

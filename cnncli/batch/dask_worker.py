@@ -75,3 +75,8 @@ def score_batch(checksum, paths, tta=False):
     Returns scoring.score_paths' (reasons, good, proba float32 (G, K), ood float64 (G,)) for the paths.
     """
     return scoring.score_paths(classifier(checksum, tta), paths)
+
+
+def logits_batch(checksum, paths, tta=False):
+    """A Dask task for eval: scoring.logits_paths over one chunk of image paths with the installed model."""
+    return scoring.logits_paths(classifier(checksum, tta), paths)

@@ -44,15 +44,53 @@ def score_decoded(clf, decoded):
     return good, clf.proba_from_logits(logits), energy(logits)
 
 
+def _decoded(clf, paths):
+    from cnncli.data.images import bombs_are_errors
+
+    with bombs_are_errors():
+        decoded = decode_many(paths, clf.size, clf.channels, clf.resize)
+    return decoded, [r if isinstance(r, str) else None for r in decoded]
+
+
 def score_paths(clf, paths):
     """Decode paths with clf's input rules and score them (score_decoded) in this process.
 
     Returns (reasons, good, proba, ood): reasons[i] is the error message of paths[i] or None; good, proba, ood
     as score_decoded gives them over the paths.
     """
-    from cnncli.data.images import bombs_are_errors
-
-    with bombs_are_errors():
-        decoded = decode_many(paths, clf.size, clf.channels, clf.resize)
-    reasons = [r if isinstance(r, str) else None for r in decoded]
+    decoded, reasons = _decoded(clf, paths)
     return (reasons, *score_decoded(clf, decoded))
+
+
+def logits_paths(clf, paths):
+    """eval's unit of work: decode one chunk of paths (eval_chunk of them) and run the model once over the
+    images that decoded. Returns (reasons, logits float32 (G, K)): reasons[i] is the error message of paths[i]
+    or None, logits are those of the G paths whose reason is None, in order."""
+    import numpy as np
+
+    decoded, reasons = _decoded(clf, paths)
+    good = [r for r in decoded if isinstance(r, np.ndarray)]
+    return reasons, clf.logits(np.stack(good)) if good else np.zeros((0, len(clf.classes)), np.float32)
+
+
+def eval_chunk(clf):
+    """Inputs per model call in eval: one inference pass (Model.images_per_pass), counted in input files, so
+    that a chunk's images are the same whether it is scored here or on a Dask worker, bad files or not."""
+    return clf.model.images_per_pass()
+
+
+def logits_in_chunks(clf, x, kept):
+    """eval's logits for images already decoded here, grouped as logits_paths groups them on workers.
+
+    x: uint8 (G, C, H, W), the images that decoded, in input order; kept: one bool per input file (N,), True
+    for those in x. Returns float32 (G, K): one model call per eval_chunk(clf) input files.
+    """
+    import numpy as np
+
+    step, out, start = eval_chunk(clf), [], 0
+    for k in range(0, len(kept), step):
+        n = int(sum(kept[k:k + step]))
+        if n:
+            out.append(clf.logits(x[start:start + n]))
+        start += n
+    return np.concatenate(out) if out else np.zeros((0, len(clf.classes)), np.float32)

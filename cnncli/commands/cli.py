@@ -154,7 +154,6 @@ def info(
     """Show a weight file's architecture, layer shapes, classes, input and training summary."""
     from cnncli.commands.info import describe, format_text
     from cnncli.commands.model_path import resolve_model
-
     _print_report(describe(resolve_model(model)), json_out, format_text)
 
 
@@ -279,7 +278,7 @@ def eval_(
     shard: Annotated[Optional[str], typer.Option(
         metavar="I/N", help="Score only shard I of N of the images (0 <= I < N, by a hash of the path).",
         show_default=False, rich_help_panel=DATA)] = None,
-    tta: TTA = False, no_progress: NoProgress = False,
+    tta: TTA = False, no_progress: NoProgress = False, scheduler: Scheduler = None,
 ):
     """Score a model on labeled images: accuracy, per-class metrics, confusion matrix, ROC for two classes."""
     require(errors >= 0, "--errors", f"must be >= 0, got {errors}")
@@ -296,7 +295,7 @@ def eval_(
                        errors_image=str(errors_image) if errors_image else None,
                        fail_under=fail_under, plot=str(plot) if plot else None, wait=wait,
                        split=split.value if split else None, overwrite=overwrite, calibrate=calibrate,
-                       min_confidence=min_confidence, tta=tta, progress=not no_progress)
+                       min_confidence=min_confidence, tta=tta, progress=not no_progress, scheduler=scheduler)
     opts.shard = parse_shard(shard) if shard else None
     report = run(opts, on_warn=lambda msg: _say(f"warning: {one_line(msg)}"))
     _print_report(report, fmt == EvalFormat.json, format_table)

@@ -205,3 +205,61 @@ def scored_batches(spec, client, checksum, batches, tta):
         for i, reason in zip(todo, reasons):
             decoded[i] = reason
         yield batch, decoded, ([todo[g] for g in good], proba, ood)
+
+
+class EvalCluster:
+    """eval's images decoded and scored on a Dask cluster (a context manager: connects, installs the model).
+
+    spec: parse_scheduler's value; label: the weight file's name for messages; data: its bytes.
+    """
+
+    def __init__(self, spec, label, data):
+        self.spec, self.label, self.data = spec, label, data
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self):
+        with self._stack as stack:
+            self.client = stack.enter_context(connect(self.spec))
+            self.checksum = install_model(self.client, self.spec, self.label, self.data)
+            self._stack = stack.pop_all()
+        return self
+
+    def __exit__(self, *exc):
+        return self._stack.__exit__(*exc)
+
+    def load(self, items, clf, on_bad, on_progress=None):
+        """Score (path, label) items as eval does locally: one task per scoring.eval_chunk(clf) items.
+
+        Returns (folders.Loaded with x None, logits float32 (N, K) of the N items that decoded); on_bad(path,
+        reason) is called for each item that did not, in input order; on_progress(done) after each chunk.
+        """
+        from pathlib import Path
+
+        import numpy as np
+
+        from cnncli.batch.dask_worker import logits_batch
+        from cnncli.batch.scoring import eval_chunk
+        from cnncli.data.folders import Loaded
+
+        step, run, counter = eval_chunk(clf), uuid.uuid4().hex[:12], iter(range(1 << 62))
+        items = list(items)
+        chunks = [items[k:k + step] for k in range(0, len(items), step)]
+
+        def submit(chunk):
+            return self.client.submit(logits_batch, self.checksum, [str(p) for p, _ in chunk], clf.tta, pure=False,
+                                      key=f"cnncli-eval-{run}-{next(counter)}")
+
+        kept, bad, parts = [], [], []
+        for chunk, (reasons, logits) in ordered_results(self.client, self.spec, chunks, submit):
+            for (path, label), reason in zip(chunk, reasons):
+                if reason is None:
+                    kept.append((Path(path), int(label)))
+                else:
+                    bad.append((Path(path), reason))
+                    on_bad(Path(path), reason)
+            parts.append(logits)
+            if on_progress is not None:
+                on_progress(len(kept) + len(bad))
+        y = np.array([label for _, label in kept], np.int64)
+        logits = np.concatenate(parts) if parts else np.zeros((0, len(clf.classes)), np.float32)
+        return Loaded(None, y, kept, bad, clf.channels), logits

@@ -14,12 +14,10 @@ def _scores(y, proba) -> dict:
     return {"ece": calibration.ece(y, proba), "brier": calibration.brier(y, proba)}
 
 
-def fit(tune_loaded, clf, source) -> dict:
-    """Fit a temperature on the tuning images (a folders.Loaded) from the raw logits; returns the report's
+def fit(y, logits, clf, source) -> dict:
+    """Fit a temperature on the tuning images' labels (N,) and raw logits float32 (N, K); returns the report's
     "calibration" entry without the scored-part figures: {"source", "temperature", "previous_temperature",
     "fit_nll_before", "fit_nll_after", "tuning": {"before": {ece, brier}, "after": {ece, brier}}}."""
-    logits = clf.logits(tune_loaded.x)
-    y = tune_loaded.y
     t = calibration.fit_temperature(y, logits)
     return {
         "source": source,

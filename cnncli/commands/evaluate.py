@@ -3,6 +3,7 @@
 No typer or rich here. `run` returns a JSON-able report; `format_table` renders it for people.
 """
 
+import contextlib
 from dataclasses import dataclass
 import os
 from pathlib import Path
@@ -13,8 +14,9 @@ from cnncli.commands import eval_splits, gates, outputs
 from cnncli.data import folders
 from cnncli.errors import DataError, UsageError, one_line
 from cnncli.commands import eval_decisions
+from cnncli.batch import scoring
 from cnncli.report import calibration, metrics, thresholds
-from cnncli.store import modelfile
+from cnncli.store import modelfile, weights
 
 
 @dataclass
@@ -36,10 +38,13 @@ class EvalOptions:
     shard: tuple | None = None  # (i, n): score only shard i of n of the scored part (commands/shard.py)
     tta: bool = False  # average each image's logits with its mirror's
     progress: bool = True  # a bar over the scored images on stderr, when it is a terminal and they are many
+    scheduler: str | None = None  # --scheduler: score on a Dask cluster (commands/cluster.parse_scheduler)
 
 
-def _load(part, clf, on_warn, progress=False):
-    """Decode a Part's images; returns (folders.Loaded, proba float32 (N, K)). DataError when none decode.
+def _load(part, clf, on_warn, progress=False, cluster=None):
+    """Decode a Part's images and run the model over them, one call per scoring.eval_chunk input files (here,
+    or on a Dask cluster: commands/cluster.EvalCluster, whose Loaded.x is None). Returns (folders.Loaded,
+    logits float32 (N, K)). DataError when none decode.
     progress: draw a bar over the decoding (on a terminal only, and only for more than LONG_RUN images)."""
     def on_bad(path, reason):
         if on_warn is not None:
@@ -49,21 +54,27 @@ def _load(part, clf, on_warn, progress=False):
 
     long_run = progress and len(part.items) >= LONG_RUN
     bar = InputsProgress("eval", len(part.items)) if long_run and live_terminal() else None
+    tick = bar.update if bar is not None else None
     try:  # README: unreadable images are skipped, always
-        loaded = folders.load_images(part.items, clf.size, color=clf.color, on_bad=on_bad, classes=clf.classes,
-                                     allow_lost_classes=True, resize=clf.resize,
-                                     on_progress=bar.update if bar is not None else None)
+        if cluster is not None:
+            loaded, logits = cluster.load(part.items, clf, on_bad, on_progress=tick)
+        else:
+            loaded = folders.load_images(part.items, clf.size, color=clf.color, on_bad=on_bad, classes=clf.classes,
+                                         allow_lost_classes=True, resize=clf.resize, on_progress=tick)
     finally:
         if bar is not None:
             bar.close()
     if len(loaded.y) == 0:
         raise DataError(f"{part.source}: no readable images")
-    return loaded, clf.proba(loaded.x)
+    if cluster is None:
+        bad = {str(p) for p, _ in loaded.bad}
+        logits = scoring.logits_in_chunks(clf, loaded.x, [str(Path(p)) not in bad for p, _ in part.items])
+    return loaded, logits
 
 
-def _tuning(opts, splits, scored, scored_loaded, clf, on_warn, what):
-    """The tuning part (eval_splits.Splits.tuning) and its decoded images, reusing scored_loaded when it is the
-    scored part; warns when the tuning spends the test images or is scored on itself."""
+def _tuning(opts, splits, scored, scored_loaded, clf, on_warn, what, cluster=None):
+    """The tuning part (eval_splits.Splits.tuning) and its (Loaded, logits) (_load), reusing scored_loaded when it
+    is the scored part; warns when the tuning spends the test images or is scored on itself."""
     tune = splits.tuning(opts.split)
     warn = on_warn or (lambda msg: None)
     if tune.split in ("test", "all") and splits.has_test:
@@ -71,13 +82,14 @@ def _tuning(opts, splits, scored, scored_loaded, clf, on_warn, what):
     elif tune.source == scored.source:
         warn(f"{what} on the images it is scored on ({tune.source}): expect lower figures on new "
              "images; score a separate test/ folder")
-    return tune, (scored_loaded if tune.source == scored.source else _load(tune, clf, on_warn)[0])
+    return tune, (scored_loaded if tune.source == scored.source else _load(tune, clf, on_warn, cluster=cluster))
 
 
-def _pick(rule, tune, loaded, clf, on_warn):
-    """Pick the threshold by rule (kind, target) on the tuning images (a folders.Loaded); returns
+def _pick(rule, tune, tuned, clf, on_warn):
+    """Pick the threshold by rule (kind, target) on the tuning images ((folders.Loaded, logits)); returns
     (threshold, picked dict)."""
-    proba = clf.proba(loaded.x)
+    loaded, logits = tuned
+    proba = clf.proba_from_logits(logits)
     y01 = (loaded.y == 1).astype(np.int64)
     if y01.min() == y01.max():
         raise DataError(f"{tune.source}: --pick-threshold needs images of both classes")
@@ -126,7 +138,14 @@ def run(opts, on_warn=None):
         for path in plot_out.values():
             outputs.check_plot_suffix(path)
         outputs.check_outputs(plot_out, opts.overwrite)
-    clf = modelfile.load(model_path)
+    from cnncli.commands.cluster import parse_scheduler
+
+    spec = parse_scheduler(opts.scheduler)
+    if spec and opts.errors_image:
+        raise UsageError("--errors-image: draws the images, which a cluster's workers do not send back; "
+                         "not with --scheduler")
+    data = weights.read_bytes(model_path)  # read once: a cluster's workers get these very bytes
+    clf = modelfile.load_bytes(model_path, data)
     clf.tta = opts.tta
     binary = len(clf.classes) == 2
     if not binary and (opts.threshold is not None or opts.pick_threshold):
@@ -157,17 +176,24 @@ def run(opts, on_warn=None):
     outputs.check_not_inputs(plot_out, [model_path, *(p for p, _ in scored.items)], root=opts.data)
     threshold = opts.threshold if opts.threshold is not None else clf.threshold
     picked = calibrated = None
-    loaded, proba = _load(scored, clf, on_warn, opts.progress)
-    if opts.calibrate or opts.pick_threshold:
-        what = "temperature fitted" if opts.calibrate else "threshold picked"
-        tune, tune_loaded = _tuning(opts, splits, scored, loaded, clf, on_warn, what)
+    with contextlib.ExitStack() as stack:
+        cluster = None
+        if spec:
+            from cnncli.commands.cluster import EvalCluster
+
+            cluster = stack.enter_context(EvalCluster(spec, str(model_path), data))
+        loaded, logits = _load(scored, clf, on_warn, opts.progress, cluster)
+        if opts.calibrate or opts.pick_threshold:
+            what = "temperature fitted" if opts.calibrate else "threshold picked"
+            tune, tuned = _tuning(opts, splits, scored, (loaded, logits), clf, on_warn, what, cluster)
+    proba = clf.proba_from_logits(logits)
     if opts.calibrate:  # first: a threshold is then picked on the calibrated probabilities predict will see
-        calibrated = eval_decisions.fit(tune_loaded, clf, tune.source)
+        calibrated = eval_decisions.fit(tuned[0].y, tuned[1], clf, tune.source)
         before, clf.temperature = proba, calibrated["temperature"]
-        proba = clf.proba(loaded.x)
+        proba = clf.proba_from_logits(logits)
         calibrated["scored"] = eval_decisions.scored_figures(loaded.y, before, proba)
     if rule:
-        threshold, picked = _pick(rule, tune, tune_loaded, clf, on_warn)
+        threshold, picked = _pick(rule, tune, tuned, clf, on_warn)
     report = metrics.classification_report(loaded.y, proba, clf.classes, threshold if binary else None)
     report.update({"source": scored.source, "split": scored.split, "model": str(model_path),
                    "skipped_files": len(loaded.bad), "ece": calibration.ece(loaded.y, proba),
