@@ -104,6 +104,43 @@ def test_shard_ledger_and_sort_into_work_on_the_cluster(tmp_path, capsys, cluste
     assert (code3, out3) == (code, out) and " 0 scored" in err3
 
 
+class _FakeClient:
+    """Just what ordered_results asks of a dask Client: 3 worker threads, a running status."""
+
+    status = "running"
+
+    def nthreads(self):
+        return {"w1": 1, "w2": 2}
+
+
+def test_results_come_back_in_input_order_with_a_bounded_window():
+    import random
+    from concurrent.futures import ThreadPoolExecutor
+
+    from cnncli.commands.cluster import ordered_results
+
+    rng = random.Random(0)
+    state = {"sent": 0, "done": 0, "most": 0}
+
+    def slow_identity(job):
+        time.sleep(rng.random() / 200)  # finish out of order
+        return job
+
+    with ThreadPoolExecutor(6) as pool:
+        def submit(job):
+            state["sent"] += 1
+            state["most"] = max(state["most"], state["sent"] - state["done"])
+            return pool.submit(slow_identity, job)
+
+        jobs = [[k] for k in range(200)]
+        got = []
+        for job, result in ordered_results(_FakeClient(), ("local", 2), iter(jobs), submit):
+            assert result is job
+            got.append(job)
+            state["done"] += 1
+    assert got == jobs and state["most"] == 6  # two per worker thread, never more
+
+
 def test_bad_or_unreachable_scheduler(tmp_path, capsys):
     data, model, inputs = _world(tmp_path, n_per_class=1)
     code, out, err = run_main(["predict", *inputs, "-m", model, "--scheduler", "http://x"], capsys)

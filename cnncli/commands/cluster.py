@@ -109,7 +109,7 @@ def install_model(client, spec, label, data):
 def window_size(client):
     """Batches kept in flight: two per worker thread (one running, one queued), at least 2."""
     try:
-        threads = sum(w.get("nthreads", 1) for w in client.scheduler_info()["workers"].values())
+        threads = sum(client.nthreads().values())  # every worker (scheduler_info lists only the first few)
     except Exception:  # noqa: BLE001 - an estimate only
         threads = 1
     return max(2, 2 * threads)
@@ -167,9 +167,9 @@ def ordered_results(client, spec, jobs, submit):
                 if client.status not in ("running", "connecting", "newly-created") or future.cancelled():
                     raise lost(spec, exc, done) from None
                 raise
-            slots.release()
             yield job, result
             done += len(job)
+            slots.release()  # only now: a batch counts as in flight until its rows are written
     finally:
         stop.set()
         with contextlib.suppress(ValueError):
