@@ -15,8 +15,8 @@ from cnncli import __version__
 from cnncli.commands.options import (DATA, MODEL, MODEL_HELP, OPTIMISATION, OUTPUT, RUN, CheckFormat, ClassWeights,
                                      Color, EvalFormat, NoCacheOption, EvalSplit, HelpCommand, HelpGroup, NoEarlyStop,
                                      InitOption, FreezeOption, OptimizerName, PatienceOption, PredictFormat, Augment,
-                                     AugmentOption, Resize, ResizeOption, Scheduler, ShowFormat, TTA, examples, NoProgress,
-                                     given_options, positive_finite, probability, require)
+                                     AugmentOption, Resize, ResizeOption, Scheduler, ShowFormat, TTA, examples,
+                                     NoProgress, given_options, positive_finite, probability, require)
 from cnncli.commands.ledger_cli import app as ledger_app
 from cnncli.commands.streams import say
 from cnncli.errors import EXIT_GATE, one_line
