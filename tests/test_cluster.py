@@ -53,7 +53,8 @@ def _stderr_without_summary(err: str) -> list[str]:
     return [line for line in err.splitlines() if not line.startswith("cnncli: predict: ")]
 
 
-FORMS = [["--format", "tsv"], ["--format", "csv", "--top-k", "2", "--all-probs"], ["--format", "jsonl", "--tta", "--min-confidence", "0.6"],
+FORMS = [["--format", "tsv"], ["--format", "csv", "--top-k", "2", "--all-probs"],
+         ["--format", "jsonl", "--tta", "--min-confidence", "0.6"],
          ["--format", "table", "--uncertain", "0.3:0.6", "--threshold", "0.45"]]
 
 
