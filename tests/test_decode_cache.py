@@ -180,3 +180,18 @@ def test_resume_may_add_no_cache_and_ends_bit_identical(tmp_path, capsys, monkey
     code, _, err = run_main(["train", data, "-o", out, "--resume", "--no-cache"], capsys)
     assert code == 0 and "decode cache off (--no-cache)" in err, err
     assert _tensors(out) == _tensors(ref)
+
+
+def test_the_cache_folder_is_private_and_the_umask_survives_the_decode_threads(tmp_path, capsys, monkeypatch):
+    data = _data(tmp_path)
+    root = tmp_path / "new" / "cache"
+    monkeypatch.setenv("CNNCLI_CACHE_DIR", str(root))
+    old = os.umask(0o077)
+    try:
+        _train(data, tmp_path / "a.safetensors", capsys)
+        assert os.umask(0o077) == 0o077  # two threads writing entries query the umask by setting it
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.safetensors").stat().st_mode & 0o777 == 0o600
+    assert root.stat().st_mode & 0o777 == 0o700
+    assert {p.stat().st_mode & 0o777 for p in root.iterdir()} == {0o700}

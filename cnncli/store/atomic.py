@@ -16,6 +16,7 @@ import socket
 import stat
 import sys
 import tempfile
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -65,6 +66,9 @@ def _os_reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+_UMASK_QUERY = threading.Lock()
+
+
 def _new_file_mode(path: Path) -> int:
     """Mode for the replacement file: keep an existing target's mode, else what open() would give (0666 & ~umask).
 
@@ -73,8 +77,9 @@ def _new_file_mode(path: Path) -> int:
     try:
         return stat.S_IMODE(os.stat(path).st_mode)
     except OSError:
-        umask = os.umask(0o022)  # os has no read-only umask query; set and restore at once
-        os.umask(umask)
+        with _UMASK_QUERY:  # two threads interleaving set/restore would leave 0o022 as the process umask
+            umask = os.umask(0o022)  # os has no read-only umask query; set and restore at once
+            os.umask(umask)
         return 0o666 & ~umask
 
 

@@ -126,7 +126,9 @@ class DecodeCache:
         blob = _HEAD.pack(MAGIC, key, *data.shape, hashlib.sha256(body).digest()) + body
         path = self._path(key)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            # private: the entries are the user's pictures, and whoever can write here could plant others
+            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            path.parent.mkdir(mode=0o700, exist_ok=True)
             atomic_write_bytes(path, blob, durable=False)  # entries verify themselves: no fsync needed
         except (OSError, WriteError) as exc:
             with self._lock:
