@@ -171,3 +171,64 @@ def softmax_cross_entropy(logits, labels, class_weights=None):
             p = math.exp(row[c] - lse)
             grad[r, c] = weights[r] / total_w * (p - (1.0 if c == labels[r] else 0.0))
     return loss / total_w, grad
+
+
+def bn_train_forward(x, gamma, beta, eps=1e-5):
+    """Batch norm with batch statistics, from the definition: (out, mean (C,), biased var (C,)) in float64 sums."""
+    n_img, c_in, h, w = x.shape
+    m = n_img * h * w
+    out = np.zeros(x.shape)
+    mean, var = np.zeros(c_in), np.zeros(c_in)
+    for c in range(c_in):
+        values = [float(x[n, c, i, j]) for n in range(n_img) for i in range(h) for j in range(w)]
+        mean[c] = sum(values) / m
+        var[c] = sum((v - mean[c]) ** 2 for v in values) / m
+        for n in range(n_img):
+            for i in range(h):
+                for j in range(w):
+                    out[n, c, i, j] = float(gamma[c]) * (float(x[n, c, i, j]) - mean[c]) / math.sqrt(var[c] + eps) \
+                        + float(beta[c])
+    return out.astype(x.dtype), mean, var
+
+
+def bn_backward(x, gamma, dout, eps=1e-5):
+    """(dx, dgamma, dbeta) of bn_train_forward: the chain rule through xhat, the batch mean and the variance."""
+    n_img, c_in, h, w = x.shape
+    m = n_img * h * w
+    dx, dgamma, dbeta = np.zeros(x.shape), np.zeros(c_in), np.zeros(c_in)
+    for c in range(c_in):
+        xs = x[:, c].astype(np.float64)
+        g = dout[:, c].astype(np.float64)
+        mu = xs.sum() / m
+        var = ((xs - mu) ** 2).sum() / m
+        inv = 1.0 / math.sqrt(var + eps)
+        xhat = (xs - mu) * inv
+        dbeta[c] = g.sum()
+        dgamma[c] = (g * xhat).sum()
+        dxhat = g * float(gamma[c])
+        dvar = (dxhat * (xs - mu)).sum() * -0.5 * inv ** 3
+        dmu = -dxhat.sum() * inv + dvar * (-2.0 * (xs - mu)).sum() / m
+        dx[:, c] = dxhat * inv + dvar * 2.0 * (xs - mu) / m + dmu / m
+    return dx.astype(x.dtype), dgamma.astype(x.dtype), dbeta.astype(x.dtype)
+
+
+def gap_forward(x):
+    """The mean of each (H, W) map: (N, C, H, W) -> (N, C, 1, 1)."""
+    n_img, c_in, h, w = x.shape
+    out = np.zeros((n_img, c_in, 1, 1))
+    for n in range(n_img):
+        for c in range(c_in):
+            out[n, c, 0, 0] = sum(float(x[n, c, i, j]) for i in range(h) for j in range(w)) / (h * w)
+    return out.astype(x.dtype)
+
+
+def gap_backward(dout, x_shape):
+    """dx of gap_forward: each cell of map (n, c) gets dout[n, c] / (H * W)."""
+    n_img, c_in, h, w = x_shape
+    dx = np.zeros(x_shape)
+    for n in range(n_img):
+        for c in range(c_in):
+            for i in range(h):
+                for j in range(w):
+                    dx[n, c, i, j] = float(dout[n, c, 0, 0]) / (h * w)
+    return dx.astype(dout.dtype)

@@ -1,4 +1,5 @@
-"""Numpy twins of the inference kernels: conv2d_forward, maxpool_forward and activation_forward.
+"""Numpy twins of the inference kernels: conv2d_forward, maxpool_forward, activation_forward, channel_affine
+(batch norm outside training) and gap_forward.
 
 Same signatures and results (to float rounding) as the numba kernels in `cnncli.engine.kernels`, forward only and
 without numba: importing numba and loading its cached machine code costs about 0.9 s per process, far more than
@@ -84,3 +85,15 @@ def activation_forward(kind, x, out):
         _sigmoid(x, out)
     else:
         raise KeyError(kind)
+
+
+def channel_affine(x, scale, shift, out):
+    """out = x * scale[c] + shift[c] for x (N, C, H, W); scale, shift (C,) and out like x (batch norm's
+    inference form, as the numba kernel)."""
+    np.multiply(x, scale[:, None, None], out=out)
+    out += shift[:, None, None]
+
+
+def gap_forward(x, out):
+    """out (N, C, 1, 1) = the mean of each (H, W) map of x (N, C, H, W), summed in float64 as the numba kernel."""
+    out[:, :, 0, 0] = x.sum(axis=(2, 3), dtype=np.float64) / (x.shape[2] * x.shape[3])

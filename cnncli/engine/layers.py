@@ -117,14 +117,15 @@ class Conv(Layer):
             "bias": np.zeros(self.filters, np.float32),
         }
 
-    def forward(self, x, training=False, relu=False):
+    def forward(self, x, training=False, relu=False, params=None):
         """relu=True also applies the ReLU that follows, in the same pass over the output (the model then hands
-        the output to that ReLU layer's `fused`)."""
-        w = self.params["weight"]
+        the output to that ReLU layer's `fused`). params (inference only): weights to use instead of
+        self.params, e.g. with a batch norm folded in."""
+        p = params or self.params
         n, _, h, wd = x.shape
         _, oh, ow = self.output_shape(x.shape[1:])
         out = _take(self._fwd_slot, (n, self.filters, oh, ow), x.dtype)
-        _forward_kernels(x, training).conv2d_forward(x, w, self.params["bias"], self.stride, self.padding, out,
+        _forward_kernels(x, training).conv2d_forward(x, p["weight"], p["bias"], self.stride, self.padding, out,
                                                      relu=relu)
         self.x = x
         return out
@@ -226,11 +227,13 @@ class Dense(Layer):
             "bias": np.zeros(self.units, np.float32),
         }
 
-    def forward(self, x, training=False):
+    def forward(self, x, training=False, params=None):
+        """params (inference only): weights to use instead of self.params, e.g. with a batch norm folded in."""
+        p = params or self.params
         self.x2 = x.reshape(x.shape[0], -1)
         self.in_shape = x.shape
-        out = self.x2 @ self.params["weight"].T
-        out += self.params["bias"]
+        out = self.x2 @ p["weight"].T
+        out += p["bias"]
         return out.reshape(x.shape[0], self.units, 1, 1)
 
     def backward(self, dy, need_dx=True):

@@ -15,6 +15,7 @@ import numpy as np
 
 from cnncli.errors import SpecError
 from cnncli.engine.layers import Activation, Conv, Dense, Dropout, MaxPool, softmax, softmax_cross_entropy
+from cnncli.engine.norm import BatchNorm, GlobalAvgPool
 
 PRESETS = {
     # For tests and smoke runs: compiles and trains in seconds.
@@ -23,6 +24,9 @@ PRESETS = {
     "m1": "conv16k3-relu-pool2-conv32k3-relu-pool2-fc64-relu-fc",
     # Default: three conv blocks; 'same' padding keeps small inputs (28 px) usable, pooling keeps 128 px cheap.
     "default": "conv32k3p1-relu-pool2-conv64k3p1-relu-pool2-conv64k3p1-relu-pool2-fc128-relu-drop0.25-fc",
+    # Colour photos (64 px and up): batch norm after every conv, global average pooling instead of a wide
+    # dense layer (README, "Architecture specs" has its measured comparison with default).
+    "photo": "conv32k3p1-bn-relu-pool2-conv64k3p1-bn-relu-pool2-conv128k3p1-bn-relu-pool2-gap-fc",
 }
 
 DEFAULT_FILTERS, DEFAULT_KERNEL, DEFAULT_POOL, DEFAULT_UNITS, DEFAULT_DROP = 32, 3, 2, 128, 0.5
@@ -68,6 +72,8 @@ def _bounded(token, what, value, lo, hi=MAX_DIM):
 def _parse_token(token):
     if token in ("relu", "tanh", "sigmoid"):
         return Activation(token)
+    if token in ("bn", "gap"):
+        return BatchNorm() if token == "bn" else GlobalAvgPool()
     if m := _CONV.fullmatch(token):
         filters = _bounded(token, "filter count", int(m[1]) if m[1] else DEFAULT_FILTERS, 1)
         kernel = _pair(m[2], m[3], None)  # None: 3x3, or smaller when the input map is smaller
@@ -91,7 +97,7 @@ def _parse_token(token):
         if not 0.0 <= rate < 1.0:
             raise SpecError(f"{token}: the dropout rate must be in [0, 1)")
         return Dropout(rate)
-    raise SpecError(f"unknown layer '{token}' (known: convNkK[sS][pP], relu, tanh, sigmoid, poolK[sS], fcN, fc, dropR)")
+    raise SpecError(f"unknown layer '{token}' (known: convNkK[sS][pP], relu, tanh, sigmoid, poolK[sS], bn, gap, fcN, fc, dropR)")
 
 
 def parse_spec(spec):
@@ -232,6 +238,8 @@ class Model:
             gain = 2.0 if isinstance(nxt, Activation) and nxt.kind == "relu" else 1.0
             if isinstance(layer, (Conv, Dense)):
                 layer.init(shape, rng, gain)
+            else:  # a BatchNorm's constants; draws nothing from rng, so other layers' weights stay as they were
+                layer.init(shape, rng)
             shape = self.shapes[i]
         # The output layer starts small, so the first logits are near 0 and the first loss near ln(K):
         # with He-initialised weights and no normalisation, random output weights gave first logits of several
@@ -239,6 +247,7 @@ class Model:
         out_layer = self.layers[-1]
         out_layer.params["weight"] *= OUTPUT_INIT_SCALE
         self.spec = _spell_spec(self.layers)
+        self.fold_bn = True  # outside training, a bn right after a conv / dense runs folded into its weights
 
     def forward(self, x, training=False):
         """Logits (N, num_classes) for x (N, C, H, W) float32; in training mode, caches for backward."""
@@ -247,12 +256,18 @@ class Model:
         h = np.ascontiguousarray(x)
         layers, i = self.layers, 0
         while i < len(layers):
+            layer, kw = layers[i], {}
+            # Outside training a bn right after a conv / dense is folded into its weights (the bn is skipped).
+            if (not training and self.fold_bn and isinstance(layer, (Conv, Dense)) and i + 1 < len(layers)
+                    and isinstance(layers[i + 1], BatchNorm)):
+                kw["params"] = layers[i + 1].fold(layer.params)
+                i += 1
             # A conv followed by ReLU runs as one fused pass; the ReLU layer only keeps the output for backward.
-            if isinstance(layers[i], Conv) and _is_relu(layers, i + 1):
-                h = layers[i + 1].fused(layers[i].forward(h, training, relu=True))
+            if isinstance(layer, Conv) and _is_relu(layers, i + 1):
+                h = layers[i + 1].fused(layer.forward(h, training, relu=True, **kw))
                 i += 2
             else:
-                h = layers[i].forward(h, training)
+                h = layer.forward(h, training, **kw)
                 i += 1
         return h.reshape(h.shape[0], self.num_classes)
 
@@ -337,15 +352,18 @@ class Model:
                 layer.rng = rng
 
     def named(self, what="params"):
-        """[(name, array)] of parameters (or gradients) in a fixed order: layers.{i}.weight, layers.{i}.bias."""
-        return [(f"layers.{i}.{k}", v) for i, layer in enumerate(self.layers) for k, v in getattr(layer, what).items()]
+        """[(name, array)] of trained parameters (what="params"), their gradients ("grads") or the untrained
+        stored tensors ("buffers": batch norm's running statistics) in a fixed order: layers.{i}.weight, ..."""
+        return [(f"layers.{i}.{k}", v) for i, layer in enumerate(self.layers)
+                for k, v in getattr(layer, what, {}).items()]
 
     def state_dict(self):
-        """{name: float32 array} of all parameters (copies)."""
-        return {name: np.array(v, np.float32) for name, v in self.named()}
+        """{name: float32 array} of everything a weight file holds: parameters and buffers (copies)."""
+        return {name: np.array(v, np.float32) for name, v in self.named() + self.named("buffers")}
 
-    def expected_shapes(self):
-        return {name: tuple(v.shape) for name, v in self.named()}
+    def expected_shapes(self, buffers=True):
+        """{name: shape} of the stored tensors; buffers=False: the trained parameters only (optimizer state)."""
+        return {name: tuple(v.shape) for name, v in self.named() + (self.named("buffers") if buffers else [])}
 
     def load_state_dict(self, tensors):
         """Replace all parameters; raises SpecError naming any missing, extra or mis-shaped tensor."""
@@ -358,10 +376,14 @@ class Model:
         for name, shape in expected.items():
             if tuple(tensors[name].shape) != shape:
                 raise SpecError(f"tensor {name} has shape {tuple(tensors[name].shape)}, the architecture needs {shape}")
+        bad = [name for name in expected if name.endswith(".running_var") and (np.asarray(tensors[name]) < 0).any()]
+        if bad:
+            raise SpecError(f"tensor {bad[0]} holds a negative variance")
         for i, layer in enumerate(self.layers):
-            for k in layer.params:
-                # A copy: training updates parameters in place and must not reach into the caller's arrays.
-                layer.params[k] = np.array(tensors[f"layers.{i}.{k}"], dtype=np.float32, order="C", copy=True)
+            for group in (layer.params, getattr(layer, "buffers", {})):
+                for k in group:
+                    # A copy: training updates them in place and must not reach into the caller's arrays.
+                    group[k] = np.array(tensors[f"layers.{i}.{k}"], dtype=np.float32, order="C", copy=True)
 
     def summary(self):
         """[(layer token, output shape (C, H, W), parameter count)] for each layer."""

@@ -14,6 +14,7 @@ import numpy as np
 
 from cnncli.engine import kernels_np
 from cnncli.engine.layers import Activation, Conv, Dense, Dropout, MaxPool, softmax
+from cnncli.engine.norm import BatchNorm, GlobalAvgPool
 
 
 @dataclass
@@ -87,6 +88,10 @@ def input_grad(model, tr: Trace, i: int, dy):
         return _conv_input_grad(layer, x_shape, dy)
     if isinstance(layer, Dropout):
         return dy
+    if isinstance(layer, BatchNorm):  # inference form: x * scale + shift per channel
+        return dy * layer.scale_shift()[0][:, None, None]
+    if isinstance(layer, GlobalAvgPool):  # every cell of a map gets an equal share
+        return np.broadcast_to(dy / np.float32(x_shape[2] * x_shape[3]), x_shape).astype(np.float32)
     raise ValueError(f"no gradient for layer {layer.token}")
 
 
@@ -101,12 +106,13 @@ def grad_of_class(model, tr: Trace, cls: int, down_to: int):
 
 def gradcam_layer(model) -> int | None:
     """Index of the layer whose maps Grad-CAM weighs: the last convolution with a map larger than 1x1
-    (after its activation, when one follows it); None when there is none."""
+    (after its batch norm and activation, when they follow it); None when there is none."""
     for i in range(len(model.layers) - 1, -1, -1):
         layer, shape = model.layers[i], model.shapes[i]
         if isinstance(layer, Conv) and shape[1] * shape[2] > 1:
-            nxt = model.layers[i + 1] if i + 1 < len(model.layers) else None
-            return i + 1 if isinstance(nxt, Activation) else i
+            j = i + 1 if i + 1 < len(model.layers) and isinstance(model.layers[i + 1], BatchNorm) else i
+            nxt = model.layers[j + 1] if j + 1 < len(model.layers) else None
+            return j + 1 if isinstance(nxt, Activation) else j
     return None
 
 

@@ -142,9 +142,10 @@ def read(path):
         frozen = frozen_layers(clf.model, cfg.freeze)
     except ValueError as exc:
         raise FormatError(f"{path}: damaged checkpoint: 'config.freeze': {exc}") from None
-    # Before the first step an optimizer holds no state; after it, one entry per parameter outside the frozen
-    # layers (which the optimizer never sees) and suffix.
-    opt_expected = {} if step == 0 else {p + s: shape for p, shape in shapes.items() for s in OPTIMIZERS[cfg.optimizer]
+    # Before the first step an optimizer holds no state; after it, one entry per trained parameter outside the
+    # frozen layers (which the optimizer never sees) and suffix; batch norm's running statistics are not trained.
+    trained = clf.model.expected_shapes(buffers=False)
+    opt_expected = {} if step == 0 else {p + s: shape for p, shape in trained.items() for s in OPTIMIZERS[cfg.optimizer]
                                          if int(p.split(".")[1]) not in frozen}
     _check_tensor_group(path, "opt", parts.get("opt", {}), opt_expected)
     if "best" in parts:

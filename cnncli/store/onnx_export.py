@@ -15,6 +15,7 @@ import numpy as np
 
 from cnncli import __version__
 from cnncli.engine.layers import Activation, Conv, Dense, Dropout, MaxPool
+from cnncli.engine.norm import EPS, MOMENTUM, BatchNorm, GlobalAvgPool
 from cnncli.errors import UsageError
 
 OPSET = 17
@@ -60,16 +61,31 @@ def _preprocess(g, clf, x):
     return g.node("Add", [x, g.const("pre_bias", bias)], "normalised")
 
 
-def _layer(g, i, layer, x, rank):
-    """Append layer i's nodes after tensor x of rank 4 (N, C, H, W) or 2 (N, units); returns (tensor, rank)."""
+def _batch_norm(g, i, layer, x):
+    """A bn that does not follow a conv or dense layer (those are folded): BatchNormalization, eval mode."""
+    names = [g.const(f"layers.{i}.{k}", layer.params[k]) for k in ("weight", "bias")]
+    names += [g.const(f"layers.{i}.{k}", layer.buffers[k]) for k in ("running_mean", "running_var")]
+    return g.node("BatchNormalization", [x, *names], f"l{i}_bn", epsilon=EPS, momentum=1.0 - MOMENTUM)
+
+
+def _layer(g, i, layer, x, rank, params=None):
+    """Append layer i's nodes after tensor x of rank 4 (N, C, H, W) or 2 (N, units); returns (tensor, rank).
+    params: the conv or dense weights to use instead of layer.params (a following bn folded in)."""
     if isinstance(layer, Dropout):  # inference: identity
+        return x, rank
+    if isinstance(layer, BatchNorm):  # ONNX's BatchNormalization takes (N, C) and (N, C, H, W) alike
+        return _batch_norm(g, i, layer, x), rank
+    if isinstance(layer, GlobalAvgPool) and rank == 4:  # (N, C, 1, 1), as cnncli's layer; Gemm flattens it
+        return g.node("GlobalAveragePool", [x], f"l{i}_gap"), 4
+    if isinstance(layer, GlobalAvgPool):  # after a dense layer: the mean of a 1x1 map is the value itself
         return x, rank
     if isinstance(layer, (Conv, MaxPool)) and rank == 2:  # a dense output seen as a 1x1 map, as in layers.py
         x = g.node("Reshape", [x, g.const(f"l{i}_shape", np.array([0, -1, 1, 1], np.int64))], f"l{i}_as_map")
+    params = params or getattr(layer, "params", {})
     if isinstance(layer, Conv):
         (ph, pw) = layer.padding
-        return g.node("Conv", [x, g.const(f"layers.{i}.weight", layer.params["weight"]),
-                               g.const(f"layers.{i}.bias", layer.params["bias"])], f"l{i}_{layer.token}",
+        return g.node("Conv", [x, g.const(f"layers.{i}.weight", params["weight"]),
+                               g.const(f"layers.{i}.bias", params["bias"])], f"l{i}_{layer.token}",
                       kernel_shape=list(layer.kernel), strides=list(layer.stride), pads=[ph, pw, ph, pw]), 4
     if isinstance(layer, MaxPool):
         (ph, pw) = layer.padding
@@ -81,8 +97,8 @@ def _layer(g, i, layer, x, rank):
     if isinstance(layer, Dense):
         if rank != 2:
             x = g.node("Flatten", [x], f"l{i}_flat", axis=1)  # (N, C*H*W) in C, H, W order, as Dense flattens
-        return g.node("Gemm", [x, g.const(f"layers.{i}.weight", layer.params["weight"]),
-                               g.const(f"layers.{i}.bias", layer.params["bias"])], f"l{i}_{layer.token}",
+        return g.node("Gemm", [x, g.const(f"layers.{i}.weight", params["weight"]),
+                               g.const(f"layers.{i}.bias", params["bias"])], f"l{i}_{layer.token}",
                       transB=1), 2
     raise UsageError(f"export: layer {i + 1} '{layer.token}' ({type(layer).__name__}) has no ONNX translation")
 
@@ -121,9 +137,15 @@ def build(clf, with_preprocess: bool = False):
     else:
         inp = helper.make_tensor_value_info("input", TP.FLOAT, ["N", c, h, w])
         x = "input"
-    rank = 4
-    for i, layer in enumerate(clf.model.layers):
-        x, rank = _layer(g, i, layer, x, rank)
+    rank, layers, i = 4, clf.model.layers, 0
+    while i < len(layers):
+        # A bn right after a conv or dense layer goes into its weights, as cnncli's own inference does.
+        if isinstance(layers[i], (Conv, Dense)) and i + 1 < len(layers) and isinstance(layers[i + 1], BatchNorm):
+            x, rank = _layer(g, i, layers[i], x, rank, layers[i + 1].fold(layers[i].params))
+            i += 2
+            continue
+        x, rank = _layer(g, i, layers[i], x, rank)
+        i += 1
     if rank != 2:
         x = g.node("Flatten", [x], "logits", axis=1)
     g.node("Softmax", [x], "probabilities", axis=1)

@@ -29,13 +29,16 @@ Design, from measurements on a 2-core machine:
 
 One module per job: `threads` (the worker pool and chunking), `checks` (argument checks), `sums` (fixed-order
 sums), `conv` (the public convolutions, choosing among `winograd`, `wide` and `im2col`), `pooling` (max
-pooling) and `elementwise` (activations). No module outside this package imports numba.
+pooling), `norm` (batch normalisation and global average pooling) and `elementwise` (activations). No module outside this package imports numba.
 """
 
 from cnncli.engine.kernels.conv import conv2d_backward, conv2d_forward
 from cnncli.engine.kernels.elementwise import activation_backward, activation_forward
+from cnncli.engine.kernels.norm import (bn_backward, bn_train_forward, channel_affine, gap_backward,
+                                       gap_forward)
 from cnncli.engine.kernels.pooling import maxpool_backward, maxpool_forward
 from cnncli.engine.kernels.threads import get_threads, set_threads
 
-__all__ = ["activation_backward", "activation_forward", "conv2d_backward", "conv2d_forward", "get_threads",
+__all__ = ["activation_backward", "activation_forward", "bn_backward", "bn_train_forward", "channel_affine",
+           "conv2d_backward", "conv2d_forward", "gap_backward", "gap_forward", "get_threads",
            "maxpool_backward", "maxpool_forward", "set_threads"]
