@@ -11,6 +11,7 @@ from cnncli.engine import kernels, kernels_np
 from cnncli.engine.layers import Activation, Conv, Dense
 from cnncli.engine.model import Model, canonical_spec, parse_spec, plan
 from cnncli.engine.norm import EPS, BatchNorm, GlobalAvgPool
+from cnncli.engine.training import evaluate
 from cnncli.errors import SpecError
 from test_kernels import tol
 from test_layers import TOL, check_layer, to_float64
@@ -182,6 +183,21 @@ def test_folded_inference_equals_unfolded(spec, n):
     unfolded = model.forward(x).copy()
     np.testing.assert_allclose(folded, unfolded, **FOLD_TOL)
     assert np.abs(unfolded).max() > 0.01  # the comparison is not between two near-zero outputs
+    np.testing.assert_allclose(model.forward(x[1:2]), unfolded[1:2], **FOLD_TOL)  # no image depends on the others
+
+
+def test_trains_validation_pass_uses_the_running_statistics():
+    """training.evaluate (train's validation pass) scores each image alone: the same batch-free answers."""
+    model = Model("conv4k3-bn-relu-gap-fc", (3, 8, 8), 2, seed=0)
+    x = np.random.default_rng(0).integers(0, 256, (10, 3, 8, 8), dtype=np.uint8)
+    y = np.arange(10) % 2
+    to_float = lambda a: a.astype(np.float32) / 255  # noqa: E731
+    model.loss_and_grads(to_float(x), y)  # a training step's forward moves the running statistics
+    assert np.abs(model.layers[1].buffers["running_mean"]).max() > 0
+    together = evaluate(model, x, y, to_float)[2]
+    alone = np.concatenate([evaluate(model, x[i:i + 1], y[i:i + 1], to_float)[2] for i in range(10)])
+    np.testing.assert_allclose(together, alone, atol=1e-6)
+    assert together.std() > 1e-4
 
 
 def test_spec_grammar_and_plan_count_running_statistics():
@@ -201,3 +217,12 @@ def test_seed_spec_is_unchanged_by_the_new_layers():
     a = Model("conv >> relu >> pool >> conv >> pool >> fc >> conv >> fc", (1, 28, 28), 10, seed=0)
     assert a.spec == "conv32k3-relu-pool2-conv32k3-pool2-fc128-conv32k1-fc"
     assert not any(isinstance(layer, (BatchNorm, GlobalAvgPool)) for layer in a.layers)
+
+
+def test_default_preset_rule():
+    """photo for RGB of 64 px or more while a whole batch fits the memory budget (1 GiB, batch 64: 64-95 px)."""
+    from cnncli.engine.model import default_preset
+    assert [default_preset(3, s, 4, 64, 2**30) for s in (32, 63, 64, 95, 96, 224)] == [
+        "default", "default", "photo", "photo", "default", "default"]
+    assert default_preset(1, 64, 4, 64, 2**30) == "default"
+    assert default_preset(3, 128, 4, 16, 2**30) == "photo"  # smaller batches fit larger images

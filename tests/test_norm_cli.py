@@ -15,6 +15,7 @@ from train_helpers import interrupt_after_reads
 from test_norm import _trained_like
 from cnncli.data.images import decode
 from cnncli.engine.model import Model
+from cnncli.report import inspect
 from cnncli.store import modelfile, weights
 
 SPEC = "conv4k3p1-bn-relu-pool2-conv6k3-bn-relu-gap-fc8-bn-relu-fc"
@@ -101,3 +102,57 @@ def test_onnx_export_agrees_with_onnxruntime(tmp_path, capsys, spec):
     want = clf.proba(x)
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
     assert want.std() > 1e-3
+
+
+@pytest.mark.parametrize("mode, size, extra, memory, preset", [
+    ("RGB", 64, [], None, "photo"),  # colour at 64 px: the photo preset, and train says so
+    ("RGB", 64, ["--arch", "default"], None, "default"),  # asked for by name: kept
+    ("RGB", 32, [], None, "default"),  # smaller than 64 px
+    ("L", 64, [], None, "default"),  # gray
+    ("RGB", 64, [], "20M", "default"),  # a batch of 4 photo-preset images needs ~30 MB: over the budget
+])
+def test_train_picks_the_photo_preset_for_rgb_at_64_px(tmp_path, capsys, monkeypatch, mode, size, extra, memory,
+                                                       preset):
+    if memory:
+        monkeypatch.setenv("CNNCLI_TRAIN_MEMORY", memory)
+    data = make_image_folder(tmp_path / "data", n_per_class=4, size=size, mode=mode)
+    out = tmp_path / "m.safetensors"
+    code, _, err = run_main(["train", data, "-o", out, "--size", str(size), "--epochs", "1", "--batch-size", "4",
+                             *extra], capsys)
+    assert code == 0, err
+    assert weights.load(out)[1]["arch"] == Model(preset, (1, 8, 8), 2).spec
+    assert ("the photo preset" in err) == (preset == "photo" and not extra)
+
+
+def test_a_resumed_run_keeps_the_preset_it_picked(tmp_path, capsys, monkeypatch):
+    data = make_image_folder(tmp_path / "data", n_per_class=4, size=64, mode="RGB")
+    out = tmp_path / "m.safetensors"
+    args = ["train", data, "-o", out, "--size", "64", "--epochs", "2", "--batch-size", "4"]
+    with interrupt_after_reads(monkeypatch, 1):
+        assert run_main(args, capsys)[0] == 130
+    code, _, err = run_main(["train", data, "-o", out, "--resume"], capsys)
+    assert code == 0, err
+    assert weights.load(out)[1]["arch"] == Model("photo", (3, 64, 64), 2).spec and "the photo preset" in err
+
+
+def test_show_traces_saliency_through_bn_and_gap(tmp_path, capsys):
+    """show's numpy gradients through an inference bn equal those of the same network with the bn folded into
+    the conv (no bn at all), and `cnncli show` draws a bn / gap model."""
+    model = Model("conv4k3p1-bn-relu-pool2-gap-fc", (3, 9, 9), 3, seed=2)
+    _trained_like(model)
+    plain = Model("conv4k3p1-relu-pool2-gap-fc", (3, 9, 9), 3)
+    folded = model.layers[1].fold(model.layers[0].params)
+    plain.load_state_dict({"layers.0.weight": folded["weight"], "layers.0.bias": folded["bias"],
+                           "layers.4.weight": model.layers[5].params["weight"],
+                           "layers.4.bias": model.layers[5].params["bias"]})
+    x = np.random.default_rng(1).normal(size=(1, 3, 9, 9)).astype(np.float32)
+    with_bn, without = inspect.trace(model, x), inspect.trace(plain, x)
+    np.testing.assert_allclose(with_bn.proba, without.proba, atol=1e-6)
+    got, want = inspect.grad_of_class(model, with_bn, 1, -1), inspect.grad_of_class(plain, without, 1, -1)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+    assert np.abs(want).max() > 0 and inspect.gradcam_layer(model) == 2  # after the conv's bn and relu
+    clf = modelfile.Classifier(model, ["a", "b", "c"], "rgb", [0.5] * 3, [0.25] * 3)
+    modelfile.save(tmp_path / "m.safetensors", clf)
+    img = make_image_folder(tmp_path / "d", n_per_class=1, size=9, mode="RGB") / "cat" / "img_0000.png"
+    code, _, err = run_main(["show", tmp_path / "m.safetensors", img, "-o", tmp_path / "show.png"], capsys)
+    assert code == 0 and (tmp_path / "show.png").stat().st_size > 0, err

@@ -69,8 +69,10 @@ def train(
                                                         rich_help_panel=DATA)] = ClassWeights.none,
     strict: Annotated[bool, typer.Option("--strict", help="Stop at the first bad image.",
                                          rich_help_panel=DATA)] = False,
-    no_cache: NoCacheOption = False, arch: Annotated[str, typer.Option(help="Architecture spec or preset (tiny, m1, default).",
-                                      rich_help_panel=MODEL)] = "default",
+    no_cache: NoCacheOption = False, arch: Annotated[str, typer.Option(
+        help="Spec or preset: tiny, m1, default, photo. Unset: photo for RGB input of 64 px or more, "
+             "else default.",
+        show_default=False, rich_help_panel=MODEL)] = "default",
     seed: Annotated[int, typer.Option(help="Seed for weights, split, shuffling, augmentation.",
                                       rich_help_panel=MODEL)] = 0,
     init: InitOption = None, freeze: FreezeOption = 0,

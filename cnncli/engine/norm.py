@@ -21,6 +21,7 @@ class BatchNorm(Layer):
     """Per-channel normalisation, then gamma * x + beta; (C, H, W) in, the same shape out."""
 
     token = "bn"
+    couples_images = True  # training statistics mix a batch's images: never split into micro-batches
 
     def __init__(self):
         super().__init__()
