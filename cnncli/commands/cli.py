@@ -16,7 +16,7 @@ from cnncli.commands.options import (DATA, MODEL, MODEL_HELP, OPTIMISATION, OUTP
                                      Color, EvalFormat, NoCacheOption, EvalSplit, HelpCommand, HelpGroup, NoEarlyStop,
                                      InitOption, FreezeOption, OptimizerName, PatienceOption, PredictFormat, Augment,
                                      AugmentOption, Resize, ResizeOption, Scheduler, ShowFormat, TTA, examples,
-                                     NoProgress, given_options, positive_finite, probability, require)
+                                     NoProgress, given_options, positive_finite, probability, require, ArchOption)
 from cnncli.commands.ledger_cli import app as ledger_app
 from cnncli.commands.streams import say
 from cnncli.errors import EXIT_GATE, one_line
@@ -69,10 +69,7 @@ def train(
                                                         rich_help_panel=DATA)] = ClassWeights.none,
     strict: Annotated[bool, typer.Option("--strict", help="Stop at the first bad image.",
                                          rich_help_panel=DATA)] = False,
-    no_cache: NoCacheOption = False, arch: Annotated[str, typer.Option(
-        help="Spec or preset: tiny, m1, default, photo. Unset: photo for RGB input of 64 px or more, "
-             "else default.",
-        show_default=False, rich_help_panel=MODEL)] = "default",
+    no_cache: NoCacheOption = False, arch: ArchOption = "default",
     seed: Annotated[int, typer.Option(help="Seed for weights, split, shuffling, augmentation.",
                                       rich_help_panel=MODEL)] = 0,
     init: InitOption = None, freeze: FreezeOption = 0,

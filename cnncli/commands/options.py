@@ -75,6 +75,9 @@ Resize = _choices("Resize", "crop", "squash", "pad")
 Augment = _choices("Augment", "none", "light", "photo")
 AugmentOption = Annotated[Augment, typer.Option(help="light: flips, shifts; photo: crop, turn, colour (bare: light).",
                                                 show_default=False, rich_help_panel=DATA)]
+ArchOption = Annotated[str, typer.Option(
+    help="Spec or preset: tiny, m1, default, photo. Unset: photo for RGB input of 64 px or more, else default.",
+    show_default=False, rich_help_panel=MODEL)]
 NoCacheOption = Annotated[bool, typer.Option("--no-cache", help="No on-disk decode cache.", rich_help_panel=DATA)]
 ResizeOption = Annotated[Resize, typer.Option(help="Centre square (default), whole image or letterbox.",
                                               show_default=False, rich_help_panel=DATA)]
