@@ -26,7 +26,6 @@ class BatchNorm(Layer):
     def __init__(self):
         super().__init__()
         self.buffers = {}
-        self._xhat_slot = []
 
     @staticmethod
     def param_shapes(in_shape):
@@ -57,23 +56,24 @@ class BatchNorm(Layer):
         out = _take(self._fwd_slot, x.shape, x.dtype)
         if not training:
             scale, shift = self.scale_shift(x.dtype)
-            self.scale = scale  # for backward after an inference forward (saliency)
             _forward_kernels(x, training).channel_affine(x, scale, shift, out)
             return out
         p = self.params
-        self.xhat = _take(self._xhat_slot, x.shape, x.dtype)
-        mean, var, self.invstd = _numba().bn_train_forward(x, p["weight"], p["bias"], EPS, out, self.xhat)
+        # x is kept by reference (backward recomputes the normalised values from it): no layer writes into
+        # another layer's output, so it is unchanged until this layer's backward.
+        self.x = x
+        self.mean, var, self.invstd = _numba().bn_train_forward(x, p["weight"], p["bias"], EPS, out)
         m = x.shape[0] * x.shape[2] * x.shape[3]
         unbiased = var * (m / (m - 1)) if m > 1 else var  # one value per channel has no spread to estimate
-        for name, batch in (("running_mean", mean), ("running_var", unbiased)):
+        for name, batch in (("running_mean", self.mean), ("running_var", unbiased)):
             buf = self.buffers[name]
             buf[...] = (1.0 - MOMENTUM) * buf + MOMENTUM * batch
         return out
 
     def backward(self, dy, need_dx=True):
         dx = _take(self._bwd_slot, dy.shape, dy.dtype)
-        dgamma, dbeta = _numba().bn_backward(np.ascontiguousarray(dy), self.xhat, self.params["weight"],
-                                              self.invstd, dx)
+        dgamma, dbeta = _numba().bn_backward(np.ascontiguousarray(dy), self.x, self.mean, self.invstd,
+                                              self.params["weight"], dx)
         self.grads = {"weight": dgamma, "bias": dbeta}
         return dx
 

@@ -17,7 +17,7 @@ from cnncli.engine.kernels.threads import _run
 
 
 @njit(**JIT)
-def _bn_train_chunk(x, gamma, beta, eps, out, xhat, mean, var, invstd, lo, hi):
+def _bn_train_chunk(x, gamma, beta, eps, out, mean, var, invstd, lo, hi):
     N, H, W = x.shape[0], x.shape[2], x.shape[3]
     m = N * H * W
     for c in range(lo, hi):
@@ -43,67 +43,67 @@ def _bn_train_chunk(x, gamma, beta, eps, out, xhat, mean, var, invstd, lo, hi):
         g, b = gamma[c], beta[c]
         for n in range(N):
             for i in range(H):
-                src, xh, dst = x[n, c, i], xhat[n, c, i], out[n, c, i]
+                src, dst = x[n, c, i], out[n, c, i]
                 for j in range(W):
-                    t = (src[j] - mu) * inv
-                    xh[j] = t
-                    dst[j] = g * t + b
+                    dst[j] = g * ((src[j] - mu) * inv) + b
 
 
-def bn_train_forward(x, gamma, beta, eps, out, xhat):
+def bn_train_forward(x, gamma, beta, eps, out):
     """Batch norm with the batch's statistics: out = gamma * xhat + beta, xhat = (x - mean) / sqrt(var + eps).
 
-    x (N, C, H, W) float32 or float64; gamma, beta (C,) like x; out and xhat (N, C, H, W) like x are written.
+    x (N, C, H, W) float32 or float64; gamma, beta (C,) like x; out (N, C, H, W) like x is written.
     Returns (mean, var, invstd), each (C,) float64: the per-channel mean over (N, H, W), the biased variance
-    (divided by N*H*W) and 1 / sqrt(var + eps).
+    (divided by N*H*W) and 1 / sqrt(var + eps). xhat is not kept: bn_backward recomputes it from x, so
+    training holds no extra map per bn layer.
     """
     _input("x", x, 4)
     c = x.shape[1]
     for what, a in (("gamma", gamma), ("beta", beta)):
         _expect(what, a, (c,), x.dtype)
-    for what, a in (("out", out), ("xhat", xhat)):
-        _expect(what, a, x.shape, x.dtype)
+    _expect("out", out, x.shape, x.dtype)
     mean, var, invstd = np.empty(c), np.empty(c), np.empty(c)
-    _run(_bn_train_chunk, c, x, gamma, beta, float(eps), out, xhat, mean, var, invstd)
+    _run(_bn_train_chunk, c, x, gamma, beta, float(eps), out, mean, var, invstd)
     return mean, var, invstd
 
 
 @njit(**JIT)
-def _bn_backward_chunk(dy, xhat, gamma, invstd, dx, dgamma, dbeta, lo, hi):
+def _bn_backward_chunk(dy, x, mean, gamma, invstd, dx, dgamma, dbeta, lo, hi):
     N, H, W = dy.shape[0], dy.shape[2], dy.shape[3]
     m = N * H * W
     for c in range(lo, hi):
+        mu, inv = mean[c], invstd[c]
         sdy = 0.0
         sdyx = 0.0
         for n in range(N):
             for i in range(H):
-                g, xh = dy[n, c, i], xhat[n, c, i]
+                g, src = dy[n, c, i], x[n, c, i]
                 for j in range(W):
                     sdy += g[j]
-                    sdyx += g[j] * xh[j]
+                    sdyx += g[j] * ((src[j] - mu) * inv)
         dbeta[c], dgamma[c] = sdy, sdyx
-        k = gamma[c] * invstd[c] / m
+        k = gamma[c] * inv / m
         for n in range(N):
             for i in range(H):
-                g, xh, d = dy[n, c, i], xhat[n, c, i], dx[n, c, i]
+                g, src, d = dy[n, c, i], x[n, c, i], dx[n, c, i]
                 for j in range(W):
-                    d[j] = k * (m * g[j] - sdy - xh[j] * sdyx)
+                    d[j] = k * (m * g[j] - sdy - ((src[j] - mu) * inv) * sdyx)
 
 
-def bn_backward(dy, xhat, gamma, invstd, dx):
+def bn_backward(dy, x, mean, invstd, gamma, dx):
     """Gradients of bn_train_forward for upstream dy (N, C, H, W); the batch statistics depend on x too.
 
-    xhat (N, C, H, W) and invstd (C,) float64 come from the forward pass; gamma (C,) like dy. Writes dx (like
-    dy); returns (dgamma, dbeta), each (C,) in dy's dtype.
+    x (N, C, H, W) is the forward pass's input, unchanged; mean and invstd (C,) float64 its results; gamma
+    (C,) like dy. Writes dx (like dy); returns (dgamma, dbeta), each (C,) in dy's dtype.
     """
     _input("dy", dy, 4)
     c = dy.shape[1]
-    _expect("xhat", xhat, dy.shape, dy.dtype)
+    _expect("x", x, dy.shape, dy.dtype)
     _expect("dx", dx, dy.shape, dy.dtype)
     _expect("gamma", gamma, (c,), dy.dtype)
-    _expect("invstd", invstd, (c,), np.float64)
+    for what, a in (("mean", mean), ("invstd", invstd)):
+        _expect(what, a, (c,), np.float64)
     dgamma, dbeta = np.empty(c), np.empty(c)
-    _run(_bn_backward_chunk, c, dy, xhat, gamma, invstd, dx, dgamma, dbeta)
+    _run(_bn_backward_chunk, c, dy, x, mean, gamma, invstd, dx, dgamma, dbeta)
     return dgamma.astype(dy.dtype), dbeta.astype(dy.dtype)
 
 
