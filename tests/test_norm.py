@@ -221,7 +221,7 @@ def test_seed_spec_is_unchanged_by_the_new_layers():
 
 def test_default_preset_rule():
     """photo for RGB of 64 px or more while a whole batch fits the memory budget (1 GiB, batch 64: 64-95 px)."""
-    from cnncli.engine.model import default_preset
+    from cnncli.commands.train_budget import default_preset
     assert [default_preset(3, s, 4, 64, 2**30) for s in (32, 63, 64, 95, 96, 224)] == [
         "default", "default", "photo", "photo", "default", "default"]
     assert default_preset(1, 64, 4, 64, 2**30) == "default"

@@ -8,7 +8,7 @@ import math
 import os
 import time
 import uuid
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +29,7 @@ from cnncli.report.lines import csv_row
 from cnncli.data.images import channel_stats
 from cnncli.engine.decision import decide
 from cnncli.engine.health import check_collapse
-from cnncli.engine.model import Model, default_preset
+from cnncli.engine.model import Model
 from cnncli.engine.optim import make_optimizer
 from cnncli.engine.training import TrainConfig, TrainState, class_weights_auto, evaluate, fit
 
@@ -248,8 +248,7 @@ def _run_locked(opts, report, out, side, stop, given):
         optimizer = make_optimizer(cfg.optimizer, cfg.weight_decay)
         optimizer.state = {"step": resumed[4]["optimizer_step"], **opt_state}
     else:
-        if "arch" not in given and opts.arch == "default":  # saved in the checkpoint's options: resume keeps it
-            opts = replace(opts, arch=default_preset(channels, size, len(ds.classes), opts.batch_size, budget))
+        opts = train_budget.pick_arch(opts, given, channels, size, len(ds.classes), budget, report)
         model = _build(opts, channels, size, len(ds.classes))
         from_init = train_init.start_from(model, init, opts, ds.classes, report) if init else {}
         mean, std = (init.mean, init.std) if init else channel_stats(train.x)  # as the init weights saw images
@@ -292,9 +291,7 @@ def _run_locked(opts, report, out, side, stop, given):
         last_tick[0] = time.monotonic()
 
     micro = train_budget.micro_batch(model, budget, cfg.batch_size)
-    preset = " (the photo preset: RGB input of 64 px or more; --arch default for the other)" if (
-        "arch" not in given and opts.arch == "photo") else ""
-    report.info(f"training {model.spec}{preset} ({model.num_params():,} parameters) on {len(train.y)} images, "
+    report.info(f"training {model.spec} ({model.num_params():,} parameters) on {len(train.y)} images, "
                 f"validating on {len(val.y) if val else 0}" + train_budget.describe(micro, budget))
     stop.armed = True
     try:

@@ -3,12 +3,37 @@
 decides whether a batch runs in several passes (Model.loss_and_grads's micro-batches)."""
 
 import os
+from dataclasses import replace
 
-from cnncli.engine.model import plan
+from cnncli.engine.model import TRAIN_BYTES_PER_VALUE, plan
 from cnncli.errors import SpecError, UsageError, one_line
 from cnncli.store import decode_cache
 
 TRAIN_MEMORY_DEFAULT = 2**30  # bytes of activations a training step may hold (CNNCLI_TRAIN_MEMORY)
+PHOTO_MIN_SIZE = 64  # train without --arch picks the photo preset for RGB input at least this many pixels a side
+
+
+def default_preset(channels, size, num_classes, batch_size, memory_bytes):
+    """The preset `train` uses when --arch is not given: "photo" for RGB input (channels 3) of size >= 64 px,
+    where it measured better than "default" (README, "Architecture specs"), when a whole training batch of
+    batch_size fits memory_bytes (TRAIN_BYTES_PER_VALUE per activation value: batch norm's statistics need the
+    whole batch in one pass, never micro-batches); "default" otherwise."""
+    if channels != 3 or size < PHOTO_MIN_SIZE:
+        return "default"
+    values = plan("photo", (channels, size, size), num_classes).activations * batch_size
+    return "photo" if values * TRAIN_BYTES_PER_VALUE <= memory_bytes else "default"
+
+
+def pick_arch(opts, given, channels, size, n_classes, budget, report):
+    """opts with arch default_preset(...) when --arch was not given (kept in the checkpoint's options, so
+    --resume trains on with the same preset); an info line says when that is the photo preset."""
+    if "arch" in given or opts.arch != "default":
+        return opts
+    arch = default_preset(channels, size, n_classes, opts.batch_size, budget)
+    if arch == "photo":
+        report.info(f"architecture: the photo preset (RGB input of {size} px, a batch of {opts.batch_size} fits "
+                    "CNNCLI_TRAIN_MEMORY); --arch default for the other")
+    return replace(opts, arch=arch)
 
 
 def open_cache(off, report):

@@ -29,20 +29,6 @@ PRESETS = {
     "photo": "conv32k3p1-bn-relu-pool2-conv64k3p1-bn-relu-pool2-conv128k3p1-bn-relu-pool2-gap-fc",
 }
 
-PHOTO_MIN_SIZE = 64  # train without --arch picks the photo preset for RGB input at least this many pixels a side
-
-
-def default_preset(channels, size, num_classes, batch_size, memory_bytes):
-    """The preset `train` uses when --arch is not given: "photo" for RGB input (channels 3) of size >= 64 px,
-    where it measured better than "default" (README, "Architecture specs"), when a whole training batch of
-    batch_size fits memory_bytes (TRAIN_BYTES_PER_VALUE per activation value: batch norm's statistics need the
-    whole batch in one pass, never micro-batches); "default" otherwise."""
-    if channels != 3 or size < PHOTO_MIN_SIZE:
-        return "default"
-    values = plan("photo", (channels, size, size), num_classes).activations * batch_size
-    return "photo" if values * TRAIN_BYTES_PER_VALUE <= memory_bytes else "default"
-
-
 DEFAULT_FILTERS, DEFAULT_KERNEL, DEFAULT_POOL, DEFAULT_UNITS, DEFAULT_DROP = 32, 3, 2, 128, 0.5
 MAX_SPEC_LENGTH = 4096
 OUTPUT_INIT_SCALE = 0.01  # the output layer's random weights are scaled by this: first logits near 0
