@@ -202,7 +202,8 @@ def main():
         rate, passes = fn(a.net, a.threads, a.seconds, x, infer_bs)
         result = {"img_s": rate, "passes": passes, "batch": infer_bs, "images": n}
     print(json.dumps({"side": a.side, "task": a.task, "net": a.net, "threads": a.threads, "data": source,
-                      **result, "numpy_before_cnncli": numpy_first, "load_before": load, "load_after": os.getloadavg()[0]}))
+                      **result, "numpy_before_cnncli": numpy_first, "load_before": load,
+                      "load_after": os.getloadavg()[0]}))
 
 
 if __name__ == "__main__":
