@@ -10,7 +10,7 @@ import numpy as np
 from conftest import make_image_folder
 from robust_helpers import run_main
 
-from cnncli.store import weights
+from cnncli.store import modelfile, weights
 
 ARGS = ["--batch-size", "8", "--seed", "1"]
 TINY = ["--arch", "tiny", *ARGS]  # conv8k3-relu-pool2-fc: layers.0 (conv) and layers.3 (output) have weights
@@ -58,8 +58,10 @@ def test_same_classes_start_from_the_old_weights(tmp_path, capsys):
 
 def test_same_classes_for_one_step_at_a_tiny_rate_keep_almost_every_weight(tmp_path, capsys):
     """Every tensor, the output layer included, is OLD's up to one small step (Adam moves each weight by about
-    lr in its first step)."""
+    lr in its first step); OLD's decision settings, fitted to OLD's outputs, are not carried over."""
     old = _old(tmp_path, capsys)
+    modelfile.save_decisions(old, {"threshold": 0.3, "temperature": 2.0, "min_confidence": 0.6},
+                             expect=weights.load(old)[1]["metadata_sha256"])
     data = make_image_folder(tmp_path / "new", n_per_class=4, size=10, split=True, n_val=2, seed=5)
     out = tmp_path / "tuned.safetensors"
     _train([data, "-o", out, "--init", old, *ARGS, "--batch-size", "64", "--epochs", "1", "--lr", "1e-6"], capsys)
@@ -67,6 +69,9 @@ def test_same_classes_for_one_step_at_a_tiny_rate_keep_almost_every_weight(tmp_p
     assert before.keys() == after.keys()
     for name in before:
         assert np.abs(after[name] - before[name]).max() <= 2e-6, name
+    meta = weights.load(out)[1]
+    assert weights.load(old)[1]["threshold"] == 0.3
+    assert not {"threshold", "temperature", "min_confidence"} & set(meta)
 
 
 def test_other_classes_get_a_new_output_layer_and_freeze_keeps_layers_bit_identical(tmp_path, capsys):
@@ -190,3 +195,29 @@ def test_an_interrupted_fine_tuning_run_resumes_with_its_frozen_layers(tmp_path,
     assert {k: v.tobytes() for k, v in got.items()} == {k: v.tobytes() for k, v in _tensors(ref).items()}
     assert got["layers.0.weight"].tobytes() == _tensors(old)["layers.0.weight"].tobytes()
     assert weights.load(out)[1]["train"]["init_sha256"] == weights.load(old)[1]["metadata_sha256"]
+
+
+def test_fit_keeps_a_frozen_layers_buffers_while_later_layers_move_theirs():
+    """A layer's buffers (bn's running statistics) move in every training forward pass; a frozen layer's are put
+    back after each step, bit for bit, and an unfrozen layer's keep moving. The layers here get a buffer that
+    counts forward passes, standing in for a running statistic."""
+    from cnncli.engine.model import Model
+    from cnncli.engine.training import TrainConfig, fit
+
+    model = Model("conv4k3-relu-pool2-fc8-relu-fc", (1, 8, 8), 2, seed=0)
+    for i in (0, 3):
+        layer = model.layers[i]
+        layer.buffers = {"count": np.zeros(3, np.float32)}
+
+        def counting(x, training=False, _forward=layer.forward, _buffers=layer.buffers, **kw):
+            if training:
+                _buffers["count"] += 1
+            return _forward(x, training, **kw)
+
+        layer.forward = counting
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 255, (16, 1, 8, 8), dtype=np.uint8), rng.integers(0, 2, 16)
+    cfg = TrainConfig(epochs=2, batch_size=8, lr=1e-2, optimizer="adam", freeze=1)
+    fit(model, x, y, cfg, lambda a: a.astype(np.float32) / 255)
+    assert model.layers[0].buffers["count"].tolist() == [0, 0, 0]
+    assert model.layers[3].buffers["count"].tolist() == [4, 4, 4]  # 2 epochs of 2 batches

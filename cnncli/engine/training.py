@@ -105,6 +105,12 @@ def frozen_layers(model, n):
     return frozenset(with_params[:n])
 
 
+def _frozen_buffers(model, frozen):
+    """Copies of the frozen layers' non-trained tensors (Layer.buffers, such as bn's running statistics, which a
+    training forward pass moves): {(layer index, name): array}."""
+    return {(i, k): v.copy() for i in frozen for k, v in getattr(model.layers[i], "buffers", {}).items()}
+
+
 def _trainable(pairs, frozen):
     """The (name, array) pairs of Model.named() outside the frozen layer indices."""
     return [(name, v) for name, v in pairs if int(name.split(".")[1]) not in frozen] if frozen else pairs
@@ -129,7 +135,7 @@ def fit(model, x, y, cfg, to_float, x_val=None, y_val=None, state=None, optimize
     when the loss becomes NaN or infinite. augment(uint8 batch, rng) -> uint8 batch, when given, changes each
     training batch (cfg.augment only names it); without it cfg.augment True or "light" uses augment_batch.
     The first cfg.freeze layers with parameters are left out of the optimizer (and of gradient clipping),
-    so their weights stay bit-identical. With cfg.patience and a validation set, the run ends after
+    and their buffers (running statistics) are put back after every step, so they stay bit-identical. With cfg.patience and a validation set, the run ends after
     cfg.patience epochs without a better validation score (stop_reason 'early-stopped').
     micro_batch: images per forward/backward pass within a batch (Model.loss_and_grads); None: the whole batch.
     warmup=False skips the learning-rate warm-up (for experiments: scripts/photo_ablation.py).
@@ -143,6 +149,7 @@ def fit(model, x, y, cfg, to_float, x_val=None, y_val=None, state=None, optimize
     warmup = warmup_steps(cfg.optimizer, per_epoch, total) if warmup else 0
     weights = None if cfg.class_weights is None else np.asarray(cfg.class_weights, np.float32)
     frozen = frozen_layers(model, cfg.freeze)
+    kept = _frozen_buffers(model, frozen)
     started = time.monotonic() - state.elapsed
     if augment is None and cfg.augment not in (False, "none"):
         if cfg.augment not in (True, "light"):
@@ -165,6 +172,8 @@ def fit(model, x, y, cfg, to_float, x_val=None, y_val=None, state=None, optimize
                 clip_by_global_norm(grads, cfg.clip_norm)
             lr = learning_rate(cfg.lr, state.step, total, cfg.schedule, warmup)
             optimizer.step(_trainable(model.named(), frozen), grads, lr)
+            for (i, k), v in kept.items():  # a frozen layer keeps its running statistics too
+                model.layers[i].buffers[k][...] = v
             state.step += 1
             state.batch = b + 1
             run = state.running
