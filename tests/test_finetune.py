@@ -221,3 +221,17 @@ def test_fit_keeps_a_frozen_layers_buffers_while_later_layers_move_theirs():
     fit(model, x, y, cfg, lambda a: a.astype(np.float32) / 255)
     assert model.layers[0].buffers["count"].tolist() == [0, 0, 0]
     assert model.layers[3].buffers["count"].tolist() == [4, 4, 4]  # 2 epochs of 2 batches
+
+
+def test_freeze_keeps_a_bn_layers_running_statistics_bit_identical(tmp_path, capsys):
+    arch = ["--arch", "conv4k3-bn-relu-pool2-fc", *ARGS]  # layers.0 conv, layers.1 bn, layers.4 output
+    old = _old(tmp_path, capsys, arch=arch, epochs="2")
+    data = make_image_folder(tmp_path / "new", n_per_class=8, size=10, split=True, n_val=2, seed=9)
+    out = tmp_path / "tuned.safetensors"
+    _train([data, "-o", out, "--init", old, *ARGS, "--epochs", "2", "--freeze", "2"], capsys)
+    before, after = _tensors(old), _tensors(out)
+    bn = sorted(n for n in before if n.startswith("layers.1."))
+    assert {"layers.1.running_mean", "layers.1.running_var"} <= set(bn)
+    for name in ["layers.0.weight", "layers.0.bias", *bn]:
+        assert after[name].tobytes() == before[name].tobytes(), name
+    assert after["layers.4.weight"].tobytes() != before["layers.4.weight"].tobytes()
