@@ -17,7 +17,7 @@ test/. Each switch puts back one of cnncli's own choices:
     --resize RULE          squash (default) | crop | pad
     --lr, --epochs, --val-split (with a split, the best validation epoch is kept, as `cnncli train` does)
 
-One JSON line per seed on stdout (test accuracy, first- and last-epoch training loss, CPU seconds) and a mean
+One JSON line per seed on stdout (test accuracy, first- and last-epoch training loss, CPU and wall seconds of training) and a mean
 line; the machine's load average is printed with each run, since CPU time is inflated by a busy machine.
 """
 
@@ -72,14 +72,14 @@ def run(args: argparse.Namespace, seed: int) -> dict:
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer="adam", seed=seed,
                       schedule=args.schedule, augment=args.augment)
     losses = []
-    cpu = time.process_time()
+    cpu, wall = time.process_time(), time.monotonic()
     state, _ = fit(model, train.x, train.y, cfg, to_float, val.x if val else None, val.y if val else None,
                    augment=augment_function(args.augment), warmup=args.warmup,
                    on_epoch=lambda st, _opt: losses.append(st.history[-1]["train_loss"]))
     test_acc = evaluate(model, test.x, test.y, to_float)[1]
     return {"seed": seed, "test": round(test_acc, 4), "best_epoch": state.best_epoch,
             "first_loss": round(losses[0], 3), "last_loss": round(losses[-1], 4),
-            "cpu_s": round(time.process_time() - cpu), "load": round(os.getloadavg()[0], 1)}
+            "cpu_s": round(time.process_time() - cpu), "wall_s": round(time.monotonic() - wall), "load": round(os.getloadavg()[0], 1)}
 
 
 def main(argv: list[str] | None = None) -> int:

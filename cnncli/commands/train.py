@@ -26,7 +26,7 @@ from cnncli.store import weights
 from cnncli.store.atomic import OutputLock, atomic_write_bytes, check_writable_target
 from cnncli.errors import DataError, DivergedError, GateError, OutputError, SpecError, UsageError, one_line
 from cnncli.report.lines import csv_row
-from cnncli.data.images import channel_stats
+from cnncli.data.images import input_scaling
 from cnncli.engine.decision import decide
 from cnncli.engine.health import check_collapse
 from cnncli.engine.model import Model
@@ -251,7 +251,7 @@ def _run_locked(opts, report, out, side, stop, given):
         opts = train_budget.pick_arch(opts, given, channels, size, len(ds.classes), budget, report)
         model = _build(opts, channels, size, len(ds.classes))
         from_init = train_init.start_from(model, init, opts, ds.classes, report) if init else {}
-        mean, std = (init.mean, init.std) if init else channel_stats(train.x)  # as the init weights saw images
+        mean, std = (init.mean, init.std) if init else input_scaling(train.x)  # as the init weights saw images
         clf = modelfile.Classifier(model, ds.classes, color, mean, std, resize=resize, train=from_init)
         weights_by_class = (class_weights_auto(train.y, len(ds.classes)) if opts.class_weights == "auto" else None)
         epochs = opts.epochs or auto_epochs(len(train.y), opts.batch_size)

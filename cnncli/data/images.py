@@ -366,6 +366,14 @@ def normalize(x: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.
     return out
 
 
+def input_scaling(x: np.ndarray) -> tuple[list[float], list[float]]:
+    """(mean, std) per channel for `normalize`, from uint8 training images (N, C, H, W): colour (C = 3) is only
+    scaled (mean 0, std 1; standardising cost photo accuracy, README "Real photos"), gray gets channel_stats."""
+    if x.ndim == 4 and x.shape[1] == 3:
+        return [0.0] * 3, [1.0] * 3
+    return channel_stats(x)
+
+
 def channel_stats(x: np.ndarray) -> tuple[list[float], list[float]]:
     """Per-channel mean and standard deviation of uint8 (N, C, H, W) images, in [0, 1] units.
 
