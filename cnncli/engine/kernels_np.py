@@ -97,3 +97,13 @@ def channel_affine(x, scale, shift, out):
 def gap_forward(x, out):
     """out (N, C, 1, 1) = the mean of each (H, W) map of x (N, C, H, W), summed in float64 as the numba kernel."""
     out[:, :, 0, 0] = x.sum(axis=(2, 3), dtype=np.float64) / (x.shape[2] * x.shape[3])
+
+
+def conv2d_relu_pool2(x, w, b, stride, padding, out):
+    """out (N, F, OH // 2, OW // 2) = 2 x 2 max pooling (stride 2) of ReLU(conv2d_forward(x, w, b)): the numpy twin
+    of the numba kernels' fused inference pass, through conv2d_forward and maxpool_forward."""
+    (kh, kw), (sh, sw), (ph, pw) = w.shape[2:], stride, padding
+    oh, ow = (x.shape[2] + 2 * ph - kh) // sh + 1, (x.shape[3] + 2 * pw - kw) // sw + 1
+    full = np.empty((x.shape[0], w.shape[0], oh, ow), x.dtype)
+    conv2d_forward(x, w, b, stride, padding, full, relu=True)
+    maxpool_forward(full, (2, 2), (2, 2), (0, 0), out)

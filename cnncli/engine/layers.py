@@ -117,16 +117,22 @@ class Conv(Layer):
             "bias": np.zeros(self.filters, np.float32),
         }
 
-    def forward(self, x, training=False, relu=False, params=None):
+    def forward(self, x, training=False, relu=False, pool2=False, params=None):
         """relu=True also applies the ReLU that follows, in the same pass over the output (the model then hands
-        the output to that ReLU layer's `fused`). params (inference only): weights to use instead of
-        self.params, e.g. with a batch norm folded in."""
+        the output to that ReLU layer's `fused`); pool2=True (inference only, with relu) also the 2 x 2 stride-2
+        max pooling after that ReLU: the output is then the pooled map. params (inference only): weights to use
+        instead of self.params, e.g. with a batch norm folded in."""
         p = params or self.params
         n, _, h, wd = x.shape
         _, oh, ow = self.output_shape(x.shape[1:])
+        kern = _forward_kernels(x, training)
+        if relu and pool2 and not training:
+            out = _take(self._fwd_slot, (n, self.filters, oh // 2, ow // 2), x.dtype)
+            kern.conv2d_relu_pool2(x, p["weight"], p["bias"], self.stride, self.padding, out)
+            self.x = x
+            return out
         out = _take(self._fwd_slot, (n, self.filters, oh, ow), x.dtype)
-        _forward_kernels(x, training).conv2d_forward(x, p["weight"], p["bias"], self.stride, self.padding, out,
-                                                     relu=relu)
+        kern.conv2d_forward(x, p["weight"], p["bias"], self.stride, self.padding, out, relu=relu)
         self.x = x
         return out
 

@@ -28,11 +28,14 @@ Design, from measurements on a 2-core machine:
   by the thread count, since no item's arithmetic depends on which chunk it is in.
 
 One module per job: `threads` (the worker pool and chunking), `checks` (argument checks), `sums` (fixed-order
-sums), `conv` (the public convolutions, choosing among `winograd`, `wide` and `im2col`), `pooling` (max
-pooling), `norm` (batch normalisation and global average pooling) and `elementwise` (activations). No module outside this package imports numba.
+sums), `conv` (the public convolutions, choosing among `winograd`, `wide` and `im2col`), `fused` (inference:
+convolution + bias + ReLU + 2 x 2 max pooling in one pass), `pooling` (max pooling), `norm` (batch
+normalisation and global average pooling) and `elementwise` (activations). No module outside this package
+imports numba.
 """
 
 from cnncli.engine.kernels.conv import conv2d_backward, conv2d_forward
+from cnncli.engine.kernels.fused import conv2d_relu_pool2
 from cnncli.engine.kernels.elementwise import activation_backward, activation_forward
 from cnncli.engine.kernels.norm import (bn_backward, bn_train_forward, channel_affine, gap_backward,
                                        gap_forward)
@@ -40,5 +43,5 @@ from cnncli.engine.kernels.pooling import maxpool_backward, maxpool_forward
 from cnncli.engine.kernels.threads import get_threads, set_threads
 
 __all__ = ["activation_backward", "activation_forward", "bn_backward", "bn_train_forward", "channel_affine",
-           "conv2d_backward", "conv2d_forward", "gap_backward", "gap_forward", "get_threads",
+           "conv2d_backward", "conv2d_forward", "conv2d_relu_pool2", "gap_backward", "gap_forward", "get_threads",
            "maxpool_backward", "maxpool_forward", "set_threads"]

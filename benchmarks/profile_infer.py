@@ -1,0 +1,65 @@
+"""Per-layer profile of cnncli batch inference (Model.predict_proba): ms per layer call.
+
+    python benchmarks/profile_infer.py [--net m1] [--threads N] [--passes 10] [--batch B]
+
+NET is a key of nets.NETS; the batch defaults to the inference batch of benchmarks/run.py (256 for m1, 32 above
+28 px). Wraps every layer's forward so that whatever the model fuses (conv + ReLU + pool run as one call) is timed
+as one row; prints the median wall and CPU (process time, all threads) ms per batch for each layer after one
+warm-up pass, and images per CPU second. With --threads 1 the CPU column is the steadiest figure on a busy machine.
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import cnncli.config  # noqa: E402,F401  (as the cnncli command: before numpy work starts)
+from cnncli.engine import kernels  # noqa: E402
+from cnncli.engine.model import Model  # noqa: E402
+from nets import NETS, data  # noqa: E402
+
+
+def _timed(rows, name, fn):
+    def call(*args, **kwargs):
+        t0, c0 = time.perf_counter(), time.process_time()
+        out = fn(*args, **kwargs)
+        rows.setdefault(name, []).append(((time.perf_counter() - t0) * 1e3, (time.process_time() - c0) * 1e3))
+        return out
+    return call
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--net", default="m1", choices=sorted(NETS))
+    ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    ap.add_argument("--passes", type=int, default=10)
+    ap.add_argument("--batch", type=int, default=None)
+    args = ap.parse_args()
+    kernels.set_threads(args.threads)
+    spec, shape, classes, _, _ = NETS[args.net]
+    bs = args.batch or (256 if shape[1] <= 28 else 32)
+    model = Model(spec, shape, classes, seed=0)
+    x, _, source = data(args.net, bs)
+    model.predict_proba(x, batch_size=bs)  # warm-up: loads the compiled kernels
+    rows = {}
+    for i, layer in enumerate(model.layers):
+        layer.forward = _timed(rows, f"{i:2d} {layer.token}", layer.forward)
+    whole = _timed(rows, "   whole pass", model.predict_proba)
+    for _ in range(args.passes):
+        whole(x, batch_size=bs)
+    total_cpu = statistics.median(c for _, c in rows["   whole pass"])
+    total = statistics.median(w for w, _ in rows["   whole pass"])
+    print(f"{args.net}: {spec} on {'x'.join(map(str, shape))} ({source}), batch {bs}, {args.threads} threads, "
+          f"median of {args.passes} passes; load average {os.getloadavg()[0]:.2f}")
+    print(f"{'layer (fused calls as one row)':<32} {'wall ms':>8} {'CPU ms':>8} {'CPU share':>9}")
+    for name, v in rows.items():
+        ms, cpu = statistics.median(w for w, _ in v), statistics.median(c for _, c in v)
+        print(f"{name:<32} {ms:8.2f} {cpu:8.2f} {100 * cpu / total_cpu:8.1f}%")
+    print(f"throughput {bs / total * 1e3:,.0f} img/s wall, {bs / total_cpu * 1e3:,.0f} img/s per CPU second")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,194 @@
+"""Inference only: convolution + bias + ReLU + 2 x 2 max pooling (stride 2) in one pass per image.
+
+The convolution's output map never goes through memory: each (image, filter) map is computed into a small
+buffer that stays in L1 (direct path) or each Winograd output tile is pooled as soon as it is formed (an F(2x2,
+3x3) output tile is exactly one 2 x 2 pooling window), and only the pooled values are written. ReLU and pooling
+fold into one running maximum that starts at 0: max(0, v0, v1, v2, v3) over the window, NaNs never win, which
+is what ReLU (NaN -> 0) followed by max pooling gives.
+
+- Few input channels (1-3), stride 1: direct convolution in wide coordinates (see `wide`). A 3 x 3 filter's
+  nine taps are one expression per output position, so each value is loaded once per tap, accumulated in a
+  register and stored once (the general path loads and stores the accumulator once per tap).
+- 3 x 3 stride-1 with 4+ input channels where Winograd fits: the `winograd` input transform and GEMMs, then a
+  pooled output transform.
+Work items are independent (one (image, filter) map, or one chunk of images whose chunk count depends on the
+shapes only), so results are the same bit for bit for any thread count.
+"""
+
+import numpy as np
+from numba import njit
+
+from cnncli.config import INFER_JIT
+from cnncli.engine.kernels.checks import _expect, _input, _out_shape
+from cnncli.engine.kernels.conv import conv2d_forward
+from cnncli.engine.kernels.pooling import maxpool_forward
+from cnncli.engine.kernels.threads import _run, get_threads
+from cnncli.engine.kernels.wide import _pad_image
+from cnncli.engine.kernels.winograd import _WINO_CHUNK_BYTES, _planes, _wino_fits, _wino_input, _wino_weights
+
+
+@njit(**INFER_JIT)
+def _taps3x3(s, wc, Wp, L, acc, first, bf):
+    """acc[q] (+)= sum of the 9 taps of filter slice wc (3, 3) over padded-flat channel s; first: start from bf."""
+    w00, w01, w02 = wc[0, 0], wc[0, 1], wc[0, 2]
+    w10, w11, w12 = wc[1, 0], wc[1, 1], wc[1, 2]
+    w20, w21, w22 = wc[2, 0], wc[2, 1], wc[2, 2]
+    # One view per tap, indexed by the loop variable alone (see `wide`: offsets would stop vectorization).
+    a0, a1, a2 = s[0:], s[1:], s[2:]
+    b0, b1, b2 = s[Wp:], s[Wp + 1:], s[Wp + 2:]
+    c0, c1, c2 = s[2 * Wp:], s[2 * Wp + 1:], s[2 * Wp + 2:]
+    if first:
+        for q in range(L):
+            acc[q] = (bf + w00 * a0[q] + w01 * a1[q] + w02 * a2[q] + w10 * b0[q] + w11 * b1[q] + w12 * b2[q]
+                      + w20 * c0[q] + w21 * c1[q] + w22 * c2[q])
+    else:
+        for q in range(L):
+            acc[q] = (acc[q] + w00 * a0[q] + w01 * a1[q] + w02 * a2[q] + w10 * b0[q] + w11 * b1[q] + w12 * b2[q]
+                      + w20 * c0[q] + w21 * c1[q] + w22 * c2[q])
+
+
+@njit(**INFER_JIT)
+def _taps_any(s, wc, Wp, L, acc, first, bf):
+    """_taps3x3 for any filter size: one pass over acc per tap."""
+    if first:
+        for q in range(L):
+            acc[q] = bf
+    for i in range(wc.shape[0]):
+        for j in range(wc.shape[1]):
+            wv = wc[i, j]
+            st = s[i * Wp + j:]
+            for q in range(L):
+                acc[q] += wv * st[q]
+
+
+@njit(**INFER_JIT)
+def _relu_pool2_rows(acc, Wp, o):
+    """o[py, px] = max(0, the 2 x 2 window at (2 py, 2 px) of the wide-coordinate map acc (row stride Wp))."""
+    POH, POW = o.shape
+    zero = np.zeros(1, dtype=acc.dtype)[0]
+    for py in range(POH):
+        top = acc[2 * py * Wp:]
+        bot = acc[(2 * py + 1) * Wp:]
+        orow = o[py]
+        for px in range(POW):
+            j = 2 * px
+            m = zero
+            v = top[j]
+            if v > m:
+                m = v
+            v = top[j + 1]
+            if v > m:
+                m = v
+            v = bot[j]
+            if v > m:
+                m = v
+            v = bot[j + 1]
+            if v > m:
+                m = v
+            orow[px] = m
+
+
+@njit(**INFER_JIT)
+def _direct_pool_chunk(x, w, b, ph, pw, OH, OW, out, lo, hi):
+    """Fused direct convolution for (image, filter) items [lo, hi): out[n, f] = pool2(relu(conv + b))."""
+    N, C, H, W = x.shape
+    F, _, KH, KW = w.shape
+    Hp, Wp = H + 2 * ph, W + 2 * pw
+    L = (OH - 1) * Wp + OW
+    xp = np.empty((C, Hp * Wp), dtype=x.dtype)
+    acc = np.empty(L, dtype=x.dtype)
+    three = KH == 3 and KW == 3
+    last_n = -1
+    for nf in range(lo, hi):
+        n = nf // F
+        f = nf % F
+        if n != last_n:
+            _pad_image(x[n], ph, pw, xp)
+            last_n = n
+        for c in range(C):
+            if three:
+                _taps3x3(xp[c], w[f, c], Wp, L, acc, c == 0, b[f])
+            else:
+                _taps_any(xp[c], w[f, c], Wp, L, acc, c == 0, b[f])
+        _relu_pool2_rows(acc, Wp, out[n, f])
+
+
+@njit(**INFER_JIT)
+def _wino_pool_output(M, b, TH, TW, out, lo, hi):
+    """out[n, f, ty, tx] = max(0, the 2 x 2 output tile (ty, tx) of A^T m A + b[f]) for images [lo, hi);
+    M is (16, F * T) as in `winograd._wino_output`, T = (hi - lo) * TH * TW."""
+    F, POH, POW = out.shape[1], out.shape[2], out.shape[3]
+    T = (hi - lo) * TH * TW
+    zero = np.zeros(1, dtype=M.dtype)[0]
+    for n in range(lo, hi):
+        base = (n - lo) * TH * TW
+        for f in range(F):
+            o = out[n, f]
+            bf = b[f]
+            for ty in range(POH):
+                orow = o[ty]
+                for tx in range(POW):
+                    t = f * T + base + ty * TW + tx
+                    s0 = M[0, t] + M[4, t] + M[8, t]
+                    s1 = M[1, t] + M[5, t] + M[9, t]
+                    s2 = M[2, t] + M[6, t] + M[10, t]
+                    s3 = M[3, t] + M[7, t] + M[11, t]
+                    u0 = M[4, t] - M[8, t] - M[12, t]
+                    u1 = M[5, t] - M[9, t] - M[13, t]
+                    u2 = M[6, t] - M[10, t] - M[14, t]
+                    u3 = M[7, t] - M[11, t] - M[15, t]
+                    m = zero
+                    v = s0 + s1 + s2 + bf
+                    if v > m:
+                        m = v
+                    v = s1 - s2 - s3 + bf
+                    if v > m:
+                        m = v
+                    v = u0 + u1 + u2 + bf
+                    if v > m:
+                        m = v
+                    v = u1 - u2 - u3 + bf
+                    if v > m:
+                        m = v
+                    orow[tx] = m
+
+
+def _wino_pool_chunk(x, U, b, ph, pw, TH, TW, out, lo, hi):
+    """Winograd convolution + bias + ReLU + 2 x 2 pooling of images [lo, hi) of x into out (pooled shape)."""
+    T = (hi - lo) * TH * TW
+    V, V3 = _planes(x.shape[1], T, x.dtype)
+    M, M3 = _planes(U.shape[1], T, x.dtype)
+    _wino_input(x, ph, pw, TH, TW, V, lo, hi)
+    np.matmul(U, V3, out=M3)
+    _wino_pool_output(M, b, TH, TW, out, lo, hi)
+
+
+def conv2d_relu_pool2(x, w, b, stride, padding, out):
+    """out (N, F, OH // 2, OW // 2) = 2 x 2 max pooling (stride 2) of ReLU(conv2d_forward(x, w, b)), for inference.
+
+    x (N, C, H, W), w (F, C, KH, KW), b (F,), all C-contiguous, one float dtype; (OH, OW) is the convolution's
+    output size. Shapes no fused kernel covers (strides other than 1, 4+ channels where Winograd does not fit) run
+    conv2d_forward with its fused ReLU into a scratch map, then the pooling kernel.
+    """
+    _input("x", x, 4)
+    _input("w", w, 4)
+    if w.dtype != x.dtype or w.shape[1] != x.shape[1]:
+        raise ValueError(f"w: {w.dtype} {w.shape} does not fit x {x.dtype} {x.shape} (same dtype, w[1] == x[1])")
+    _expect("b", b, (w.shape[0],), x.dtype)
+    OH, OW = _out_shape(x.shape, w.shape[2:], stride, padding)
+    _expect("out", out, (x.shape[0], w.shape[0], OH // 2, OW // 2), x.dtype)
+    N, C = x.shape[:2]
+    F, _, KH, KW = w.shape
+    ph, pw = padding
+    if tuple(stride) == (1, 1) and _wino_fits(C, KH, KW, OH, OW, ph, pw):
+        TH, TW = (OH + 1) // 2, (OW + 1) // 2
+        U = np.empty((16, F, C), dtype=x.dtype)
+        _wino_weights(w, U)
+        n_chunks = max(1, min(N, -(-N * 16 * C * TH * TW * 4 // _WINO_CHUNK_BYTES)))
+        _run(_wino_pool_chunk, N, x, U, b, ph, pw, TH, TW, out, n_chunks=n_chunks)
+    elif tuple(stride) == (1, 1) and C <= 3:
+        _run(_direct_pool_chunk, N * F, x, w, b, ph, pw, OH, OW, out, n_chunks=2 * get_threads())
+    else:
+        full = np.empty((N, F, OH, OW), dtype=x.dtype)
+        conv2d_forward(x, w, b, stride, padding, full, relu=True)
+        maxpool_forward(full, (2, 2), (2, 2), (0, 0), out)
