@@ -9,6 +9,7 @@ warm-up pass, and images per CPU second. With --threads 1 the CPU column is the 
 """
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -37,6 +38,7 @@ def main():
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     ap.add_argument("--passes", type=int, default=10)
     ap.add_argument("--batch", type=int, default=None)
+    ap.add_argument("--json", action="store_true", help="print one JSON line: whole-pass wall and CPU ms (ab_infer.py)")
     args = ap.parse_args()
     kernels.set_threads(args.threads)
     spec, shape, classes, _, _ = NETS[args.net]
@@ -52,6 +54,10 @@ def main():
         whole(x, batch_size=bs)
     total_cpu = statistics.median(c for _, c in rows["   whole pass"])
     total = statistics.median(w for w, _ in rows["   whole pass"])
+    if args.json:
+        print(json.dumps({"net": args.net, "batch": bs, "threads": args.threads, "wall_ms": total, "cpu_ms": total_cpu,
+                          "load": os.getloadavg()[0]}))
+        return
     print(f"{args.net}: {spec} on {'x'.join(map(str, shape))} ({source}), batch {bs}, {args.threads} threads, "
           f"median of {args.passes} passes; load average {os.getloadavg()[0]:.2f}")
     print(f"{'layer (fused calls as one row)':<32} {'wall ms':>8} {'CPU ms':>8} {'CPU share':>9}")

@@ -90,6 +90,7 @@ class Conv(Layer):
     def __init__(self, filters, kernel, stride=(1, 1), padding=(0, 0)):
         super().__init__()
         self.filters, self.kernel, self.stride, self.padding = filters, kernel, stride, padding
+        self._pooled_slot = []  # the fused inference pass's pooled output: training keeps its own buffer
 
     @property
     def token(self):
@@ -127,7 +128,7 @@ class Conv(Layer):
         _, oh, ow = self.output_shape(x.shape[1:])
         kern = _forward_kernels(x, training)
         if relu and pool2 and not training:
-            out = _take(self._fwd_slot, (n, self.filters, oh // 2, ow // 2), x.dtype)
+            out = _take(self._pooled_slot, (n, self.filters, oh // 2, ow // 2), x.dtype)
             kern.conv2d_relu_pool2(x, p["weight"], p["bias"], self.stride, self.padding, out)
             self.x = x
             return out
