@@ -58,14 +58,17 @@ def main():
         print(json.dumps({"net": args.net, "batch": bs, "threads": args.threads, "wall_ms": total, "cpu_ms": total_cpu,
                           "load": os.getloadavg()[0]}))
         return
-    print(f"{args.net}: {spec} on {'x'.join(map(str, shape))} ({source}), batch {bs}, {args.threads} threads, "
-          f"median of {args.passes} passes; load average {os.getloadavg()[0]:.2f}")
-    print(f"{'layer (fused calls as one row)':<32} {'wall ms':>8} {'CPU ms':>8} {'CPU share':>9}")
-    for name, v in rows.items():
-        ms, cpu = statistics.median(w for w, _ in v), statistics.median(c for _, c in v)
-        print(f"{name:<32} {ms:8.2f} {cpu:8.2f} {100 * cpu / total_cpu:8.1f}%")
-    print(f"throughput {bs / total * 1e3:,.0f} img/s wall, {bs / total_cpu * 1e3:,.0f} img/s per CPU second")
+    lines = [f"{args.net}: {spec} on {'x'.join(map(str, shape))} ({source}), batch {bs}, {args.threads} threads, "
+             f"median of {args.passes} passes; load average {os.getloadavg()[0]:.2f}",
+             f"{'layer (fused calls as one row)':<32} {'wall ms':>8} {'CPU ms':>8} {'CPU share':>9}"]
+    lines += [_row(name, v, total_cpu) for name, v in rows.items()]
+    lines.append(f"throughput {bs / total * 1e3:,.0f} img/s wall, {bs / total_cpu * 1e3:,.0f} img/s per CPU second")
+    print("\n".join(lines))
 
+
+def _row(name, samples, total_cpu):
+    wall, cpu = (statistics.median(s[k] for s in samples) for k in (0, 1))
+    return f"{name:<32} {wall:8.2f} {cpu:8.2f} {100 * cpu / total_cpu:8.1f}%"
 
 if __name__ == "__main__":
     main()

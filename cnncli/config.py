@@ -13,7 +13,8 @@ from pathlib import Path
 
 # JIT flags for every kernel. fastmath stays off. Its "contract" part (fused multiply-add) would keep results
 # reproducible too (the same on every run and for any thread count, only different from non-FMA code), but no
-# kernel has been measured to gain from it yet.
+# kernel has been measured to gain from it yet (the fused inference kernels were measured with it: no gain, and
+# without it they give the unfused kernels' results bit for bit).
 JIT = {"cache": True, "nogil": True, "fastmath": False}
 
 # Inference-only kernels (cnncli.engine.kernels.fused): the same, plus FMA contraction, measured faster there.

@@ -17,7 +17,7 @@ import naive
 from cnncli.engine import kernels, kernels_np
 from cnncli.engine.model import Model
 from cnncli.store import modelfile
-from test_kernels import threads, tol  # noqa: F401  (threads is a fixture)
+from test_kernels import case_arrays, threads, tol  # noqa: F401  (threads is a fixture)
 
 # (N, C, H, W, F, KH, KW, stride, padding) and the path each takes in the numba kernels.
 FUSED_CASES = [
@@ -32,12 +32,7 @@ FUSED_CASES = [
 
 
 def arrays(case, dtype, seed=0):
-    n, c, h, w, f, kh, kw, stride, padding = case
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((n, c, h, w)).astype(dtype)
-    wt = rng.standard_normal((f, c, kh, kw)).astype(dtype)
-    b = rng.standard_normal(f).astype(dtype)
-    return x, wt, b, stride, padding
+    return case_arrays(case, dtype, seed)
 
 
 def fused(mod, x, w, b, stride, padding):
@@ -125,3 +120,15 @@ def test_predict_batches_agree_with_one_image_passes(tmp_path, preset, color, si
     assert batched.shape == (12, 4)
     assert batched.std(axis=1).mean() > 0.05  # not all uniform: the comparison can fail
     np.testing.assert_allclose(batched, single, atol=3e-6)
+
+
+@pytest.mark.parametrize("case", [c for c, _ in FUSED_CASES], ids=[name for _, name in FUSED_CASES])
+def test_fused_pass_equals_the_unfused_kernels_bit_for_bit(case):
+    x, w, b, stride, padding = arrays(case, np.float32, seed=2)
+    oh = naive.out_size(x.shape[2], w.shape[2], stride[0], padding[0])
+    ow = naive.out_size(x.shape[3], w.shape[3], stride[1], padding[1])
+    conv = np.empty((x.shape[0], w.shape[0], oh, ow), np.float32)
+    kernels.conv2d_forward(x, w, b, stride, padding, conv, relu=True)
+    pooled = np.empty((x.shape[0], w.shape[0], oh // 2, ow // 2), np.float32)
+    kernels.maxpool_forward(conv, (2, 2), (2, 2), (0, 0), pooled)
+    assert fused(kernels, x, w, b, stride, padding).tobytes() == pooled.tobytes()

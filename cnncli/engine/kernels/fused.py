@@ -11,23 +11,25 @@ is what ReLU (NaN -> 0) followed by max pooling gives.
   register and stored once (the general path loads and stores the accumulator once per tap).
 - 3 x 3 stride-1 with 4+ input channels where Winograd fits: the `winograd` input transform and GEMMs, then a
   pooled output transform.
-Work items are independent (one (image, filter) map, or one chunk of images whose chunk count depends on the
-shapes only), so results are the same bit for bit for any thread count.
+The arithmetic is the unfused kernels' own, in the same order (no FMA contraction, see cnncli.config), so the
+pooled values equal convolution, ReLU and pooling run one after the other, bit for bit. Work items are
+independent (one (image, filter) map, or one chunk of images whose chunk count depends on the shapes only), so
+results are the same for any thread count too.
 """
 
 import numpy as np
 from numba import njit
 
-from cnncli.config import INFER_JIT
+from cnncli.config import JIT
 from cnncli.engine.kernels.checks import _expect, _input, _out_shape
 from cnncli.engine.kernels.conv import conv2d_forward
 from cnncli.engine.kernels.pooling import maxpool_forward
 from cnncli.engine.kernels.threads import _run, get_threads
 from cnncli.engine.kernels.wide import _pad_image
-from cnncli.engine.kernels.winograd import _WINO_CHUNK_BYTES, _planes, _wino_fits, _wino_input, _wino_weights
+from cnncli.engine.kernels.winograd import _WINO_CHUNK_BYTES, _wino_fits, _wino_products, _wino_weights
 
 
-@njit(**INFER_JIT)
+@njit(**JIT)
 def _taps3x3(s, wc, Wp, L, acc, first, bf):
     """acc[q] (+)= sum of the 9 taps of filter slice wc (3, 3) over padded-flat channel s; first: start from bf."""
     w00, w01, w02 = wc[0, 0], wc[0, 1], wc[0, 2]
@@ -47,7 +49,7 @@ def _taps3x3(s, wc, Wp, L, acc, first, bf):
                       + w20 * c0[q] + w21 * c1[q] + w22 * c2[q])
 
 
-@njit(**INFER_JIT)
+@njit(**JIT)
 def _taps_any(s, wc, Wp, L, acc, first, bf):
     """_taps3x3 for any filter size: one pass over acc per tap."""
     if first:
@@ -61,7 +63,17 @@ def _taps_any(s, wc, Wp, L, acc, first, bf):
                 acc[q] += wv * st[q]
 
 
-@njit(**INFER_JIT)
+@njit(**JIT)
+def _relu_max4(a, b, c, d, zero):
+    """max(0, a, b, c, d) with NaNs never winning: ReLU (NaN -> 0) and then a 2 x 2 window's maximum."""
+    m = zero
+    for v in (a, b, c, d):
+        if v > m:
+            m = v
+    return m
+
+
+@njit(**JIT)
 def _relu_pool2_rows(acc, Wp, o):
     """o[py, px] = max(0, the 2 x 2 window at (2 py, 2 px) of the wide-coordinate map acc (row stride Wp))."""
     POH, POW = o.shape
@@ -72,95 +84,62 @@ def _relu_pool2_rows(acc, Wp, o):
         orow = o[py]
         for px in range(POW):
             j = 2 * px
-            m = zero
-            v = top[j]
-            if v > m:
-                m = v
-            v = top[j + 1]
-            if v > m:
-                m = v
-            v = bot[j]
-            if v > m:
-                m = v
-            v = bot[j + 1]
-            if v > m:
-                m = v
-            orow[px] = m
+            orow[px] = _relu_max4(top[j], top[j + 1], bot[j], bot[j + 1], zero)
 
 
-@njit(**INFER_JIT)
+@njit(**JIT)
 def _direct_pool_chunk(x, w, b, ph, pw, OH, OW, out, lo, hi):
-    """Fused direct convolution for (image, filter) items [lo, hi): out[n, f] = pool2(relu(conv + b))."""
-    N, C, H, W = x.shape
-    F, _, KH, KW = w.shape
-    Hp, Wp = H + 2 * ph, W + 2 * pw
+    """Fused direct convolution for (image, filter) items [lo, hi) (item n * F + f): out[n, f] = pool2(relu(conv
+    + b)). The image is padded once per image, the map of one filter lives in acc (L1-sized)."""
+    C = x.shape[1]
+    F, KH, KW = w.shape[0], w.shape[2], w.shape[3]
+    Wp = x.shape[3] + 2 * pw
     L = (OH - 1) * Wp + OW
-    xp = np.empty((C, Hp * Wp), dtype=x.dtype)
+    xp = np.empty((C, (x.shape[2] + 2 * ph) * Wp), dtype=x.dtype)
     acc = np.empty(L, dtype=x.dtype)
-    three = KH == 3 and KW == 3
-    last_n = -1
-    for nf in range(lo, hi):
-        n = nf // F
-        f = nf % F
-        if n != last_n:
-            _pad_image(x[n], ph, pw, xp)
-            last_n = n
-        for c in range(C):
-            if three:
-                _taps3x3(xp[c], w[f, c], Wp, L, acc, c == 0, b[f])
-            else:
-                _taps_any(xp[c], w[f, c], Wp, L, acc, c == 0, b[f])
-        _relu_pool2_rows(acc, Wp, out[n, f])
+    for n in range(lo // F, (hi - 1) // F + 1):
+        _pad_image(x[n], ph, pw, xp)
+        for f in range(max(lo - n * F, 0), min(hi - n * F, F)):
+            for c in range(C):
+                if KH == 3 and KW == 3:
+                    _taps3x3(xp[c], w[f, c], Wp, L, acc, c == 0, b[f])
+                else:
+                    _taps_any(xp[c], w[f, c], Wp, L, acc, c == 0, b[f])
+            _relu_pool2_rows(acc, Wp, out[n, f])
 
 
-@njit(**INFER_JIT)
+@njit(**JIT)
+def _tile_column(M, j, t):
+    """A^T applied down column j of tile t's 4 x 4 block in M: (m0 + m1 + m2, m1 - m2 - m3) of that column."""
+    return M[j, t] + M[4 + j, t] + M[8 + j, t], M[4 + j, t] - M[8 + j, t] - M[12 + j, t]
+
+
+@njit(**JIT)
 def _wino_pool_output(M, b, TH, TW, out, lo, hi):
-    """out[n, f, ty, tx] = max(0, the 2 x 2 output tile (ty, tx) of A^T m A + b[f]) for images [lo, hi);
-    M is (16, F * T) as in `winograd._wino_output`, T = (hi - lo) * TH * TW."""
+    """out[n, f, ty, tx] = max(0, the 2 x 2 output tile (ty, tx) of A^T m A + b[f]) for images [lo, hi); M is
+    (16, F * T) as in `winograd._wino_output`, whose arithmetic (and so whose values, bit for bit) this repeats."""
     F, POH, POW = out.shape[1], out.shape[2], out.shape[3]
     T = (hi - lo) * TH * TW
     zero = np.zeros(1, dtype=M.dtype)[0]
-    for n in range(lo, hi):
-        base = (n - lo) * TH * TW
-        for f in range(F):
-            o = out[n, f]
-            bf = b[f]
+    for f in range(F):  # filters outermost: M's tiles are read in storage order
+        bf = b[f]
+        for n in range(lo, hi):
+            t0 = f * T + (n - lo) * TH * TW
             for ty in range(POH):
-                orow = o[ty]
+                orow = out[n, f, ty]
                 for tx in range(POW):
-                    t = f * T + base + ty * TW + tx
-                    s0 = M[0, t] + M[4, t] + M[8, t]
-                    s1 = M[1, t] + M[5, t] + M[9, t]
-                    s2 = M[2, t] + M[6, t] + M[10, t]
-                    s3 = M[3, t] + M[7, t] + M[11, t]
-                    u0 = M[4, t] - M[8, t] - M[12, t]
-                    u1 = M[5, t] - M[9, t] - M[13, t]
-                    u2 = M[6, t] - M[10, t] - M[14, t]
-                    u3 = M[7, t] - M[11, t] - M[15, t]
-                    m = zero
-                    v = s0 + s1 + s2 + bf
-                    if v > m:
-                        m = v
-                    v = s1 - s2 - s3 + bf
-                    if v > m:
-                        m = v
-                    v = u0 + u1 + u2 + bf
-                    if v > m:
-                        m = v
-                    v = u1 - u2 - u3 + bf
-                    if v > m:
-                        m = v
-                    orow[tx] = m
+                    t = t0 + ty * TW + tx
+                    s0, u0 = _tile_column(M, 0, t)
+                    s1, u1 = _tile_column(M, 1, t)
+                    s2, u2 = _tile_column(M, 2, t)
+                    s3, u3 = _tile_column(M, 3, t)
+                    orow[tx] = _relu_max4(s0 + s1 + s2 + bf, s1 - s2 - s3 + bf, u0 + u1 + u2 + bf, u1 - u2 - u3 + bf,
+                                          zero)
 
 
 def _wino_pool_chunk(x, U, b, ph, pw, TH, TW, out, lo, hi):
     """Winograd convolution + bias + ReLU + 2 x 2 pooling of images [lo, hi) of x into out (pooled shape)."""
-    T = (hi - lo) * TH * TW
-    V, V3 = _planes(x.shape[1], T, x.dtype)
-    M, M3 = _planes(U.shape[1], T, x.dtype)
-    _wino_input(x, ph, pw, TH, TW, V, lo, hi)
-    np.matmul(U, V3, out=M3)
-    _wino_pool_output(M, b, TH, TW, out, lo, hi)
+    _wino_pool_output(_wino_products(x, U, ph, pw, TH, TW, lo, hi), b, TH, TW, out, lo, hi)
 
 
 def conv2d_relu_pool2(x, w, b, stride, padding, out):

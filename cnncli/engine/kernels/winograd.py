@@ -137,14 +137,20 @@ def _planes(rows, T, dtype, purpose):
     return buf, buf[:, :rows * T].reshape(16, rows, T)
 
 
-def _wino_chunk(x, U, b, ph, pw, TH, TW, out, relu, lo, hi):
-    """Winograd convolution of images [lo, hi) of x into out (with ReLU when relu)."""
+def _wino_products(x, U, ph, pw, TH, TW, lo, hi):
+    """M (16, F * T): the 16 GEMMs U[k] @ V[k] over the TH x TW tiles of images [lo, hi) of x (the calling
+    thread's "M" scratch planes, see _planes: valid until its next call)."""
     T = (hi - lo) * TH * TW
     V, V3 = _planes(x.shape[1], T, x.dtype, "V")
     M, M3 = _planes(U.shape[1], T, x.dtype, "M")
     _wino_input(x, ph, pw, TH, TW, V, lo, hi)
     np.matmul(U, V3, out=M3)
-    _wino_output(M, b, TH, TW, out, relu, lo, hi)
+    return M
+
+
+def _wino_chunk(x, U, b, ph, pw, TH, TW, out, relu, lo, hi):
+    """Winograd convolution of images [lo, hi) of x into out (with ReLU when relu)."""
+    _wino_output(_wino_products(x, U, ph, pw, TH, TW, lo, hi), b, TH, TW, out, relu, lo, hi)
 
 
 @njit(**JIT)
