@@ -6,9 +6,9 @@ buffer that stays in L1 (direct path) or each Winograd output tile is pooled as 
 fold into one running maximum that starts at 0: max(0, v0, v1, v2, v3) over the window, NaNs never win, which
 is what ReLU (NaN -> 0) followed by max pooling gives.
 
-- Few input channels (1-3), stride 1: direct convolution in wide coordinates (see `wide`). A 3 x 3 filter's
-  nine taps are one expression per output position, so each value is loaded once per tap, accumulated in a
-  register and stored once (the general path loads and stores the accumulator once per tap).
+- Few input channels (1-3), stride 1: direct convolution in wide coordinates (see `wide`). For 3 x 3 filters
+  the nine taps of two filters are one expression per output position, so each input value is loaded once for
+  both and each sum is stored once (the general path loads and stores the accumulator once per tap).
 - 3 x 3 stride-1 with 4+ input channels where Winograd fits: the `winograd` input transform and GEMMs, then a
   pooled output transform.
 The arithmetic is the unfused kernels' own, in the same order (no FMA contraction, see cnncli.config), so the
@@ -30,29 +30,10 @@ from cnncli.engine.kernels.winograd import _WINO_CHUNK_BYTES, _wino_fits, _wino_
 
 
 @njit(**JIT)
-def _taps3x3(s, wc, Wp, L, acc, first, bf):
-    """acc[q] (+)= sum of the 9 taps of filter slice wc (3, 3) over padded-flat channel s; first: start from bf."""
-    w00, w01, w02 = wc[0, 0], wc[0, 1], wc[0, 2]
-    w10, w11, w12 = wc[1, 0], wc[1, 1], wc[1, 2]
-    w20, w21, w22 = wc[2, 0], wc[2, 1], wc[2, 2]
-    # One view per tap, indexed by the loop variable alone (see `wide`: offsets would stop vectorization).
-    a0, a1, a2 = s[0:], s[1:], s[2:]
-    b0, b1, b2 = s[Wp:], s[Wp + 1:], s[Wp + 2:]
-    c0, c1, c2 = s[2 * Wp:], s[2 * Wp + 1:], s[2 * Wp + 2:]
-    if first:
-        for q in range(L):
-            acc[q] = (bf + w00 * a0[q] + w01 * a1[q] + w02 * a2[q] + w10 * b0[q] + w11 * b1[q] + w12 * b2[q]
-                      + w20 * c0[q] + w21 * c1[q] + w22 * c2[q])
-    else:
-        for q in range(L):
-            acc[q] = (acc[q] + w00 * a0[q] + w01 * a1[q] + w02 * a2[q] + w10 * b0[q] + w11 * b1[q] + w12 * b2[q]
-                      + w20 * c0[q] + w21 * c1[q] + w22 * c2[q])
-
-
-@njit(**JIT)
 def _taps3x3_two(s, wc, vc, Wp, L, acc, acd, first, bf, bg):
-    """_taps3x3 for two filters at once (slices wc and vc into acc and acd): each input value is loaded once for
-    both, which halves the loads per multiply-add. Each sum keeps _taps3x3's order, so the values are the same."""
+    """acc[q] (+)= the 9 taps of filter slice wc (3, 3) over padded-flat channel s, and acd[q] those of vc; first:
+    start from the biases bf and bg. One expression per output position (each input value loaded once for both
+    filters, the sums kept in registers), summed in the order of the unfused kernel's tap loop (c, i, j)."""
     w00, w01, w02 = wc[0, 0], wc[0, 1], wc[0, 2]
     w10, w11, w12 = wc[1, 0], wc[1, 1], wc[1, 2]
     w20, w21, w22 = wc[2, 0], wc[2, 1], wc[2, 2]
@@ -78,7 +59,7 @@ def _taps3x3_two(s, wc, vc, Wp, L, acc, acd, first, bf, bg):
 
 @njit(**JIT)
 def _taps_any(s, wc, Wp, L, acc, first, bf):
-    """_taps3x3 for any filter size: one pass over acc per tap."""
+    """acc[q] (+)= the taps of one filter slice wc (KH, KW), any size: one pass over acc per tap (first: from bf)."""
     if first:
         for q in range(L):
             acc[q] = bf
@@ -141,11 +122,10 @@ def _direct_pool_chunk(x, w, b, ph, pw, OH, OW, out, lo, hi):
         f, f_end = max(lo - n * F, 0), min(hi - n * F, F)
         while f < f_end:
             two = three and f + 1 < f_end
+            g = f + 1 if two else f  # an odd last filter: computed twice, the copy in acd is not used
             for c in range(C):
-                if two:
-                    _taps3x3_two(xp[c], w[f, c], w[f + 1, c], Wp, L, acc, acd, c == 0, b[f], b[f + 1])
-                elif three:
-                    _taps3x3(xp[c], w[f, c], Wp, L, acc, c == 0, b[f])
+                if three:
+                    _taps3x3_two(xp[c], w[f, c], w[g, c], Wp, L, acc, acd, c == 0, b[f], b[g])
                 else:
                     _taps_any(xp[c], w[f, c], Wp, L, acc, c == 0, b[f])
             _relu_pool2_rows(acc, Wp, out[n, f], pair)
