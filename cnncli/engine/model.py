@@ -218,12 +218,6 @@ def _is_relu(layers, i):
     return 0 <= i < len(layers) and isinstance(layers[i], Activation) and layers[i].kind == "relu"
 
 
-def _is_pool2(layers, i):
-    """Whether layers[i] is a 2 x 2 max pooling with stride 2 and no padding (inference fuses it into a conv)."""
-    return (i < len(layers) and isinstance(layers[i], MaxPool) and tuple(layers[i].size) == (2, 2)
-            and tuple(layers[i].stride) == (2, 2) and tuple(layers[i].padding) == (0, 0))
-
-
 class Model:
     """A CNN classifier: input (N, C, H, W) float32 -> logits (N, num_classes).
 
@@ -269,9 +263,9 @@ class Model:
                 kw["params"] = layers[i + 1].fold(layer.params)
                 i += 1
             # A conv followed by ReLU runs as one fused pass; the ReLU layer only keeps the output for backward.
-            # Outside training a 2 x 2 stride-2 max pooling after that ReLU joins the pass (see kernels.fused).
+            # Outside training a 2 x 2 stride-2 max pooling ("pool2") after that ReLU joins it (see kernels.fused).
             if isinstance(layer, Conv) and _is_relu(layers, i + 1):
-                pool2 = not training and _is_pool2(layers, i + 2)
+                pool2 = not training and i + 2 < len(layers) and layers[i + 2].token == "pool2"
                 h = layer.forward(h, training, relu=True, pool2=pool2, **kw)
                 h = h if pool2 else layers[i + 1].fused(h)
                 i += 3 if pool2 else 2
