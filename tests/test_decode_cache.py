@@ -195,3 +195,35 @@ def test_the_cache_folder_is_private_and_the_umask_survives_the_decode_threads(t
     assert (tmp_path / "a.safetensors").stat().st_mode & 0o777 == 0o600
     assert root.stat().st_mode & 0o777 == 0o700
     assert {p.stat().st_mode & 0o777 for p in root.iterdir()} == {0o700}
+
+
+@pytest.mark.parametrize("plant", ["symlink to /dev/zero", "fifo", "folder", "huge file"])
+def test_a_planted_entry_never_blocks_reads_without_end_or_fails_the_run(tmp_path, capsys, plant):
+    data = _data(tmp_path)
+    _train(data, tmp_path / "a.safetensors", capsys)
+    victim = _entries(os.environ["CNNCLI_CACHE_DIR"])[0]
+    victim.unlink()
+    if plant == "symlink to /dev/zero":
+        victim.symlink_to("/dev/zero")
+    elif plant == "fifo":
+        os.mkfifo(victim)
+    elif plant == "folder":
+        victim.mkdir()
+    else:
+        with open(victim, "wb") as f:
+            f.truncate(decode_cache.MAX_ENTRY_BYTES + 1)  # sparse: takes no disk
+    counts, _ = _train(data, tmp_path / "b.safetensors", capsys)  # returns: no hang, no memory blow-up
+    assert counts == (1, N_IMAGES - 1)
+    assert _tensors(tmp_path / "a.safetensors") == _tensors(tmp_path / "b.safetensors")
+
+
+def test_trim_removes_only_cache_entries(tmp_path):
+    root = tmp_path / "cache"
+    cache = decode_cache.DecodeCache(root, cap=0)
+    cache.put(b"\x01" * 32, np.zeros((1, 4, 4), np.uint8))
+    lookalike = root / "ab" / ("c" * 62)  # named like an entry, but another program's file
+    lookalike.parent.mkdir()
+    lookalike.write_bytes(b"precious")
+    cache.trim()
+    assert lookalike.read_bytes() == b"precious"
+    assert not (root / "01" / ("01" * 31)).exists()

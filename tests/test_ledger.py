@@ -122,3 +122,18 @@ def test_two_concurrent_runs_share_one_ledger(tmp_path):
     assert outs[0][0] == outs[1][0] and len(body(outs[0][0].decode())) == 40
     rows = _rows(ledger)
     assert len(rows) == 40 == len({r[0] for r in rows})
+
+
+def test_another_programs_database_is_refused_and_left_byte_for_byte_unchanged(tmp_path, capsys):
+    data, model = world(tmp_path, n_per_class=2, bad=0)
+    for name, table in (("app.db", "users(name)"), ("clash.db", "results(a, b)")):
+        db = tmp_path / name
+        con = sqlite3.connect(db)
+        con.execute(f"create table {table}")
+        con.commit()
+        con.close()
+        before = db.read_bytes()
+        code, out, err = run_main(["predict", data, "-m", model, "--ledger", db], capsys)
+        assert code == 65 and out == "" and "not a cnncli ledger" in err, err
+        assert db.read_bytes() == before  # no table added, not switched to WAL
+        assert not (tmp_path / f"{name}-wal").exists()

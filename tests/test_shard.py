@@ -69,3 +69,14 @@ def test_eval_shards_cover_every_image_once(tmp_path, capsys):
         m = rep["confusion_matrix"]["matrix"]
         total = [[total[r][c] + m[r][c] for c in range(2)] for r in range(2)]
     assert total == whole["confusion_matrix"]["matrix"]
+
+
+def test_an_empty_shard_of_inputs_that_exist_is_no_error(tmp_path, capsys):
+    data, model = world(tmp_path, n_per_class=1, bad=0)
+    files = sorted(str(p) for p in data.rglob("*.png"))
+    empty = next(i for i in range(8) if all(shard_of(f, 8) != i for f in files))
+    code, out, err = run_main(["predict", *files, "-m", model, "--shard", f"{empty}/8"], capsys)
+    assert code == 0 and body(out) == [], err  # the header only: the shard has nothing to do
+    (tmp_path / "empty").mkdir()
+    code, out, err = run_main(["predict", tmp_path / "empty", "-m", model, "--shard", "0/8"], capsys)
+    assert code == 66  # no inputs at all is still the error it always was

@@ -381,6 +381,6 @@ def run(opts, on_error=None, out=None):
                     bar.close()  # before the summary line, which takes its place
                 scored.close()  # stops the decode pool (at once unless finished)
                 extras.close(finished)
-    if seen == 0 and not extras.counts["skipped"]:
+    if seen == 0 and not extras.counts["skipped"] and not extras.other_shards:
         raise NoInputError("no input images (give files, folders, glob patterns or - for stdin)")
     return EXIT_PARTIAL if failed else EXIT_OK

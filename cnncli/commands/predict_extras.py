@@ -90,13 +90,17 @@ class Extras:
             self.sorter = Sorter(opts.sort_into, copy=opts.copy)
         self.hashes = {}  # path -> content hash of inputs sent to be scored
         self.pending = []
+        self.other_shards = 0  # inputs given that belong to another --shard: an empty shard is no error
         self.counts = {"rows": 0, "errors": 0, "scored": 0, "from_ledger": 0, "skipped": 0}
         self.start = time.monotonic()
         self.summary = opts.summary
 
+    def _other_shard(self, entry):
+        self.other_shards += 1
+
     def entries(self, stream):
         """(path, error or None or Known) for this run's inputs, in order."""
-        for path, err in take_shard(stream, self.shard):
+        for path, err in take_shard(stream, self.shard, on_other=self._other_shard):
             if self.ledger is not None and err is None:
                 from cnncli.store.ledger import file_sha256
 

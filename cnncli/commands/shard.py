@@ -31,8 +31,9 @@ def shard_of(path, n):
     return int.from_bytes(digest[:8], "big") % n
 
 
-def take_shard(entries, shard, key=lambda e: e[0]):
-    """The entries whose key(entry) path falls in shard (i, n); all of them when shard is None. Lazy."""
+def take_shard(entries, shard, key=lambda e: e[0], on_other=None):
+    """The entries whose key(entry) path falls in shard (i, n); all of them when shard is None. Lazy.
+    on_other(entry) is called for each entry of another shard."""
     if shard is None:
         yield from entries
         return
@@ -40,3 +41,5 @@ def take_shard(entries, shard, key=lambda e: e[0]):
     for entry in entries:
         if shard_of(key(entry), n) == i:
             yield entry
+        elif on_other is not None:
+            on_other(entry)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import struct
 import threading
 import time
@@ -31,7 +32,7 @@ import PIL
 
 from cnncli import __version__
 from cnncli.data import images
-from cnncli.errors import WriteError
+from cnncli.errors import OutputError, WriteError
 from cnncli.store.atomic import atomic_write_bytes
 
 MAGIC = b"cnncdc01"
@@ -99,12 +100,8 @@ class DecodeCache:
     def get(self, key: bytes) -> np.ndarray | None:
         """The verified uint8 (C, H, W) pixels stored under `key`, or None (missing, damaged or foreign)."""
         path = self._path(key)
-        try:
-            with open(path, "rb") as f:
-                blob = f.read()
-        except OSError:
-            return None
-        if len(blob) < _HEAD.size:
+        blob = _read_entry(path)
+        if blob is None or len(blob) < _HEAD.size:
             return None
         magic, stored_key, c, h, w, digest = _HEAD.unpack_from(blob)
         pixels = memoryview(blob)[_HEAD.size:]
@@ -130,9 +127,9 @@ class DecodeCache:
             self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
             path.parent.mkdir(mode=0o700, exist_ok=True)
             atomic_write_bytes(path, blob, durable=False)  # entries verify themselves: no fsync needed
-        except (OSError, WriteError) as exc:
+        except (OSError, WriteError, OutputError) as exc:  # e.g. a folder planted where the entry goes
             with self._lock:
-                self.off_reason = self.off_reason or (str(exc) if isinstance(exc, WriteError)
+                self.off_reason = self.off_reason or (str(exc) if isinstance(exc, (WriteError, OutputError))
                                                       else f"{path.parent}: {exc.strerror or exc}")
             return
         with self._lock:
@@ -171,6 +168,8 @@ class DecodeCache:
                             if now - st.st_mtime > STALE_TEMP_SECONDS:
                                 _unlink(e.path)
                             continue
+                        if len(e.name) != 62 or not stat.S_ISREG(st.st_mode) or not _is_entry(e.path):
+                            continue  # not ours: a cache folder may have been pointed at other files
                         used = max(st.st_size, st.st_blocks * 512)  # what the disk gives, not only the bytes
                         entries.append((st.st_mtime, e.path, used))
                         total += used
@@ -184,6 +183,45 @@ class DecodeCache:
             if _unlink(p):
                 removed += used
         return removed
+
+
+# The largest entry there can be: 3 channels of the largest input side train allows (1024 px), plus the header.
+MAX_ENTRY_BYTES = _HEAD.size + 3 * 1024 * 1024
+
+
+def _read_entry(path) -> bytes | None:
+    """The bytes of the entry file at `path`, or None unless it is a regular file (not a symbolic link, FIFO,
+    device or folder someone planted there) of at most MAX_ENTRY_BYTES: a planted entry never makes cnncli
+    block, follow a link or read without end."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_ENTRY_BYTES:
+            return None
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            blob = f.read(MAX_ENTRY_BYTES + 1)
+        return blob if len(blob) <= MAX_ENTRY_BYTES else None
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _is_entry(path) -> bool:
+    """True when the regular file at `path` starts with an entry's MAGIC (trim removes nothing else)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        return os.read(fd, len(MAGIC)) == MAGIC
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def _unlink(path) -> bool:

@@ -55,6 +55,23 @@ def _fail(path, exc):
     return WriteError(f"{path}: ledger write failed ({text})")
 
 
+COLUMNS = ("content_sha256", "model_sha256", "path", "label", "probability", "probabilities", "ood_score",
+           "threshold", "scored_at")
+
+
+def _refuse_foreign(db, path):
+    """DataError unless the database is empty (a new ledger) or holds exactly a ledger's `results` table: a
+    mistyped --ledger naming another program's SQLite file must not get a table or WAL mode added to it."""
+    tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")]
+    if not tables:
+        return
+    columns = tuple(r[1] for r in db.execute("PRAGMA table_info(results)")) if tables == ["results"] else ()
+    if columns != COLUMNS:
+        db.close()
+        raise DataError(f"{path}: not a cnncli ledger (an SQLite database with other tables: "
+                        f"{', '.join(sorted(tables)[:5])}); give a new file name or an existing ledger")
+
+
 class Ledger:
     """An open ledger for one model: lookup(content) -> probabilities, add(rows) -> one transaction."""
 
@@ -67,6 +84,7 @@ class Ledger:
             self.lock = threading.Lock()
             self.db = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT, isolation_level=None,
                                       check_same_thread=False)
+            _refuse_foreign(self.db, self.path)  # before anything is written: another program's database stays as it is
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")  # a committed batch survives a crash of the machine too
             self.db.execute(SCHEMA)
