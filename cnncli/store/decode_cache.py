@@ -189,10 +189,10 @@ class DecodeCache:
 MAX_ENTRY_BYTES = _HEAD.size + 3 * 1024 * 1024
 
 
-def _read_entry(path) -> bytes | None:
-    """The bytes of the entry file at `path`, or None unless it is a regular file (not a symbolic link, FIFO,
-    device or folder someone planted there) of at most MAX_ENTRY_BYTES: a planted entry never makes cnncli
-    block, follow a link or read without end."""
+def _read_entry(path, limit: int = MAX_ENTRY_BYTES) -> bytes | None:
+    """The first bytes (at most `limit`) of the entry file at `path`, or None unless it is a regular file (not a
+    symbolic link, FIFO, device or folder someone planted there) of at most MAX_ENTRY_BYTES: a planted entry
+    never makes cnncli block, follow a link or read without end."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError:
@@ -202,8 +202,8 @@ def _read_entry(path) -> bytes | None:
         if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_ENTRY_BYTES:
             return None
         with os.fdopen(fd, "rb", closefd=False) as f:
-            blob = f.read(MAX_ENTRY_BYTES + 1)
-        return blob if len(blob) <= MAX_ENTRY_BYTES else None
+            blob = f.read(limit + 1)
+        return blob[:limit] if len(blob) <= MAX_ENTRY_BYTES else None
     except OSError:
         return None
     finally:
@@ -211,17 +211,8 @@ def _read_entry(path) -> bytes | None:
 
 
 def _is_entry(path) -> bool:
-    """True when the regular file at `path` starts with an entry's MAGIC (trim removes nothing else)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        return False
-    try:
-        return os.read(fd, len(MAGIC)) == MAGIC
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
+    """True when the file at `path` could be an entry: it starts with MAGIC (trim removes nothing else)."""
+    return _read_entry(path, len(MAGIC)) == MAGIC
 
 
 def _unlink(path) -> bool:
