@@ -1,17 +1,28 @@
-"""What the decode cache saves: the real `cnncli train` on photo folders, with a cold cache, a warm cache (the
-second run on the same folder) and --no-cache.
+"""What the decode cache saves: the real `cnncli train`, `eval` or `predict` on image folders, with an empty
+cache, a filled cache (the second run on the same folder) and --no-cache.
 
-    python benchmarks/decode_cache.py [--rounds 3] [--size 128] [--keep DIR]
+    python benchmarks/decode_cache.py [--command train|eval|predict] [--folders photos,big,fashion]
+                                      [--rounds 3] [--size 128] [--keep DIR] [--fashion DIR]
 
-Two folders, each of two classes: 240 JPEG photos of 320x240 px (as benchmarks/memory.py writes them) and 24
-JPEGs of 4000x3000 px (12 megapixels, smooth colour content). For each folder, every round runs in turn, each
-in its own process with the cache in a fresh temp folder:
-  cold:     cnncli train DIR --arch tiny --epochs 1 --size S   (decodes everything, fills the cache)
-  warm:     the same command again                             (every image from the cache)
+Folders (each a labeled folder; `big` and `photos` of two classes):
+  photos:  240 JPEG photos of 320x240 px (as benchmarks/memory.py writes them)
+  big:     24 JPEGs of 4000x3000 px (12 megapixels, smooth colour content)
+  fashion: Fashion-MNIST's 10,000 test PNGs (28x28 gray) under DIR/test/, as scripts/fashion_mnist_folders.py
+           writes them (built into the work folder from Debian's dataset-fashion-mnist unless --fashion DIR;
+           eval and predict only: train would decode the 60,000 training PNGs too)
+For each folder, every round runs the three in turn, each in its own process with the cache in a fresh temp
+folder:
+  cold:     the command                    (decodes everything, fills the cache)
+  warm:     the same command again         (every image from the cache)
   no-cache: the same command with --no-cache
-and prints the medians of the child's CPU seconds (user + system, from wait4: steadier than wall time on a
-shared machine) and of its wall seconds, with the load average. `--arch tiny --epochs 1` keeps the training
-part small, so the difference between the rows is decoding.
+train:   cnncli train DIR --arch tiny --epochs 1 --size S
+eval:    cnncli eval DIR -m MODEL          (DIR/test/ when there is one, else every image)
+predict: cnncli predict DIR -m MODEL --format tsv   (a long run: decoded in 2 worker processes)
+MODEL is an untrained network of the preset train picks by default (photo for RGB at S px, default for
+Fashion-MNIST's 28 px gray): inference costs what a trained one costs. Prints the medians of the child's CPU
+seconds (user + system, from wait4, including the worker processes it waited for: steadier than wall time on a
+shared machine) and of its wall seconds, with the load average. `--arch tiny --epochs 1` keeps train's training
+part small, so the difference between the columns is decoding.
 """
 
 import argparse
@@ -55,42 +66,94 @@ def run(cmd, env):
     return usage.ru_utime + usage.ru_stime, wall, err
 
 
+FOLDERS = {"photos": "240 photos 320x240", "big": "24 JPEGs 4000x3000", "fashion": "10,000 Fashion-MNIST PNGs"}
+
+
+def make_folder(kind, path, fashion_src):
+    """Write folder `kind` (FOLDERS) at path unless it exists; returns the folder to give the command."""
+    if kind == "fashion":
+        path = Path(fashion_src) if fashion_src else path
+        if not (path / "test").exists():
+            subprocess.run([sys.executable, str(REPO / "scripts" / "fashion_mnist_folders.py"), str(path)],
+                           check=True)
+        return path
+    if not path.exists():
+        (make_photos if kind == "photos" else make_big)(path, 240 if kind == "photos" else 24)
+    return path
+
+
+def make_model(kind, path, size):
+    """An untrained model file for folder `kind` with the preset train picks by default for its images."""
+    sys.path.insert(0, str(REPO))
+    from cnncli.engine.model import Model
+    from cnncli.store import modelfile
+
+    if kind == "fashion":
+        sys.path.insert(0, str(REPO / "scripts"))
+        from fashion_mnist_folders import CLASSES
+
+        clf = modelfile.Classifier(Model("default", (1, 28, 28), 10, seed=0), classes=list(CLASSES), color="gray",
+                                   mean=[0.29], std=[0.35])
+    else:
+        clf = modelfile.Classifier(Model("photo", (3, size, size), 2, seed=0), classes=["cats", "dogs"],
+                                   color="rgb", mean=[0.5] * 3, std=[0.25] * 3)
+    modelfile.save(path, clf)
+    return path
+
+
+def command(args, kind, data, work):
+    """The command line timed for folder `kind`."""
+    cli = [sys.executable, "-m", "cnncli"]
+    if args.command == "train":
+        return cli + ["train", str(data), "--arch", "tiny", "--epochs", "1", "--size", str(args.size),
+                      "-o", str(work / "m.safetensors"), "--overwrite"]
+    model = str(make_model(kind, work / f"{kind}.safetensors", args.size))
+    if args.command == "eval":
+        return cli + ["eval", str(data), "-m", model]
+    return cli + ["predict", str(data / "test") if (data / "test").exists() else str(data), "-m", model,
+                  "--format", "tsv"]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--command", choices=("train", "eval", "predict"), default="train")
+    ap.add_argument("--folders", default="photos,big", help="comma-separated: photos, big, fashion")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--size", type=int, default=128)
-    ap.add_argument("--keep", help="write the photo folders here and keep them (default: a temp folder)")
+    ap.add_argument("--keep", help="write the folders here and keep them (default: a temp folder)")
+    ap.add_argument("--fashion", help="a Fashion-MNIST folder written by scripts/fashion_mnist_folders.py")
     args = ap.parse_args()
+    kinds = args.folders.split(",")
+    if any(k not in FOLDERS for k in kinds) or (args.command == "train" and "fashion" in kinds):
+        sys.exit("decode_cache.py: --folders takes photos, big and (not with train) fashion")
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="cnncli-cache-bench-"))
-    folders = {"240 photos 320x240": work / "photos", "24 JPEGs 4000x3000": work / "big"}
-    if not folders["240 photos 320x240"].exists():
-        make_photos(folders["240 photos 320x240"], 240)
-    if not folders["24 JPEGs 4000x3000"].exists():
-        make_big(folders["24 JPEGs 4000x3000"], 24)
+    work.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in [os.environ.get("PYTHONPATH")] if p])
-    print(f"--size {args.size}, {args.rounds} rounds; load average {os.getloadavg()[0]:.2f}")
-    print("| folder | cold cache CPU s (wall) | warm cache CPU s (wall) | --no-cache CPU s (wall) | warm run's line |")
+    print(f"cnncli {args.command}, --size {args.size}, {args.rounds} rounds; "
+          f"load average {os.getloadavg()[0]:.2f}")
+    print("| folder | empty cache CPU s (wall) | filled cache CPU s (wall) | --no-cache CPU s (wall) | filled run |")
     print("|---|---|---|---|---|")
     try:
-        for name, data in folders.items():
+        for kind in kinds:
+            data = make_folder(kind, work / kind, args.fashion)
+            cmd = command(args, kind, data, work)
             times = {"cold": [], "warm": [], "off": []}
             line = ""
             for _ in range(args.rounds):
                 cache = Path(tempfile.mkdtemp(prefix="cnncli-cache-", dir=work))
                 env["CNNCLI_CACHE_DIR"] = str(cache)
-                cmd = [sys.executable, "-m", "cnncli", "train", str(data), "--arch", "tiny", "--epochs", "1",
-                       "--size", str(args.size), "-o", str(work / "m.safetensors"), "--overwrite"]
-                for kind, extra in (("cold", []), ("warm", []), ("off", ["--no-cache"])):
+                for kind_, extra in (("cold", []), ("warm", []), ("off", ["--no-cache"])):
                     cpu, wall, err = run(cmd + extra, env)
-                    times[kind].append((cpu, wall))
-                    if kind == "warm":
+                    times[kind_].append((cpu, wall))
+                    if kind_ == "warm":
                         found = re.search(r"decoded \d+, \d+ from cache", err)
-                        line = found[0] if found else "?"
+                        entries = sum(1 for p in cache.rglob("*") if p.is_file())
+                        line = f"`{found[0]}`" if found else f"{entries} entries"
                 shutil.rmtree(cache, ignore_errors=True)
             cells = [f"{statistics.median(c for c, _ in t):.2f} ({statistics.median(w for _, w in t):.1f})"
                      for t in times.values()]
-            print(f"| {name} | " + " | ".join(cells) + f" | `{line}` |", flush=True)
+            print(f"| {FOLDERS[kind]} | " + " | ".join(cells) + f" | {line} |", flush=True)
         print(f"load average at the end {os.getloadavg()[0]:.2f}")
     finally:
         if not args.keep:

@@ -106,6 +106,6 @@ def _own_working_directory(tmp_path_factory, monkeypatch):
     folder (a model.safetensors left by README's quick start), environment or decode cache can change a result."""
     monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
     monkeypatch.delenv("CNNCLI_MODEL", raising=False)
-    # train's decode cache goes to a fresh folder per test, never the caller's ~/.cache (children inherit it)
+    # the decode cache goes to a fresh folder per test, never the caller's ~/.cache (children inherit it)
     monkeypatch.setenv("CNNCLI_CACHE_DIR", str(tmp_path_factory.mktemp("decode-cache")))
     monkeypatch.delenv("CNNCLI_CACHE_SIZE", raising=False)

@@ -7,13 +7,26 @@ on which images share a call). No typer, rich or dask here; numpy and the model 
 """
 
 
-def decode_one(path, size, channels, resize="crop"):
-    """One image as uint8 (C, size, size), or the reason (str) it cannot be used, as predict's error row says it."""
+_CACHES = {}  # (folder, cap) -> this process's DecodeCache: predict's decode worker processes open their own
+
+
+def open_cache(where):
+    """The decode cache (store/decode_cache.DecodeCache) for where = (folder, cap), one object per process."""
+    if where not in _CACHES:
+        from cnncli.store.decode_cache import DecodeCache
+
+        _CACHES[where] = DecodeCache(*where)
+    return _CACHES[where]
+
+
+def decode_one(path, size, channels, resize="crop", decoder=None):
+    """One image as uint8 (C, size, size), or the reason (str) it cannot be used, as predict's error row says it.
+    decoder: images.decode's stand-in (a decode cache's decode), or None for images.decode."""
     from cnncli.data.images import decode
     from cnncli.errors import BadImageError
 
     try:
-        return decode(path, size, channels, resize)
+        return (decoder or decode)(path, size, channels, resize)
     except BadImageError as exc:
         msg = str(exc)
         return msg.removeprefix(f"{path}: ")
@@ -24,6 +37,16 @@ def decode_one(path, size, channels, resize="crop"):
 def decode_many(paths, size, channels, resize="crop"):
     """Decode a chunk of paths: each entry an array (C, size, size) uint8 or an error message."""
     return [decode_one(p, size, channels, resize) for p in paths]
+
+
+def decode_cached(paths, size, channels, resize, where):
+    """decode_many through the decode cache at where = (folder, cap) (None: no cache), for predict's batch runs.
+    Returns (entries, written): written is True once this process has added an entry to the cache, so that
+    the parent trims it to its cap at the end of the run."""
+    if where is None:
+        return decode_many(paths, size, channels, resize), False
+    cache = open_cache(where)
+    return [decode_one(p, size, channels, resize, cache.decode) for p in paths], cache.written > 0
 
 
 def score_decoded(clf, decoded):

@@ -202,7 +202,7 @@ def predict(
     log_timestamps: Annotated[bool, typer.Option(
         "--log-timestamps", help="Prefix the end-of-run summary with the UTC time (or CNNCLI_LOG_TIMESTAMPS=1).",
         rich_help_panel=RUN)] = False,
-    tta: TTA = False, no_progress: NoProgress = False, scheduler: Scheduler = None,
+    tta: TTA = False, no_progress: NoProgress = False, scheduler: Scheduler = None, no_cache: NoCacheOption = False,
 ):
     """Classify images; one result row per input on stdout, streamed as each batch finishes."""
     require(inputs, "INPUT", "give image files, folders, glob patterns or - for stdin")
@@ -216,7 +216,7 @@ def predict(
     opts = PredictOptions(inputs=list(inputs), model=str(model) if model else None,
                           format=fmt.value if fmt else None, top_k=top_k, all_probs=all_probs,
                           threshold=threshold, uncertain=parse_band(uncertain) if uncertain else None,
-                          null=null, batch_size=batch_size, min_confidence=min_confidence, tta=tta)
+                          null=null, batch_size=batch_size, min_confidence=min_confidence, tta=tta, no_cache=no_cache)
     batch_options(opts, shard, ledger, new_only, sort_into, copy, log_timestamps, no_progress, scheduler)
     try:
         code = run(opts, on_error=lambda path, msg: _say(f"cnncli: {one_line(path)}: {msg}"))
@@ -277,7 +277,7 @@ def eval_(
     shard: Annotated[Optional[str], typer.Option(
         metavar="I/N", help="Score only shard I of N of the images (0 <= I < N, by a hash of the path).",
         show_default=False, rich_help_panel=DATA)] = None,
-    tta: TTA = False, no_progress: NoProgress = False, scheduler: Scheduler = None,
+    tta: TTA = False, no_progress: NoProgress = False, scheduler: Scheduler = None, no_cache: NoCacheOption = False,
 ):
     """Score a model on labeled images: accuracy, per-class metrics, confusion matrix, ROC for two classes."""
     require(errors >= 0, "--errors", f"must be >= 0, got {errors}")
@@ -294,7 +294,8 @@ def eval_(
                        errors_image=str(errors_image) if errors_image else None,
                        fail_under=fail_under, plot=str(plot) if plot else None, wait=wait,
                        split=split.value if split else None, overwrite=overwrite, calibrate=calibrate,
-                       min_confidence=min_confidence, tta=tta, progress=not no_progress, scheduler=scheduler)
+                       min_confidence=min_confidence, tta=tta, progress=not no_progress, scheduler=scheduler,
+                       no_cache=no_cache)
     opts.shard = parse_shard(shard) if shard else None
     report = run(opts, on_warn=lambda msg: _say(f"warning: {one_line(msg)}"))
     _print_report(report, fmt == EvalFormat.json, format_table)

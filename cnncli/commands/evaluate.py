@@ -39,13 +39,29 @@ class EvalOptions:
     tta: bool = False  # average each image's logits with its mirror's
     progress: bool = True  # a bar over the scored images on stderr, when it is a terminal and they are many
     scheduler: str | None = None  # --scheduler: score on a Dask cluster (commands/cluster.parse_scheduler)
+    no_cache: bool = False  # read and write no decode cache (store/decode_cache.py)
 
 
-def _load(part, clf, on_warn, progress=False, cluster=None):
+def _open_cache(opts):
+    """The decode cache eval reads and fills (store/decode_cache.py, as train's), or None: --no-cache,
+    CNNCLI_CACHE_SIZE=0, or --scheduler (the cluster's workers decode). UsageError for a bad CNNCLI_CACHE_SIZE."""
+    if opts.no_cache:
+        return None
+    from cnncli.store import decode_cache
+
+    try:
+        cache = decode_cache.open_cache(True)[0]
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return None if opts.scheduler else cache
+
+
+def _load(part, clf, on_warn, progress=False, cluster=None, cache=None):
     """Decode a Part's images and run the model over them, one call per scoring.eval_chunk input files (here,
     or on a Dask cluster: commands/cluster.EvalCluster, whose Loaded.x is None). Returns (folders.Loaded,
     logits float32 (N, K)). DataError when none decode.
-    progress: draw a bar over the decoding (on a terminal only, and only for more than LONG_RUN images)."""
+    progress: draw a bar over the decoding (on a terminal only, and only for more than LONG_RUN images).
+    cache: the decode cache (DecodeCache) to decode through here, or None."""
     def on_bad(path, reason):
         if on_warn is not None:
             on_warn(f"skipped {path}: {reason}")
@@ -60,7 +76,8 @@ def _load(part, clf, on_warn, progress=False, cluster=None):
             loaded, logits = cluster.load(part.items, clf, on_bad, on_progress=tick)
         else:
             loaded = folders.load_images(part.items, clf.size, color=clf.color, on_bad=on_bad, classes=clf.classes,
-                                         allow_lost_classes=True, resize=clf.resize, on_progress=tick)
+                                         allow_lost_classes=True, resize=clf.resize, on_progress=tick,
+                                         decoder=cache.decode if cache is not None else None)
     finally:
         if bar is not None:
             bar.close()
@@ -72,7 +89,7 @@ def _load(part, clf, on_warn, progress=False, cluster=None):
     return loaded, logits
 
 
-def _tuning(opts, splits, scored, scored_loaded, clf, on_warn, what, cluster=None):
+def _tuning(opts, splits, scored, scored_loaded, clf, on_warn, what, cluster=None, cache=None):
     """The tuning part (eval_splits.Splits.tuning) and its (Loaded, logits) (_load), reusing scored_loaded when it
     is the scored part; warns when the tuning spends the test images or is scored on itself."""
     tune = splits.tuning(opts.split)
@@ -82,7 +99,8 @@ def _tuning(opts, splits, scored, scored_loaded, clf, on_warn, what, cluster=Non
     elif tune.source == scored.source:
         warn(f"{what} on the images it is scored on ({tune.source}): expect lower figures on new "
              "images; score a separate test/ folder")
-    return tune, (scored_loaded if tune.source == scored.source else _load(tune, clf, on_warn, cluster=cluster))
+    return tune, (scored_loaded if tune.source == scored.source
+                  else _load(tune, clf, on_warn, cluster=cluster, cache=cache))
 
 
 def _pick(rule, tune, tuned, clf, on_warn):
@@ -176,16 +194,19 @@ def run(opts, on_warn=None):
     outputs.check_not_inputs(plot_out, [model_path, *(p for p, _ in scored.items)], root=opts.data)
     threshold = opts.threshold if opts.threshold is not None else clf.threshold
     picked = calibrated = None
+    cache = _open_cache(opts)
     with contextlib.ExitStack() as stack:
         cluster = None
         if spec:
             from cnncli.commands.cluster import EvalCluster
 
             cluster = stack.enter_context(EvalCluster(spec, str(model_path), data))
-        loaded, logits = _load(scored, clf, on_warn, opts.progress, cluster)
+        loaded, logits = _load(scored, clf, on_warn, opts.progress, cluster, cache)
         if opts.calibrate or opts.pick_threshold:
             what = "temperature fitted" if opts.calibrate else "threshold picked"
-            tune, tuned = _tuning(opts, splits, scored, (loaded, logits), clf, on_warn, what, cluster)
+            tune, tuned = _tuning(opts, splits, scored, (loaded, logits), clf, on_warn, what, cluster, cache)
+    if cache is not None and cache.written and cache.off_reason is None:
+        cache.trim()  # to its cap, as train does after adding entries
     proba = clf.proba_from_logits(logits)
     if opts.calibrate:  # first: a threshold is then picked on the calibrated probabilities predict will see
         calibrated = eval_decisions.fit(tuned[0].y, tuned[1], clf, tune.source)

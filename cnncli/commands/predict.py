@@ -20,7 +20,7 @@ from cnncli.commands.predict_inputs import iter_inputs
 from cnncli.engine.decision import DEFAULT_THRESHOLD, decide
 from cnncli.errors import EXIT_OK, EXIT_PARTIAL, NoInputError, UsageError, one_line
 from cnncli.report.lines import row
-from cnncli.batch.scoring import decode_many, score_decoded
+from cnncli.batch.scoring import decode_cached, open_cache, score_decoded
 
 FORMATS = ("table", "tsv", "csv", "jsonl")
 UNCERTAIN = "uncertain"
@@ -50,6 +50,7 @@ class PredictOptions:
     summary: bool | None = None  # end-of-run line on stderr; None: when the run was long (a full first batch)
     progress: bool = True  # a bar on stderr over the inputs of a long run, when stderr is a terminal
     scheduler: tuple | None = None  # score on a Dask cluster: commands/cluster.parse_scheduler's value
+    no_cache: bool = False  # read and write no decode cache (batch runs use it: predict_extras.cache_where)
 
 
 def parse_band(text):
@@ -219,22 +220,25 @@ def _stop_pool(pool, finished):
         proc.join(timeout=5)
 
 
-def _submit_decodes(pool, batch, size, channels, workers, resize="crop"):
-    """Start decoding batch [(path, error or None)] in chunks; returns [(indices, future)] for _gather."""
+def _submit_decodes(pool, batch, size, channels, workers, resize="crop", cache=None):
+    """Start decoding batch [(path, error or None)] in chunks (through the decode cache at cache = (folder, cap)
+    unless None); returns [(indices, future)] for _gather."""
     todo = [i for i, (_, err) in enumerate(batch) if err is None]
     step = max(1, -(-len(todo) // (2 * max(1, workers))))  # two chunks per worker keeps both busy
-    return [(todo[k:k + step], pool.submit(decode_many, [batch[i][0] for i in todo[k:k + step]], size, channels,
-                                            resize))
+    return [(todo[k:k + step], pool.submit(decode_cached, [batch[i][0] for i in todo[k:k + step]], size, channels,
+                                            resize, cache))
             for k in range(0, len(todo), step)]
 
 
 def _gather(batch, jobs):
-    """Per input of batch: its decoded array, or an error message."""
-    decoded = [err for _, err in batch]
+    """(per input of batch: its decoded array, or an error message; True when a decode cache entry was written)."""
+    decoded, wrote = [err for _, err in batch], False
     for indices, future in jobs:
-        for i, result in zip(indices, future.result()):
+        results, written = future.result()
+        wrote = wrote or written
+        for i, result in zip(indices, results):
             decoded[i] = result
-    return decoded
+    return decoded, wrote
 
 
 def _in_background(fn):
@@ -263,28 +267,33 @@ def _in_background(fn):
     return result
 
 
-def _scored_locally(opts, clf, current, batches, full):
+def _scored_locally(opts, clf, current, batches, full, cache=None):
     """Decode and score predict's batches in this process; yields (batch, decoded, (good, proba, ood)) per batch
     (scoring.score_decoded), in order. Decoding runs in a pool (processes when full: a long run), one batch
-    ahead; the pool is stopped at the end, at once when the consumer stops early."""
-    size, channels = clf.size, clf.channels
+    ahead, through the decode cache at cache = (folder, cap) unless None (trimmed to its cap at the end when
+    entries were added); the pool is stopped at the end, at once when the consumer stops early."""
+    size, channels, wrote = clf.size, clf.channels, False
     pool = _process_pool(opts.workers) if full else ThreadPoolExecutor(max(1, opts.workers))
     finished = False
     try:
         def read_ahead():
             batch = next(batches, None)
-            return batch, (_submit_decodes(pool, batch, size, channels, opts.workers, clf.resize) if batch else None)
+            return batch, (_submit_decodes(pool, batch, size, channels, opts.workers, clf.resize, cache)
+                           if batch else None)
 
-        pending = _submit_decodes(pool, current, size, channels, opts.workers, clf.resize) if current else None
+        pending = _submit_decodes(pool, current, size, channels, opts.workers, clf.resize, cache) if current else None
         while current is not None:
             # The next batch is read (and its decoding started) on another thread while this one is
             # classified, so a batch's rows go out as soon as it is done even when more paths are slow
             # to arrive on stdin.
             upcoming = _in_background(read_ahead)
-            decoded = _gather(current, pending)
+            decoded, written = _gather(current, pending)
+            wrote = wrote or written
             yield current, decoded, score_decoded(clf, decoded)
             current, pending = upcoming()
         finished = True
+        if wrote:
+            open_cache(cache).trim()
     finally:
         _stop_pool(pool, finished)
 
@@ -326,7 +335,9 @@ def run(opts, on_error=None, out=None):
     top_k = max(1, min(top_k, len(clf.classes)))
     writer = Writer(fmt, clf.classes, top_k, opts.all_probs, out,
                     band=opts.uncertain is not None or min_confidence is not None)
-    from cnncli.commands.predict_extras import Extras, Known
+    from cnncli.commands.predict_extras import Extras, Known, cache_where
+
+    cache_where(opts, 0)  # a bad CNNCLI_CACHE_SIZE fails before the first row, whatever the run's length
 
     with ExitStack() as stack:
         if opts.scheduler:  # before any row: an unreachable scheduler fails the run without output
@@ -348,7 +359,8 @@ def run(opts, on_error=None, out=None):
             if opts.summary is None:
                 extras.summary = long_run  # on a terminal, the summary line takes the place of the erased bar
             scored = (_scored_on_cluster(opts, client, checksum, current, batches) if opts.scheduler and current
-                      else _scored_locally(opts, clf, current, batches, full))
+                      else _scored_locally(opts, clf, current, batches, full,
+                                           cache_where(opts, len(current)) if current else None))
             finished, bar = False, None
             try:
                 if long_run:

@@ -1,4 +1,5 @@
-"""What `predict` does around scoring for batch runs: --shard, --ledger, --sort-into and the end summary.
+"""What `predict` does around scoring for batch runs: --shard, --ledger, --sort-into, the decode cache and the end
+summary.
 
 predict.run hands every input through `entries` (shard filter, ledger lookup) and reports every row to `row`;
 `batch_done` commits the batch to the ledger, after its rows were written. An input the ledger already knows
@@ -50,6 +51,24 @@ def progress_bar(opts):
 
         bar.count_total(take_shard(iter_inputs(opts.inputs, opts.null), opts.shard))
     return bar
+
+
+SMALL_RUN = 8  # a run whose first batch holds at most this many inputs neither imports nor uses the decode cache
+
+
+def cache_where(opts, n):
+    """(folder, cap) of the decode cache (store/decode_cache.py) for a run whose first batch holds n inputs, or
+    None: --no-cache, CNNCLI_CACHE_SIZE=0, or a short run (n <= SMALL_RUN: a one-image predict stays as fast as
+    before and imports nothing more). UsageError for a bad CNNCLI_CACHE_SIZE (n = 0 only checks a value set)."""
+    if opts.no_cache or (n <= SMALL_RUN and not (n == 0 and os.environ.get("CNNCLI_CACHE_SIZE"))):
+        return None
+    from cnncli.store import decode_cache
+
+    try:
+        cache, _ = decode_cache.open_cache(True)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return (str(cache.root), cache.cap) if cache is not None and n > SMALL_RUN else None
 
 
 class Known:

@@ -136,7 +136,15 @@ class DecodeCache:
             self.written += 1
 
     def decode(self, path, size: int, channels: int, resize: str = "crop") -> np.ndarray:
-        """images.decode(path, size, channels, resize), from the cache when a verified entry exists."""
+        """images.decode(path, size, channels, resize), from the cache when a verified entry exists. A path that
+        is not a regular file (a FIFO, a device, a link to one: predict takes any path) is decoded directly, so
+        the whole-file read that the key needs never blocks or runs without end."""
+        try:
+            regular = stat.S_ISREG(os.stat(path).st_mode)
+        except (OSError, ValueError):
+            regular = False  # images.decode names the problem
+        if not regular:
+            return images.decode(path, size, channels, resize)
         content = images.read_bytes(path)
         key = self.key(content, size, channels, resize)
         found = self.get(key)
@@ -224,7 +232,7 @@ def _unlink(path) -> bool:
 
 
 def open_cache(enabled: bool, env=None) -> tuple[DecodeCache | None, str]:
-    """(the cache train and eval use, or None, and a line saying where it is or why it is off).
+    """(the cache train, eval and batch predict use, or None, and a line saying where it is or why it is off).
     ValueError for a bad CNNCLI_CACHE_SIZE."""
     env = os.environ if env is None else env
     if not enabled:
