@@ -1,11 +1,14 @@
-"""Per-layer profile of cnncli batch inference (Model.predict_proba): ms per layer call.
+"""Per-layer profile of cnncli batch inference (Model.predict_proba): ms per layer and pass.
 
     python benchmarks/profile_infer.py [--net m1] [--threads N] [--passes 10] [--batch B]
 
 NET is a key of nets.NETS; the batch defaults to the inference batch of benchmarks/run.py (256 for m1, 32 above
 28 px). Wraps every layer's forward so that whatever the model fuses (conv + ReLU + pool run as one call) is timed
-as one row; prints the median wall and CPU (process time, all threads) ms per batch for each layer after one
-warm-up pass, and images per CPU second. With --threads 1 the CPU column is the steadiest figure on a busy machine.
+as one row; a pass runs each layer once per chunk of images (engine.inference), and a row sums a pass's calls.
+Prints the median wall and CPU (process time, all threads) ms per batch for each layer after one warm-up pass,
+and images per CPU second. Per-layer rows are meaningful with --threads 1 only (with more, the chunks' calls
+overlap in time and process time counts every thread); --threads 1's CPU column is the steadiest figure on a
+busy machine.
 """
 
 import argparse
@@ -52,6 +55,11 @@ def main():
     whole = _timed(rows, "   whole pass", model.predict_proba)
     for _ in range(args.passes):
         whole(x, batch_size=bs)
+    per_pass = len(rows[next(iter(rows))]) // args.passes  # a pass runs each layer once per chunk of images
+    for name, v in rows.items():
+        if name != "   whole pass":
+            rows[name] = [tuple(sum(c[k] for c in v[p * per_pass:(p + 1) * per_pass]) for k in (0, 1))
+                          for p in range(args.passes)]
     total_cpu = statistics.median(c for _, c in rows["   whole pass"])
     total = statistics.median(w for w, _ in rows["   whole pass"])
     if args.json:

@@ -9,6 +9,7 @@ Float32 in production; float64 works too (the gradient checks use it).
 """
 
 import math
+import threading
 
 import numpy as np
 
@@ -18,6 +19,8 @@ from cnncli.errors import SpecError
 # Batches of at most this many images use the numpy kernels when not training (see _forward_kernels).
 SMALL_BATCH = 8
 _kernels = None
+# .slots: this thread's own layer buffers while it runs a chunk of an inference pass (see _take, engine.inference)
+_per_thread = threading.local()
 
 
 def _numba():
@@ -46,8 +49,14 @@ def _take(slot, shape, dtype):
     again on every call, so training allocates no activation buffers per step. An array a layer returns is
     therefore valid until that layer's next forward (for forward outputs) or backward (for gradients); copy it
     to keep it longer. Model.forward's logits come from the last Dense layer, which allocates them afresh.
+    Inside a chunked inference pass (engine.inference) each thread keeps its own buffer per slot and shape.
     """
     shape = tuple(shape)
+    own = getattr(_per_thread, "slots", None)
+    if own is not None:
+        if len(own) > 256:  # bounded: kept across passes, but models and shapes may change
+            own.clear()
+        slot = own.setdefault((id(slot), shape), (slot, []))[1]  # holding `slot` keeps its id unique
     if slot and slot[0].shape == shape and slot[0].dtype == dtype:
         return slot[0]
     slot.clear()  # drop the old buffer before allocating: photo-sized maps are hundreds of MB

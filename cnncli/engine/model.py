@@ -8,12 +8,14 @@ Parsing is a closed grammar: a weight file's spec goes through the same parser, 
 name code to import or run. See README.md ("Architecture specs") for the full syntax.
 """
 
+import math
 import re
 from dataclasses import dataclass
 
 import numpy as np
 
 from cnncli.errors import SpecError
+from cnncli.engine.inference import forward_chunked
 from cnncli.engine.layers import Activation, Conv, Dense, Dropout, MaxPool, softmax, softmax_cross_entropy
 from cnncli.engine.norm import BatchNorm, GlobalAvgPool
 
@@ -187,7 +189,7 @@ def plan(spec, input_shape, num_classes):
         macs += _work(layer, own, out)
         shapes.append(out)
         shape = out
-    n_params = sum(_count(v) for v in params.values())
+    n_params = sum(math.prod(v) for v in params.values())
     if n_params > MAX_PARAMS:
         raise SpecError(f"{_spell_spec(layers)} on {c}x{h}x{w} input needs {n_params:,} parameters, more than the "
                         f"limit of {MAX_PARAMS:,}")
@@ -204,14 +206,7 @@ def _work(layer, params, out):
     """Multiply-adds (conv, dense: weight size x output positions) or comparisons (pooling) for one image."""
     if isinstance(layer, MaxPool):
         return out[0] * out[1] * out[2] * layer.size[0] * layer.size[1]
-    return _count(params["weight"]) * out[1] * out[2] if "weight" in params else 0
-
-
-def _count(shape):
-    n = 1
-    for d in shape:
-        n *= d
-    return n
+    return math.prod(params["weight"]) * out[1] * out[2] if "weight" in params else 0
 
 
 def _is_relu(layers, i):
@@ -254,6 +249,11 @@ class Model:
         if x.shape[1:] != self.input_shape:
             raise ValueError(f"input shape {x.shape[1:]} does not match the model's {self.input_shape}")
         h = np.ascontiguousarray(x)
+        if training:
+            return self._layers_forward(h, True)
+        return forward_chunked(self._layers_forward, h, self.num_classes)  # chunks of images, one thread each
+
+    def _layers_forward(self, h, training=False):
         layers, i = self.layers, 0
         while i < len(layers):
             layer, kw = layers[i], {}

@@ -40,8 +40,8 @@ from cnncli.engine.kernels.elementwise import activation_backward, activation_fo
 from cnncli.engine.kernels.norm import (bn_backward, bn_train_forward, channel_affine, gap_backward,
                                        gap_forward)
 from cnncli.engine.kernels.pooling import maxpool_backward, maxpool_forward
-from cnncli.engine.kernels.threads import get_threads, set_threads
+from cnncli.engine.kernels.threads import get_threads, run_whole, set_threads
 
 __all__ = ["activation_backward", "activation_forward", "bn_backward", "bn_train_forward", "channel_affine",
            "conv2d_backward", "conv2d_forward", "conv2d_relu_pool2", "gap_backward", "gap_forward", "get_threads",
-           "maxpool_backward", "maxpool_forward", "set_threads"]
+           "maxpool_backward", "maxpool_forward", "run_whole", "set_threads"]

@@ -72,16 +72,6 @@ def _taps_any(s, wc, Wp, L, acc, first, bf):
 
 
 @njit(**JIT)
-def _relu_max4(a, b, c, d, zero):
-    """max(0, a, b, c, d) with NaNs never winning: ReLU (NaN -> 0) and then a 2 x 2 window's maximum."""
-    m = zero
-    for v in (a, b, c, d):
-        if v > m:
-            m = v
-    return m
-
-
-@njit(**JIT)
 def _relu_pool2_rows(acc, Wp, o, pair):
     """o[py, px] = max(0, the 2 x 2 window at (2 py, 2 px) of the wide-coordinate map acc (row stride Wp)).
 
@@ -135,32 +125,51 @@ def _direct_pool_chunk(x, w, b, ph, pw, OH, OW, out, lo, hi):
 
 
 @njit(**JIT)
-def _tile_column(M, j, t):
-    """A^T applied down column j of tile t's 4 x 4 block in M: (m0 + m1 + m2, m1 - m2 - m3) of that column."""
-    return M[j, t] + M[4 + j, t] + M[8 + j, t], M[4 + j, t] - M[8 + j, t] - M[12 + j, t]
+def _relu_max4(a, b, c, d, zero):
+    """max(0, a, b, c, d) with NaNs never winning: ReLU (NaN -> 0) and then a 2 x 2 window's maximum (as
+    selects, so that loops calling it vectorize)."""
+    m = a if a > zero else zero
+    m = b if b > m else m
+    m = c if c > m else m
+    return d if d > m else m
 
 
 @njit(**JIT)
 def _wino_pool_output(M, b, TH, TW, out, lo, hi):
     """out[n, f, ty, tx] = max(0, the 2 x 2 output tile (ty, tx) of A^T m A + b[f]) for images [lo, hi); M is
-    (16, F * T) as in `winograd._wino_output`, whose arithmetic (and so whose values, bit for bit) this repeats."""
-    F, POH, POW = out.shape[1], out.shape[2], out.shape[3]
+    (16, F * T) as in `winograd._wino_output`, whose arithmetic (and so whose values, bit for bit) this repeats.
+
+    The fused pass computes only the tiles pooling keeps, so tile t of filter f is pooled value t of the images'
+    (f) maps in order: one long unit-stride loop per filter over M's planes (vectorized) into `row`, then one
+    contiguous copy per image."""
+    F = out.shape[1]
     T = (hi - lo) * TH * TW
+    TT = TH * TW
     zero = np.zeros(1, dtype=M.dtype)[0]
-    for f in range(F):  # filters outermost: M's tiles are read in storage order
+    row = np.empty(T, dtype=M.dtype)
+    for f in range(F):
         bf = b[f]
+        t0 = f * T
+        m0, m1, m2, m3 = M[0, t0:], M[1, t0:], M[2, t0:], M[3, t0:]
+        m4, m5, m6, m7 = M[4, t0:], M[5, t0:], M[6, t0:], M[7, t0:]
+        m8, m9, m10, m11 = M[8, t0:], M[9, t0:], M[10, t0:], M[11, t0:]
+        m12, m13, m14, m15 = M[12, t0:], M[13, t0:], M[14, t0:], M[15, t0:]
+        for q in range(T):
+            # A^T m: rows m0 + m1 + m2 and m1 - m2 - m3 (s, u); then the same along the columns.
+            s0 = m0[q] + m4[q] + m8[q]
+            s1 = m1[q] + m5[q] + m9[q]
+            s2 = m2[q] + m6[q] + m10[q]
+            s3 = m3[q] + m7[q] + m11[q]
+            u0 = m4[q] - m8[q] - m12[q]
+            u1 = m5[q] - m9[q] - m13[q]
+            u2 = m6[q] - m10[q] - m14[q]
+            u3 = m7[q] - m11[q] - m15[q]
+            row[q] = _relu_max4(s0 + s1 + s2 + bf, s1 - s2 - s3 + bf, u0 + u1 + u2 + bf, u1 - u2 - u3 + bf, zero)
         for n in range(lo, hi):
-            t0 = f * T + (n - lo) * TH * TW
-            for ty in range(POH):
-                orow = out[n, f, ty]
-                for tx in range(POW):
-                    t = t0 + ty * TW + tx
-                    s0, u0 = _tile_column(M, 0, t)
-                    s1, u1 = _tile_column(M, 1, t)
-                    s2, u2 = _tile_column(M, 2, t)
-                    s3, u3 = _tile_column(M, 3, t)
-                    orow[tx] = _relu_max4(s0 + s1 + s2 + bf, s1 - s2 - s3 + bf, u0 + u1 + u2 + bf, u1 - u2 - u3 + bf,
-                                          zero)
+            o = out[n, f].reshape(TT)
+            r = row[(n - lo) * TT:]
+            for q in range(TT):
+                o[q] = r[q]
 
 
 def _wino_pool_chunk(x, U, b, ph, pw, TH, TW, out, lo, hi):

@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from cnncli.config import CHUNKS
 
 _pool = None
+_serial = threading.local()  # .on: this thread runs one chunk of a run_whole pass; its kernel calls stay serial
 _threads = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
 
 
@@ -38,7 +39,7 @@ def _run(fn, total, *args, n_chunks=CHUNKS):
     global _pool
     chunks = [b for b in _bounds(total, max(1, min(total, n_chunks))) if b[1] > b[0]]
     helpers = min(_threads, len(chunks)) - 1
-    if helpers <= 0:
+    if helpers <= 0 or getattr(_serial, "on", False):
         for lo, hi in chunks:
             fn(*args, lo, hi)
         return
@@ -61,3 +62,18 @@ def _run(fn, total, *args, n_chunks=CHUNKS):
     finally:
         for f in futures:
             f.result()
+
+
+def run_whole(fn, total, n_chunks):
+    """Call fn(lo, hi) over n_chunks chunks of range(total) on the worker threads, each chunk wholly on one thread:
+    kernels that fn calls run their own chunks serially on that thread (no nested hand-offs, one fork/join).
+
+    For inference passes that take a chunk of images through every layer (cnncli.engine.inference)."""
+    def whole(lo, hi):
+        _serial.on = True
+        try:
+            fn(lo, hi)
+        finally:
+            _serial.on = False
+
+    _run(whole, total, n_chunks=n_chunks)
