@@ -1,6 +1,5 @@
 """`cnncli ledger export LEDGER`: a predict ledger's rows as csv, tsv or jsonl on stdout."""
 
-import csv
 import json
 import sys
 from enum import Enum
@@ -35,6 +34,8 @@ def _chain(first, rest):
 def _write(out, fmt, cells):
     # Every cell is already one line without tabs (paths are stored escaped, JSON escapes control characters).
     if fmt == ExportFormat.csv:
+        import csv  # here, not at import: the command line loads this module for every command
+
         csv.writer(out, lineterminator="\n").writerow(cells)
     else:
         out.write("\t".join(map(str, cells)) + "\n")

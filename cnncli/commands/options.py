@@ -12,6 +12,7 @@ import typer
 
 from typer.core import TyperArgument, TyperCommand, TyperGroup
 
+from cnncli.commands.coercion import install as lean_coercion
 from cnncli.errors import UsageError
 
 # Help panels, in the order a reader needs them.
@@ -21,11 +22,13 @@ MODEL_HELP = "Weight file (default: $CNNCLI_MODEL, else ./model.safetensors)."
 
 class _PlainTypes:
     """--help without what says nothing: `<bool>` after a flag (a flag takes no value) and `<list[str]>` after a
-    repeatable argument (its name is already followed by ...)."""
+    repeatable argument (its name is already followed by ...). Values are converted without pydantic where
+    that gives the same result (commands/coercion.py)."""
 
     def get_params(self, ctx):
         params = super().get_params(ctx)
         for p in params:
+            lean_coercion(p)
             if getattr(p, "is_flag", False) and not getattr(p, "count", False):
                 p.metavar = ""
             elif isinstance(p, TyperArgument) and p.nargs != 1:

@@ -6,13 +6,11 @@ are written and flushed after every batch, so memory stays flat however many inp
 """
 
 import json
-import multiprocessing
 import os
 import signal
 import sys
 import threading
 import time
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from cnncli.commands.model_path import resolve_model
@@ -196,6 +194,8 @@ def _process_pool(workers):
     # The pool's queues need multiprocessing's resource tracker, a helper process that removes their semaphores
     # should predict be killed outright (SIGKILL) and then says so in a 'leaked semaphore objects' warning on
     # the stderr it inherited: noise in a cron log, as nothing was lost. Started first with stderr on /dev/null.
+    import multiprocessing  # here, not at import: a short run (one image) never starts a process pool
+    from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import resource_tracker
 
     from cnncli.commands.streams import spawn_without_stderr
@@ -272,6 +272,8 @@ def _scored_locally(opts, clf, current, batches, full, cache=None):
     (scoring.score_decoded), in order. Decoding runs in a pool (processes when full: a long run), one batch
     ahead, through the decode cache at cache = (folder, cap) unless None (trimmed to its cap at the end when
     entries were added); the pool is stopped at the end, at once when the consumer stops early."""
+    from concurrent.futures import ThreadPoolExecutor
+
     size, channels, wrote = clf.size, clf.channels, False
     pool = _process_pool(opts.workers) if full else ThreadPoolExecutor(max(1, opts.workers))
     finished = False

@@ -20,10 +20,11 @@ TIMESTAMP_ENV = "CNNCLI_LOG_TIMESTAMPS"
 
 def batch_options(opts, shard, ledger, new_only, sort_into, copy, log_timestamps, no_progress=False, scheduler=None):
     """Check and set PredictOptions' batch-run fields from the command line's values; UsageError if they clash."""
-    from cnncli.commands.cluster import parse_scheduler
-
     opts.progress = not no_progress
-    opts.scheduler = parse_scheduler(scheduler)
+    if scheduler is not None or os.environ.get("CNNCLI_SCHEDULER"):  # cluster.SCHEDULER_ENV; else: no cluster
+        from cnncli.commands.cluster import parse_scheduler
+
+        opts.scheduler = parse_scheduler(scheduler)
     if new_only and not ledger:
         raise UsageError("--new-only: needs --ledger FILE")
     if copy and not sort_into:

@@ -19,7 +19,6 @@ same tree gives the same order.
 from __future__ import annotations
 
 import os
-import statistics
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -293,6 +292,8 @@ def choose_size(paths: Sequence[str | os.PathLike], cap: int = 64, seed: int = 0
             continue
     if not sides:
         return max(lo, min(32, cap))
+    import statistics  # here: predict loads this module (through modelfile) and never needs it
+
     return int(min(max(statistics.median_low(sides), lo), cap))
 
 

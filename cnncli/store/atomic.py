@@ -15,7 +15,6 @@ import os
 import socket
 import stat
 import sys
-import tempfile
 import threading
 import time
 from datetime import datetime, timezone
@@ -115,6 +114,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, durable: bool = Tru
     directory = path.parent
     tmp: str | None = None
     try:
+        import tempfile  # here: loading a model (predict) never writes
+
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             os.fchmod(f.fileno(), _new_file_mode(path))
@@ -163,6 +164,8 @@ def check_writable_target(path: str | os.PathLike, overwrite: bool) -> None:
     if (path.exists() or path.is_symlink()) and not overwrite:
         raise OutputError(f"{path}: already exists (use --overwrite)")
     try:
+        import tempfile
+
         fd, probe = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".probe")
         os.close(fd)
         os.unlink(probe)
