@@ -2,8 +2,10 @@
 
     python benchmarks/profile_step.py [--net default28] [--threads N] [--steps 10] [--stat median|min]
                                       [--cnncli-path DIR]
+    python benchmarks/profile_step.py --arch photo --size 64 [--batch 32] [--threads 1] [--stat min] ...
 
-NET is a key of nets.NETS. Runs the steps of Model.loss_and_grads and SGD layer by layer, as the model runs
+NET is a key of nets.NETS; --arch (a preset or spec) instead profiles that network on seeded random RGB
+images of --size px (4 classes, batches of --batch). Runs the steps of Model.loss_and_grads and SGD layer by layer, as the model runs
 them (a conv and the ReLU after it are one row when the model fuses them, and so are a ReLU and the max pool
 after it in the backward pass), timing each call; prints the median (or minimum) wall and CPU (process time,
 all threads) ms per row over --steps steps after 3 warm-up steps, for the loss and the optimizer step too,
@@ -13,6 +15,7 @@ layers one by one, as it did).
 """
 
 import argparse
+import inspect
 import os
 import statistics
 import sys
@@ -23,6 +26,7 @@ if "--cnncli-path" in sys.argv[:-1]:  # before cnncli is imported: the checkout 
     sys.path.insert(0, os.path.abspath(sys.argv[sys.argv.index("--cnncli-path") + 1]))
 
 import cnncli.config  # noqa: E402,F401  (as the cnncli command: before numpy work starts)
+import numpy as np  # noqa: E402
 from cnncli.engine import kernels  # noqa: E402
 from cnncli.engine.layers import Activation, Conv, MaxPool, softmax_cross_entropy  # noqa: E402
 from cnncli.engine.model import Model  # noqa: E402
@@ -34,10 +38,20 @@ def _relu(layers, i):
     return 0 <= i < len(layers) and isinstance(layers[i], Activation) and layers[i].kind == "relu"
 
 
+def _bn_relu():
+    """(BatchNorm,) when this checkout's bn runs the ReLU after it in its own pass (as Model.forward then does)."""
+    try:
+        from cnncli.engine.norm import BatchNorm
+    except ImportError:
+        return ()
+    return (BatchNorm,) if "relu" in inspect.signature(BatchNorm.forward).parameters else ()
+
+
 def profile(model, opt, x, y, steps):
     """{row name: [(wall ms, CPU ms) per step]}, with a row for the whole step."""
     layers = model.layers
     fuses = hasattr(Activation, "fused")  # checkouts before the training fusion run every layer on its own
+    fusing = (Conv,) + _bn_relu()
     rows = {}
 
     def rec(name, t0, c0=None):
@@ -48,7 +62,7 @@ def profile(model, opt, x, y, steps):
         h, i = x, 0
         while i < len(layers):
             t0, c0 = time.perf_counter(), time.process_time()
-            if fuses and isinstance(layers[i], Conv) and _relu(layers, i + 1):
+            if fuses and isinstance(layers[i], fusing) and _relu(layers, i + 1):
                 h = layers[i + 1].fused(layers[i].forward(h, True, relu=True))
                 rec(f"{i:2d} {layers[i].token}+relu fwd", t0, c0)
                 i += 2
@@ -84,13 +98,22 @@ def main():
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--cnncli-path", help="the cnncli checkout to measure (default: the one on the path)")
+    ap.add_argument("--arch", help="a preset or spec to profile on random RGB images instead of --net")
+    ap.add_argument("--size", type=int, default=64, help="with --arch: image side in px")
+    ap.add_argument("--batch", type=int, default=32, help="with --arch: training batch")
     ap.add_argument("--stat", choices=["median", "min"], default="median",
                     help="per row over the steps; min is the steadier figure on a machine busy with other work")
     args = ap.parse_args()
     kernels.set_threads(args.threads)
-    spec, shape, classes, bs, _ = NETS[args.net]
+    if args.arch:
+        spec, shape, classes, bs = args.arch, (3, args.size, args.size), 4, args.batch
+        rng = np.random.default_rng(0)
+        x, y, source = rng.standard_normal((bs, *shape), dtype=np.float32), rng.integers(0, classes, bs), "random"
+        args.net = args.arch
+    else:
+        spec, shape, classes, bs, _ = NETS[args.net]
+        x, y, source = data(args.net, bs)
     model, opt = Model(spec, shape, classes, seed=0), SGD(momentum=0.9)
-    x, y, source = data(args.net, bs)
     profile(model, opt, x, y, 3)
     rows = profile(model, opt, x, y, args.steps)
     stat = statistics.median if args.stat == "median" else min

@@ -58,8 +58,8 @@ def train_memory():
 
 def micro_batch(model, budget, batch_size):
     """Images per forward/backward pass for a batch of batch_size, or None when the whole batch's activations
-    fit the budget, or when the network's layers couple a batch's images (batch normalisation: splitting the
-    batch would change its statistics, so such a network always trains on whole batches)."""
+    fit the budget, or when a layer declares that it couples a batch's images (batch norm does not: in passes it
+    still gets the whole batch's statistics, see cnncli.engine.passes)."""
     micro = model.micro_batch_size(budget)
     return None if micro >= batch_size or model.couples_images() else micro
 

@@ -18,6 +18,7 @@ from cnncli.errors import SpecError
 from cnncli.engine.inference import forward_chunked
 from cnncli.engine.layers import Activation, Conv, Dense, Dropout, MaxPool, softmax, softmax_cross_entropy
 from cnncli.engine.norm import BatchNorm, GlobalAvgPool
+from cnncli.engine.passes import in_passes
 
 PRESETS = {
     # For tests and smoke runs: compiles and trains in seconds.
@@ -244,8 +245,9 @@ class Model:
         self.spec = _spell_spec(self.layers)
         self.fold_bn = True  # outside training, a bn right after a conv / dense runs folded into its weights
 
-    def forward(self, x, training=False):
-        """Logits (N, num_classes) for x (N, C, H, W) float32; in training mode, caches for backward."""
+    def forward(self, x, training=False, stop=None):
+        """Logits (N, num_classes) for x (N, C, H, W) float32; in training mode, caches for backward.
+        stop: run layers[:stop] only and return the last one's output (N, C, H, W)."""
         if x.shape[1:] != self.input_shape:
             raise ValueError(f"input shape {x.shape[1:]} does not match the model's {self.input_shape}")
         h = np.ascontiguousarray(x)
@@ -255,30 +257,34 @@ class Model:
 
     def _layers_forward(self, h, training=False):
         layers, i = self.layers, 0
-        while i < len(layers):
+        while i < (len(layers) if stop is None else stop):
             layer, kw = layers[i], {}
             # Outside training a bn right after a conv / dense is folded into its weights (the bn is skipped).
             if (not training and self.fold_bn and isinstance(layer, (Conv, Dense)) and i + 1 < len(layers)
                     and isinstance(layers[i + 1], BatchNorm)):
                 kw["params"] = layers[i + 1].fold(layer.params)
                 i += 1
-            # A conv followed by ReLU runs as one fused pass; the ReLU layer only keeps the output for backward.
-            # Outside training a 2 x 2 stride-2 max pooling ("pool2") after that ReLU joins it (see kernels.fused).
-            if isinstance(layer, Conv) and _is_relu(layers, i + 1):
-                pool2 = not training and i + 2 < len(layers) and layers[i + 2].token == "pool2"
-                h = layer.forward(h, training, relu=True, pool2=pool2, **kw)
+            # A conv or bn followed by ReLU runs as one fused pass; the ReLU layer only keeps the output for backward.
+            # Outside training a 2 x 2 stride-2 max pooling ("pool2") after a conv's ReLU joins it (kernels.fused).
+            if isinstance(layer, (Conv, BatchNorm)) and _is_relu(layers, i + 1):
+                pool2 = (isinstance(layer, Conv) and not training and i + 2 < len(layers)
+                         and layers[i + 2].token == "pool2")
+                if pool2:
+                    kw["pool2"] = True
+                h = layer.forward(h, training, relu=True, **kw)
                 h = h if pool2 else layers[i + 1].fused(h)
                 i += 3 if pool2 else 2
             else:
                 h = layer.forward(h, training, **kw)
                 i += 1
-        return h.reshape(h.shape[0], self.num_classes)
+        return h.reshape(h.shape[0], self.num_classes) if stop is None else h
 
-    def backward(self, dlogits):
-        """Fill every layer's grads from dlogits (N, num_classes); returns nothing."""
+    def backward(self, dlogits, stop=0):
+        """Fill every layer's grads from dlogits (N, num_classes); returns nothing. stop: run the backward passes
+        of layers[stop:] only."""
         d = dlogits.reshape(dlogits.shape[0], self.num_classes, 1, 1)
         i = len(self.layers) - 1
-        while i >= 0:
+        while i >= stop:
             # Max pooling after a ReLU: one pass gives the gradient through both (the same values bit for bit).
             if isinstance(self.layers[i], MaxPool) and _is_relu(self.layers, i - 1):
                 d = self.layers[i].backward(d, relu=True)
@@ -293,35 +299,14 @@ class Model:
         micro_batch (see micro_batch_size): run the batch in passes of at most that many images, adding their
         gradients in a fixed order, so only one pass's activations are held. The loss and gradients are the
         whole batch's (each pass weighted by its share of the batch), equal to a single pass up to float
-        rounding, and the same for any thread count. Ignored for networks whose layers couple the images of a
-        batch (batch normalisation's statistics)."""
-        n = x.shape[0]
-        if micro_batch is None or micro_batch >= n or self.couples_images():
+        rounding, and the same for any thread count (batch norm gets the whole batch's statistics: see
+        cnncli.engine.passes). Ignored for networks with a layer that declares couples_images."""
+        if micro_batch is None or micro_batch >= x.shape[0] or self.couples_images():
             logits = self.forward(x, training=True)
             loss, dlogits = softmax_cross_entropy(logits, labels, class_weights)
             self.backward(dlogits)
             return loss, logits
-        passes = -(-n // micro_batch)
-        step = -(-n // passes)  # equal passes (the last one may be smaller): buffers keep their shape
-        w = np.ones(n, np.float64) if class_weights is None else np.asarray(class_weights, np.float64)[labels]
-        loss, total, sums, parts = 0.0, w.sum(), None, []
-        for lo in range(0, n, step):
-            logits = self.forward(x[lo:lo + step], training=True)
-            part_loss, dlogits = softmax_cross_entropy(logits, labels[lo:lo + step], class_weights)
-            share = w[lo:lo + step].sum() / total
-            loss += part_loss * share
-            dlogits *= dlogits.dtype.type(share)
-            self.backward(dlogits)
-            if sums is None:
-                sums = [{k: np.array(g, copy=True) for k, g in layer.grads.items()} for layer in self.layers]
-            else:
-                for acc, layer in zip(sums, self.layers):
-                    for k, g in layer.grads.items():
-                        acc[k] += g
-            parts.append(logits)
-        for acc, layer in zip(sums, self.layers):
-            layer.grads = acc
-        return float(loss), np.concatenate(parts)
+        return in_passes(self, x, labels, class_weights, micro_batch)
 
     def couples_images(self):
         """True when a layer's training pass mixes the images of a batch (batch statistics), so the batch
