@@ -247,15 +247,15 @@ class Model:
 
     def forward(self, x, training=False, stop=None):
         """Logits (N, num_classes) for x (N, C, H, W) float32; in training mode, caches for backward.
-        stop: run layers[:stop] only and return the last one's output (N, C, H, W)."""
+        stop (training only): run layers[:stop] only and return the last one's output (N, C, H, W)."""
         if x.shape[1:] != self.input_shape:
             raise ValueError(f"input shape {x.shape[1:]} does not match the model's {self.input_shape}")
         h = np.ascontiguousarray(x)
         if training:
-            return self._layers_forward(h, True)
+            return self._layers_forward(h, True, stop)
         return forward_chunked(self._layers_forward, h, self.num_classes)  # chunks of images, one thread each
 
-    def _layers_forward(self, h, training=False):
+    def _layers_forward(self, h, training=False, stop=None):
         layers, i = self.layers, 0
         while i < (len(layers) if stop is None else stop):
             layer, kw = layers[i], {}
