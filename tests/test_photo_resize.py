@@ -1,5 +1,5 @@
 """--resize crop|squash|pad: the decoder's three rules, stored in the weight file and repeated by eval and
-predict; the default stays crop (squash did not measure better on the photo benchmark); old files mean crop."""
+predict; the default is crop, squash for colour photo folders (test_photo_defaults.py); old files mean crop."""
 
 import json
 
@@ -75,11 +75,12 @@ def test_train_stores_the_rule_and_predict_and_eval_repeat_it(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("size, mode, given, stored", [
-    (64, "RGB", None, "shorter-side-then-center-crop"),  # the default, for colour photos too
+    (64, "RGB", None, "whole-image-squashed"),  # colour photos of 64 px or more: squash (commands/train_auto.py)
+    (32, "RGB", None, "shorter-side-then-center-crop"),  # smaller colour images: crop, as before
     (64, "L", None, "shorter-side-then-center-crop"),  # and gray data
-    (64, "RGB", "squash", "whole-image-squashed"),  # an explicit --resize wins
+    (64, "RGB", "crop", "shorter-side-then-center-crop"),  # an explicit --resize wins
 ])
-def test_the_default_rule_is_crop(tmp_path, capsys, size, mode, given, stored):
+def test_the_default_rule_is_crop_except_for_colour_photos(tmp_path, capsys, size, mode, given, stored):
     data = make_image_folder(tmp_path / "d", n_per_class=4, size=size, mode=mode)
     out = tmp_path / "m.safetensors"
     extra = ["--resize", given] if given else []

@@ -61,7 +61,7 @@ def train(
                                                 rich_help_panel=DATA)] = None,
     color: Annotated[Color, typer.Option(help="auto: gray only if every training image is gray.",
                                          rich_help_panel=DATA)] = Color.auto,
-    val_split: Annotated[float, typer.Option(help="Fraction held out for validation when there is no val/ folder.",
+    val_split: Annotated[float, typer.Option(help="Held out if no val/ (small colour photos: none).",
                                              rich_help_panel=DATA)] = 0.2,
     augment: AugmentOption = Augment.none,
     resize: ResizeOption = Resize.crop,

@@ -16,7 +16,8 @@ _TRAIN_LABELS = {
     "init_sha256": "its metadata SHA-256", "init_output_layer": "its output layer", "frozen_layers": "frozen layers",
     "optimizer": "optimizer", "lr": "learning rate", "weight_decay": "weight decay",
     "batch_size": "batch size", "augment": "augment", "class_weights": "class weights", "seed": "seed",
-    "val_accuracy": "validation accuracy", "test_accuracy": "test accuracy", "cnncli_version": "cnncli version",
+    "automatic": "chosen automatically", "val_accuracy": "validation accuracy", "test_accuracy": "test accuracy",
+    "cnncli_version": "cnncli version",
 }
 
 

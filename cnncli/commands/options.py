@@ -82,7 +82,7 @@ ArchOption = Annotated[str, typer.Option(
     help="Spec or preset: tiny, m1, default, photo. Unset: photo for RGB input of 64 px or more, else default.",
     show_default=False, rich_help_panel=MODEL)]
 NoCacheOption = Annotated[bool, typer.Option("--no-cache", help="No on-disk decode cache.", rich_help_panel=DATA)]
-ResizeOption = Annotated[Resize, typer.Option(help="Centre square (default), whole image or letterbox.",
+ResizeOption = Annotated[Resize, typer.Option(help="Centre square, or whole image (colour photos), or letterbox.",
                                               show_default=False, rich_help_panel=DATA)]
 PatienceOption = Annotated[Optional[int], typer.Option(
     help="Stop after N epochs without gain (0: never; default: max(3, epochs/5)).",

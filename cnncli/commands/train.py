@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cnncli.commands import outputs, train_budget, train_init, train_options, train_resume
+from cnncli.commands import outputs, train_auto, train_budget, train_init, train_options, train_resume
 from cnncli.commands.stop_request import StopRequest
 from cnncli.data import audit, folders
 from cnncli.data.augment import augment_function
@@ -69,6 +69,7 @@ class TrainOptions:
     no_early_stop: bool = False
     init: str | None = None  # weight file to start from (commands/train_init.py)
     freeze: int = 0  # with init: the first N layers with parameters stay fixed
+    automatic: tuple = ()  # the options train_auto chose, e.g. ("--resize squash",); kept by --resume
 
 
 AUTO_STEPS, AUTO_MIN_EPOCHS, AUTO_MAX_EPOCHS = 4500, 3, 50
@@ -119,6 +120,22 @@ def _auto_size(opts, ds, parts, report):
 
 def _all_paths(ds):
     return [p for part in (ds.train, ds.val or [], ds.test or []) for p, _ in part]
+
+
+def _read(opts, ds, report, resumed, side):
+    """(parts, drawn, input size, _decode's result) of a new run (or a resumed one's saved parts)."""
+    if resumed:
+        parts, drawn = train_resume.saved_parts(ds, side, resumed[4], manifest.fingerprint(_all_paths(ds), ds.root))
+    else:
+        parts, drawn = _parts(ds, opts)
+    size = opts.size or (resumed[0].size if resumed else _auto_size(opts, ds, parts, report))
+    color = resumed[0].color if resumed else opts.color
+    resize = resumed[0].resize if resumed else opts.resize
+    if not resumed:
+        _build(opts, 3 if color == "rgb" else 1, size, len(ds.classes))  # a bad --arch fails before any decoding
+    report.info(f"reading {len(parts['train'])} training images in {len(ds.classes)} classes from {one_line(ds.root)} "
+                f"(input {size}x{size}, resize {resize})")
+    return parts, drawn, size, _decode(ds, parts, opts, report, size, color, resize)
 
 
 def _decode(ds, parts, opts, report, size, color, resize):
@@ -215,25 +232,16 @@ def _run_locked(opts, report, out, side, stop, given):
     _check_outputs(opts, out, side)
     ds = folders.scan_dataset(opts.data, on_warn=report.warn)
     _check_outputs(opts, out, side, ds)
-    if resumed:
-        run_id = resumed[4].get("run_id")
-        parts, drawn = train_resume.saved_parts(ds, side, resumed[4],
-                                                manifest.fingerprint(_all_paths(ds), ds.root))
-    else:
-        run_id = uuid.uuid4().hex
-        parts, drawn = _parts(ds, opts)
-    size = opts.size or (resumed[0].size if resumed else _auto_size(opts, ds, parts, report))
-    color = resumed[0].color if resumed else opts.color
-    resize = resumed[0].resize if resumed else opts.resize
-    if not resumed:
-        _build(opts, 3 if color == "rgb" else 1, size, len(ds.classes))  # a bad --arch fails before any decoding
-    report.info(f"reading {len(parts['train'])} training images in {len(ds.classes)} classes from {one_line(ds.root)} "
-                f"(input {size}x{size}, resize {resize})")
+    run_id = resumed[4].get("run_id") if resumed else uuid.uuid4().hex
+    typed, opts = opts, train_auto.choose(opts, given, ds, report)
+    parts, drawn, size, (train, val, test, color) = _read(opts, ds, report, resumed, side)
+    if opts.automatic and color == "gray" and not resumed:  # colour headers, gray pixels: trains as before
+        opts = train_auto.undone(typed, report)
+        parts, drawn, size, (train, val, test, color) = _read(opts, ds, report, resumed, side)
     # The files and their digests, written with the first checkpoint, so that --resume can prove it sees
     # the same data (a run that fails before its first checkpoint leaves no record behind).
     record = None if resumed else (run_id, ds.root, ds.classes, parts, manifest.fingerprint(_all_paths(ds), ds.root),
                                    drawn)
-    train, val, test, color = _decode(ds, parts, opts, report, size, color, resize)
     for name, part in (("validation", val), ("test", test)):  # leaks make the reported figures optimistic
         msg = audit.overlap_warning(name, train, part)
         if msg:
@@ -252,7 +260,7 @@ def _run_locked(opts, report, out, side, stop, given):
         model = _build(opts, channels, size, len(ds.classes))
         from_init = train_init.start_from(model, init, opts, ds.classes, report) if init else {}
         mean, std = (init.mean, init.std) if init else input_scaling(train.x)  # as the init weights saw images
-        clf = modelfile.Classifier(model, ds.classes, color, mean, std, resize=resize, train=from_init)
+        clf = modelfile.Classifier(model, ds.classes, color, mean, std, resize=opts.resize, train=from_init)
         weights_by_class = (class_weights_auto(train.y, len(ds.classes)) if opts.class_weights == "auto" else None)
         epochs = opts.epochs or auto_epochs(len(train.y), opts.batch_size)
         cfg = TrainConfig(epochs=epochs, batch_size=opts.batch_size, lr=opts.lr, optimizer=opts.optimizer,
@@ -326,7 +334,8 @@ def _run_locked(opts, report, out, side, stop, given):
                  "batch_size": cfg.batch_size, "augment": cfg.augment, "class_weights": cfg.class_weights,
                  "val_accuracy": summary.get("val_accuracy"), "test_accuracy": summary.get("test_accuracy"),
                  "stop_reason": state.stop_reason, "epochs_planned": cfg.epochs, "patience": cfg.patience,
-                 "images": len(train.y), "data": data_path, "run_id": run_id}
+                 "images": len(train.y), "data": data_path, "run_id": run_id,
+                 **({"automatic": list(opts.automatic)} if opts.automatic else {})}
     try:
         found = check_collapse(state.history, val.y if val is not None else None, val_predicted, len(clf.classes),
                                cfg.lr, opts.fail_on_collapse)

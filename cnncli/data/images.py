@@ -328,6 +328,11 @@ def read_size(path: str | os.PathLike) -> tuple[int, int]:
 
     Raises BadImageError if the file is not an accepted image format or is a decompression bomb.
     """
+    return read_header(path)[:2]
+
+
+def read_header(path: str | os.PathLike) -> tuple[int, int, str]:
+    """(width, height, Pillow mode such as "L" or "RGB") from the file header only, as read_size."""
     try:
         fp = open(path, "rb")
     except OSError as exc:
@@ -338,7 +343,8 @@ def read_size(path: str | os.PathLike) -> tuple[int, int]:
             # raw multi-line Python warnings; the decoder tolerates such files, so the header read does too.
             warnings.filterwarnings("ignore", module=r"PIL(\.|$)")
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            return _open(path, fp).size
+            im = _open(path, fp)
+            return (*im.size, im.mode)
     except BadImageError:
         raise
     except Exception as exc:  # noqa: BLE001
