@@ -16,20 +16,36 @@ without these choices (`undone`), since the images are gray.
 import statistics
 from dataclasses import replace
 
-from cnncli.data import folders
+import numpy as np
+
+from cnncli.data.images import read_size
+from cnncli.errors import BadImageError
 
 PHOTO_MIN_SIDE = 64  # as train_budget.PHOTO_MIN_SIZE, where the photo preset starts
 SMALL_FOLDER = 1000  # training images (before any hold-out) below which a colour photo folder counts as small
 GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})  # Pillow modes
 
 
+def _headers(paths, seed, limit=200):
+    """(width, height, Pillow mode) of every readable path, or of a seeded sample of `limit` when more."""
+    if len(paths) > limit:
+        paths = [paths[i] for i in sorted(np.random.default_rng(seed).choice(len(paths), limit, replace=False))]
+    headers = []
+    for p in paths:
+        try:
+            headers.append(read_size(p, mode=True))
+        except BadImageError:
+            pass
+    return headers
+
+
 def photo_side(paths, color, seed):
     """The median shorter side in px of a colour photo folder with these training image paths, read from up to
-    200 headers (folders.header_sample), or None when it is not one: --color gray, no colour header (and not
+    200 headers, or None when it is not one: --color gray, no colour header (and not
     --color rgb), no readable header, or a median under PHOTO_MIN_SIDE."""
     if color == "gray":
         return None
-    headers = folders.header_sample(paths, seed)
+    headers = _headers(paths, seed)
     if not headers:
         return None
     colour = color == "rgb" or any(mode not in GRAY_MODES for _, _, mode in headers)

@@ -28,7 +28,7 @@ from typing import NamedTuple
 import numpy as np
 
 from cnncli.errors import BadImageError, DataError, NoInputError
-from cnncli.data.images import bombs_are_errors, decode, has_image_extension, is_gray, read_header
+from cnncli.data.images import bombs_are_errors, decode, has_image_extension, is_gray, read_size
 
 Item = tuple[Path, int]
 VAL_NAMES = ("val", "valid", "validation")
@@ -271,31 +271,25 @@ def stratified_split(items: Sequence[Item], fraction: float, seed: int) -> tuple
     return train, val
 
 
-def header_sample(paths: Sequence[str | os.PathLike], seed: int = 0, limit: int = 200) -> list[tuple[int, int, str]]:
-    """(width, height, Pillow mode) from the headers of all paths, or of a seeded random sample of `limit` of
-    them when there are more; unreadable files are left out."""
-    paths = list(paths)
-    if len(paths) > limit:
-        pick = np.random.default_rng(seed).choice(len(paths), limit, replace=False)
-        paths = [paths[i] for i in sorted(pick)]
-    headers = []
-    for p in paths:
-        try:
-            headers.append(read_header(p))
-        except BadImageError:
-            continue
-    return headers
-
-
 def choose_size(paths: Sequence[str | os.PathLike], cap: int = 64, seed: int = 0) -> int:
     """Default square input size: the median shorter side of the images, clamped to [8, cap].
 
-    Reads only headers, of all images or of a seeded random sample of 200 when there are more (header_sample).
-    With no readable file the answer is min(32, cap) (at least 8). Square 28 x 28 images (Fashion-MNIST) give 28.
+    Reads only headers, of all images or of a seeded random sample of 200 when there are more. Unreadable
+    files are skipped; with no readable file the answer is min(32, cap) (at least 8). Square 28 x 28 images
+    (Fashion-MNIST) give 28.
     """
     lo = 8
     cap = max(lo, int(cap))
-    sides = [min(w, h) for w, h, _ in header_sample(paths, seed)]
+    paths = list(paths)
+    if len(paths) > 200:
+        pick = np.random.default_rng(seed).choice(len(paths), 200, replace=False)
+        paths = [paths[i] for i in sorted(pick)]
+    sides = []
+    for p in paths:
+        try:
+            sides.append(min(read_size(p)))
+        except BadImageError:
+            continue
     if not sides:
         return max(lo, min(32, cap))
     import statistics  # here: predict loads this module (through modelfile) and never needs it

@@ -323,16 +323,12 @@ def to_chw(arr: np.ndarray, channels: int) -> np.ndarray:
     return np.ascontiguousarray(arr.transpose(2, 0, 1))
 
 
-def read_size(path: str | os.PathLike) -> tuple[int, int]:
-    """(width, height) from the file header only, without decoding pixels (EXIF rotation not applied).
+def read_size(path: str | os.PathLike, mode: bool = False) -> tuple:
+    """(width, height) from the file header only, without decoding pixels (EXIF rotation not applied); with
+    mode=True (width, height, Pillow mode such as "L" or "RGB").
 
     Raises BadImageError if the file is not an accepted image format or is a decompression bomb.
     """
-    return read_header(path)[:2]
-
-
-def read_header(path: str | os.PathLike) -> tuple[int, int, str]:
-    """(width, height, Pillow mode such as "L" or "RGB") from the file header only, as read_size."""
     try:
         fp = open(path, "rb")
     except OSError as exc:
@@ -344,7 +340,7 @@ def read_header(path: str | os.PathLike) -> tuple[int, int, str]:
             warnings.filterwarnings("ignore", module=r"PIL(\.|$)")
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = _open(path, fp)
-            return (*im.size, im.mode)
+            return (*im.size, im.mode) if mode else im.size
     except BadImageError:
         raise
     except Exception as exc:  # noqa: BLE001
