@@ -80,3 +80,15 @@ def test_an_empty_shard_of_inputs_that_exist_is_no_error(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     code, out, err = run_main(["predict", tmp_path / "empty", "-m", model, "--shard", "0/8"], capsys)
     assert code == 66  # no inputs at all is still the error it always was
+
+
+def test_an_eval_shard_that_holds_no_image_exits_0_with_nothing_on_stdout(tmp_path, capsys):
+    data, model = world(tmp_path, n_per_class=1, bad=0)
+    files = sorted(str(p) for p in data.rglob("*.png"))
+    empty = next(i for i in range(8) if all(shard_of(f, 8) != i for f in files))
+    full = shard_of(files[0], 8)
+    code, out, err = run_main(["eval", data, "-m", model, "--shard", f"{empty}/8", "--fail-under", "accuracy=0.99"],
+                              capsys)
+    assert code == 0 and out == "" and f"shard {empty}/8: no image falls in this shard" in err, err
+    code, out, err = run_main(["eval", data, "-m", model, "--shard", f"{full}/8", "--format", "json"], capsys)
+    assert code == 0 and f"shard {full}/8" in out, err  # a shard with images still gets its report

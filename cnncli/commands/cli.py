@@ -298,6 +298,8 @@ def eval_(
                        no_cache=no_cache)
     opts.shard = parse_shard(shard) if shard else None
     report = run(opts, on_warn=lambda msg: _say(f"warning: {one_line(msg)}"))
+    if report is None:
+        return
     _print_report(report, fmt == EvalFormat.json, format_table)
     for failed in report.get("gate_failures") or []:  # one line per missed bar
         _say(f"cnncli: quality gate failed: {one_line(failed)}")

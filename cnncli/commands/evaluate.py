@@ -148,7 +148,7 @@ def run(opts, on_warn=None):
     "min_confidence", "saved" (and "saved_threshold"), "errors").
     Missed --fail-under bars are listed in report["gate_failures"] (one text per bar); the caller prints the
     report, then one line per missed bar, and exits 3. on_warn(message) receives warnings (skipped files, a threshold
-    tuned on test images, too few examples for a target)."""
+    tuned on test images, too few examples for a target). None when --shard leaves none of the images."""
     model_path = Path(opts.model)
     plot_out = {what: path for what, path in (("--plot file", opts.plot), ("--errors-image file", opts.errors_image))
                 if path}
@@ -191,6 +191,10 @@ def run(opts, on_warn=None):
 
         scored = eval_splits.Part(list(take_shard(scored.items, opts.shard, key=lambda it: str(it[0]))),
                                   f"{scored.source}, shard {opts.shard[0]}/{opts.shard[1]}", scored.split)
+        if not scored.items:  # as in predict: a job array's empty shard has nothing to do, which is no error
+            if on_warn is not None:
+                on_warn(f"{scored.source}: no image falls in this shard; nothing scored")
+            return None
     outputs.check_not_inputs(plot_out, [model_path, *(p for p, _ in scored.items)], root=opts.data)
     threshold = opts.threshold if opts.threshold is not None else clf.threshold
     picked = calibrated = None
