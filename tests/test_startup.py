@@ -16,8 +16,10 @@ from cnncli.engine.model import Model
 from cnncli.store import modelfile
 
 # Never loaded by a one-image predict: heavy libraries, typer's pydantic conversions, the decode process pool,
-# the numba kernels, and the modules of other commands.
+# the numba kernels, the modules of other commands, and what only training or writing needs (random draws for
+# new weights, temporary files, the host name in a lock).
 NOT_LOADED = ("pydantic", "pydantic_core", "typer._adapters", "importlib.metadata", "rich", "numba", "llvmlite",
+              "numpy.random", "socket", "tempfile",
               "matplotlib", "onnx", "onnxruntime", "dask", "distributed", "sklearn", "scipy", "multiprocessing",
               "concurrent.futures.process", "cnncli.engine.kernels", "cnncli.commands.cluster",
               "cnncli.commands.train", "cnncli.commands.evaluate", "cnncli.report.metrics")

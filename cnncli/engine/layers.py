@@ -74,6 +74,14 @@ def _out_size(size, kernel, stride, pad):
     return (size - kernel + 2 * pad) // stride + 1
 
 
+def _uniform(rng, bound, shape):
+    """float32 weights of shape, uniform in [-bound, bound) from rng; zeros when rng is None (weights that are
+    loaded next: nothing is drawn, and a model load never imports numpy.random)."""
+    if rng is None:
+        return np.zeros(shape, np.float32)
+    return rng.uniform(-bound, bound, shape).astype(np.float32)
+
+
 class Layer:
     token = ""
     params: dict
@@ -123,7 +131,7 @@ class Conv(Layer):
         fan_in = in_shape[0] * self.kernel[0] * self.kernel[1]
         bound = math.sqrt(3.0 * gain / fan_in)
         self.params = {
-            "weight": rng.uniform(-bound, bound, (self.filters, in_shape[0], *self.kernel)).astype(np.float32),
+            "weight": _uniform(rng, bound, (self.filters, in_shape[0], *self.kernel)),
             "bias": np.zeros(self.filters, np.float32),
         }
 
@@ -239,7 +247,7 @@ class Dense(Layer):
         fan_in = int(np.prod(in_shape))
         bound = math.sqrt(3.0 * gain / fan_in)
         self.params = {
-            "weight": rng.uniform(-bound, bound, (self.units, fan_in)).astype(np.float32),
+            "weight": _uniform(rng, bound, (self.units, fan_in)),
             "bias": np.zeros(self.units, np.float32),
         }
 

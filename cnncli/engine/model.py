@@ -226,7 +226,7 @@ class Model:
         self.input_shape = tuple(int(v) for v in input_shape)
         self.num_classes = int(num_classes)
         self.layers, self.shapes, self.activations = p.layers, p.shapes, p.activations
-        rng = np.random.default_rng(seed)
+        rng = None if seed is None else np.random.default_rng(seed)  # None: zeros, for weights loaded next
         shape = self.input_shape
         for i, layer in enumerate(self.layers):
             nxt = self.layers[i + 1] if i + 1 < len(self.layers) else None

@@ -12,7 +12,6 @@ import errno
 import fcntl
 import json
 import os
-import socket
 import stat
 import sys
 import threading
@@ -233,6 +232,8 @@ class OutputLock:
                 break
             os.close(fd)  # the previous holder removed this inode after we opened it: start over
         self._fd = fd
+        import socket  # here, not at import: loading a model (predict) takes no lock
+
         info = {
             "pid": os.getpid(),
             "host": socket.gethostname(),

@@ -180,7 +180,7 @@ def from_parts(path, tensors, meta):
         raise FormatError(f"{path}: {exc}") from None
     _check_tensors(path, tensors, expected)
     try:
-        model = Model(arch, tuple(dims), len(classes))
+        model = Model(arch, tuple(dims), len(classes), seed=None)  # no random draws: weights come next
         model.load_state_dict(tensors)
     except SpecError as exc:
         raise FormatError(f"{path}: {exc}") from None
