@@ -2,7 +2,7 @@
 cache, a filled cache (the second run on the same folder) and --no-cache.
 
     python benchmarks/decode_cache.py [--command train|eval|predict] [--folders photos,big,fashion]
-                                      [--rounds 3] [--size 128] [--keep DIR] [--fashion DIR]
+                                      [--rounds 3] [--size 128] [--batch-size 256] [--keep DIR] [--fashion DIR]
 
 Folders (each a labeled folder; `big` and `photos` of two classes):
   photos:  240 JPEG photos of 320x240 px (as benchmarks/memory.py writes them)
@@ -17,7 +17,8 @@ folder:
   no-cache: the same command with --no-cache
 train:   cnncli train DIR --arch tiny --epochs 1 --size S
 eval:    cnncli eval DIR -m MODEL          (DIR/test/ when there is one, else every image)
-predict: cnncli predict DIR -m MODEL --format tsv   (a long run: decoded in 2 worker processes)
+predict: cnncli predict DIR -m MODEL --format tsv --batch-size B   (a run of at least B inputs decodes in 2
+         worker processes, a shorter one in threads)
 MODEL is an untrained network of the preset train picks by default (photo for RGB at S px, default for
 Fashion-MNIST's 28 px gray): inference costs what a trained one costs. Prints the medians of the child's CPU
 seconds (user + system, from wait4, including the worker processes it waited for: steadier than wall time on a
@@ -111,7 +112,7 @@ def command(args, kind, data, work):
     if args.command == "eval":
         return cli + ["eval", str(data), "-m", model]
     return cli + ["predict", str(data / "test") if (data / "test").exists() else str(data), "-m", model,
-                  "--format", "tsv"]
+                  "--format", "tsv", "--batch-size", str(args.batch_size)]
 
 
 def main():
@@ -120,6 +121,8 @@ def main():
     ap.add_argument("--folders", default="photos,big", help="comma-separated: photos, big, fashion")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--batch-size", type=int, default=256, help="predict's --batch-size (a full first batch "
+                    "means worker processes decode)")
     ap.add_argument("--keep", help="write the folders here and keep them (default: a temp folder)")
     ap.add_argument("--fashion", help="a Fashion-MNIST folder written by scripts/fashion_mnist_folders.py")
     args = ap.parse_args()
@@ -130,7 +133,7 @@ def main():
     work.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in [os.environ.get("PYTHONPATH")] if p])
-    print(f"cnncli {args.command}, --size {args.size}, {args.rounds} rounds; "
+    print(f"cnncli {args.command}, --size {args.size}, --batch-size {args.batch_size} (predict), {args.rounds} rounds; "
           f"load average {os.getloadavg()[0]:.2f}")
     print("| folder | empty cache CPU s (wall) | filled cache CPU s (wall) | --no-cache CPU s (wall) | filled run |")
     print("|---|---|---|---|---|")

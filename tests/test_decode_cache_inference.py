@@ -101,7 +101,7 @@ def test_eval_no_cache_writes_nothing_and_a_bad_size_setting_is_a_usage_error(tm
 def _predict(inputs, model, tmp_path, *extra):
     code, out, err = run_child(["predict", *inputs, "-m", model, "--all-probs", "--format", "tsv", *extra],
                                tmp_path, env=child_env())
-    assert code == 0, err
+    assert code == 0 and b"cache" not in err, err  # the cache says nothing on predict's stderr
     return out
 
 
@@ -191,3 +191,24 @@ def test_an_unwritable_cache_folder_changes_nothing_in_eval(tmp_path, capsys, mo
     blocker.write_bytes(b"x")
     monkeypatch.setenv("CNNCLI_CACHE_DIR", str(blocker / "cache"))  # below a file: cannot be made, even by root
     assert _eval(data, model, capsys) == first  # and nothing on stderr (_eval checks)
+
+
+def test_tiny_images_are_decoded_directly_and_never_stored(tmp_path, capsys):
+    # at most 32x32 source pixels (Fashion-MNIST's 28x28 PNGs): decoding costs what reading an entry costs
+    for side, stored in ((32, False), (33, True)):
+        data = make_image_folder(tmp_path / f"d{side}", n_per_class=3, size=side, split=True, n_test=3)
+        model = tmp_path / f"m{side}.safetensors"
+        modelfile.save(model, modelfile.Classifier(Model("tiny", (1, 16, 16), 2, seed=1), classes=["cat", "dog"],
+                                                   color="gray", mean=[0.5], std=[0.25]))
+        first = _eval(data, model, capsys)
+        assert len(_entries()) == (6 if stored else 0)
+        assert _eval(data, model, capsys) == first == _eval(data, model, capsys, "--no-cache")
+        for e in _entries():
+            e.unlink()
+    # train too: its second run on tiny images decodes them all again
+    data = make_image_folder(tmp_path / "train28", n_per_class=4, size=28)
+    for _ in range(2):
+        code, _, err = run_main(["train", data, "-o", tmp_path / "t.safetensors", "--overwrite", "--arch", "tiny",
+                                 "--epochs", "1", "--size", "16"], capsys)
+        assert code == 0 and "decoded 8, 0 from cache" in err, err
+    assert _entries() == []

@@ -11,6 +11,7 @@ so an edited file, other settings or another release never hit an old entry. It 
 its pixels: a corrupt, truncated or foreign entry fails the check and the image is decoded again, never used.
 Entries are written whole under a temporary name and renamed into place (store/atomic.py), so a concurrent
 reader sees a complete entry or none. The bytes that are hashed are the bytes that are decoded (one read).
+Tiny images (is_tiny: at most 32x32 source pixels) are decoded directly: caching them does not pay.
 
 Entry layout: MAGIC (8 bytes), key (32), channels, height, width (uint16 little-endian each), SHA-256 of the
 pixels (32), then the uint8 (C, H, W) pixels.
@@ -19,6 +20,7 @@ pixels (32), then the uint8 (C, H, W) pixels.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import stat
@@ -29,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import PIL
+import PIL.Image
 
 from cnncli import __version__
 from cnncli.data import images
@@ -138,14 +141,17 @@ class DecodeCache:
     def decode(self, path, size: int, channels: int, resize: str = "crop") -> np.ndarray:
         """images.decode(path, size, channels, resize), from the cache when a verified entry exists. A path that
         is not a regular file (a FIFO, a device, a link to one: predict takes any path) is decoded directly, so
-        the whole-file read that the key needs never blocks or runs without end."""
+        the whole-file read that the key needs never blocks or runs without end; so is a tiny image (is_tiny)."""
         try:
             regular = stat.S_ISREG(os.stat(path).st_mode)
         except (OSError, ValueError):
             regular = False  # images.decode names the problem
-        if not regular:
-            return images.decode(path, size, channels, resize)
-        content = images.read_bytes(path)
+        content = images.read_bytes(path) if regular else None
+        if content is None or is_tiny(content):  # no key, no entry
+            pixels = images.decode(path, size, channels, resize, content=content)
+            with self._lock:
+                self.decoded += 1
+            return pixels
         key = self.key(content, size, channels, resize)
         found = self.get(key)
         if found is not None:
@@ -191,6 +197,27 @@ class DecodeCache:
             if _unlink(p):
                 removed += used
         return removed
+
+
+# Images of at most TINY_PIXELS source pixels are never cached: a 28x28 PNG (Fashion-MNIST) decodes in about the
+# time reading its entry takes, and writing the entry costs 6x its decode (README, "The decode cache"). Only a
+# file of at most TINY_FILE bytes can be one worth checking (32x32x4 bytes uncompressed, plus headers), so a
+# larger file costs no header parse.
+TINY_PIXELS = 32 * 32
+TINY_FILE = 8192
+
+
+def is_tiny(content: bytes) -> bool:
+    """True when `content` (a file's bytes) is an image of an allowed format with at most TINY_PIXELS pixels,
+    read from its header alone. Anything else (larger, or not an image: the decoder reports that) is False."""
+    if len(content) > TINY_FILE:
+        return False
+    try:
+        with PIL.Image.open(io.BytesIO(content), formats=images.ALLOWED_FORMATS) as im:
+            width, height = im.size
+    except Exception:  # noqa: BLE001 - any header Pillow refuses: the decoder names the problem
+        return False
+    return width * height <= TINY_PIXELS
 
 
 # The largest entry there can be: 3 channels of the largest input side train allows (1024 px), plus the header.
