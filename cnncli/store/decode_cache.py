@@ -200,9 +200,9 @@ class DecodeCache:
 
 
 # Images of at most TINY_PIXELS source pixels are never cached: a 28x28 PNG (Fashion-MNIST) decodes in about the
-# time reading its entry takes, and writing the entry costs 6x its decode (README, "The decode cache"). Only a
-# file of at most TINY_FILE bytes can be one worth checking (32x32x4 bytes uncompressed, plus headers), so a
-# larger file costs no header parse.
+# time reading its entry takes, and writing the entry costs 6x its decode (README, "The decode cache"). Only files
+# of at most TINY_FILE bytes are checked (a 32x32 image takes 4 KiB uncompressed at 8-bit RGBA), so a larger file
+# costs no header parse; a rare larger tiny file (16-bit, padded) is just cached as before.
 TINY_PIXELS = 32 * 32
 TINY_FILE = 8192
 
