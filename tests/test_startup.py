@@ -133,3 +133,25 @@ def test_option_values_convert_as_typer_converts_them():
             compared += 1
     assert compared > 500
 
+
+
+@pytest.mark.parametrize("args, commands", [
+    (["predict", "x.png"], ["predict"]),
+    (["eval", "data"], ["eval"]),
+    (["--version"], None), (["-h"], None), ([], None), (["predic", "x.png"], None), (["ledger", "export"], None)])
+def test_a_run_builds_only_the_command_it_names(args, commands):
+    """Only the named command's click object is built; anything else (group options, group help, a typo that
+    needs the list of commands for its suggestion, a sub-group) gets the whole app."""
+    import typer.main
+
+    from cnncli.commands.entry import _only_command
+
+    built = sorted(typer.main.get_command(_only_command(app, args)).commands)
+    assert built == (commands or sorted(typer.main.get_command(app).commands))
+    assert len(typer.main.get_command(app).commands) >= 8  # the app itself keeps every command
+
+
+def test_a_typo_still_gets_the_suggestion(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "cnncli", "predic", "x.png"], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 2 and "Did you mean 'predict'?" in res.stderr

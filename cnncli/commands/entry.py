@@ -84,6 +84,21 @@ def _traceback():
         pass
 
 
+def _only_command(app, args):
+    """The app with just the command args[0] names, when it names one: a run never uses the other commands' click
+    objects, and building them all (train's 35 options) is start-up time. Otherwise (options first, --help of the
+    group, a mistyped name) the whole app, so the group's help, errors and suggestions list every command."""
+    import copy
+
+    name = args[0] if args else None
+    mine = [c for c in app.registered_commands if (c.name or typer.main.get_command_name(c.callback.__name__)) == name]
+    if len(mine) != 1 or app.registered_callback is None:  # without a callback typer would build no group
+        return app
+    one = copy.copy(app)
+    one.registered_commands, one.registered_groups = mine, []
+    return one
+
+
 def _run(app, argv):
     """Run the command line argv (None: sys.argv); returns the exit code."""
     try:  # typer >= 0.29 carries its own copy of click
@@ -96,7 +111,7 @@ def _run(app, argv):
     if "--debug" in args:
         args.remove("--debug")
     args = bare_option_values(args)
-    command = typer.main.get_command(app)
+    command = typer.main.get_command(_only_command(app, args))
     try:
         code = command.main(args=args, prog_name="cnncli", standalone_mode=False)
         code = code if isinstance(code, int) else 0
