@@ -1,6 +1,6 @@
 """Option values without pydantic: typer's own conversions for the plain types cnncli's options use.
 
-Typer (0.2x and later) converts every option value through a pydantic TypeAdapter built when the option is
+Typer (0.29, the one this was written against) converts every option value through a pydantic TypeAdapter built when the option is
 first seen; importing pydantic and building those adapters is about a third of a one-image `predict`'s
 start-up. For the types cnncli uses (str, int, float, Path, an Enum of choices, list[str]) the result is
 simple to compute directly, so each option gets a converter that does that, and hands the value to typer's
