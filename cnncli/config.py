@@ -17,9 +17,6 @@ from pathlib import Path
 # without it they give the unfused kernels' results bit for bit).
 JIT = {"cache": True, "nogil": True, "fastmath": False}
 
-# Inference-only kernels (cnncli.engine.kernels.fused): the same, plus FMA contraction, measured faster there.
-INFER_JIT = {**JIT, "fastmath": {"contract"}}
-
 # Long sums over one map (batch norm's statistics and gradient sums, global average pooling): the same, plus
 # reassociation, which lets LLVM keep vector accumulators (4-5x faster than a scalar chain, measured). The order it
 # picks is fixed by the compiled code, so a map's sum is the same on every run, for any thread count and any split

@@ -1,9 +1,12 @@
-"""Inference passes split by images: each worker thread takes whole chunks of images through every layer.
+"""Inference passes split by images: each worker thread takes whole chunks of images through the conv layers.
 
-A batch of more than SMALL_BATCH images is cut into chunks of about CHUNK_IMAGES images; each chunk runs through
-all the layers on one thread (its kernels serial, its layer buffers that thread's own), and the threads take
-chunks as they come free. Against splitting every layer's work across the threads, a pass has one hand-off
-instead of one per layer, and a chunk's activations stay in that core's cache from one layer to the next.
+A batch of more than CHUNK_IMAGES images is cut into chunks of at most CHUNK_IMAGES images; each chunk runs through
+the convolutional layers (everything before the first dense layer) on one thread, its kernels serial and its
+layer buffers that thread's own, and the threads take chunks as they come free. Against splitting every layer's
+work across the threads, a pass has one hand-off instead of one per layer, and a chunk's activations stay in that
+core's cache from one layer to the next. Smaller batches (photo-sized images: a pass holds few) run layer by layer,
+each kernel splitting its work across the threads, and the dense layers always see the whole batch: one GEMM
+each, whose weights are read once (per chunk, a 2 MB weight matrix cost 5x the GEMM's time, measured).
 
 The chunks depend on the batch size only, never on the thread count, so logits are the same bit for bit for
 any --threads. Within a chunk the kernels are the ones a whole batch uses (numba, fused passes).
@@ -15,20 +18,21 @@ CHUNK_IMAGES = 32
 
 
 def chunk_count(n):
-    """How many chunks a pass of n images is cut into (chunk sizes differ by at most one image)."""
-    return max(1, -(-n // CHUNK_IMAGES))
+    """How many chunks a pass of n > SMALL_BATCH images is cut into (sizes differ by at most one image)."""
+    return -(-n // CHUNK_IMAGES)
 
 
-def forward_chunked(forward, x, num_classes):
-    """Logits (N, num_classes) of forward(x[lo:hi]) -> (hi - lo, num_classes) over chunks of x (N, C, H, W),
-    C-contiguous; the chunks run on the kernels' worker threads. Up to SMALL_BATCH images: forward(x) as it is
-    (the numpy twins; this process may not have imported numba)."""
+def forward_chunked(forward, x, out_shape):
+    """forward(x[lo:hi]) -> (hi - lo, *out_shape) over chunks of x (N, C, H, W), C-contiguous, gathered into one
+    (N, *out_shape) array; the chunks run on the kernels' worker threads. A batch of one chunk (up to CHUNK_IMAGES
+    images): forward(x) as it is, each kernel splitting its own work across the threads (or, up to SMALL_BATCH
+    images, the numpy twins: this process may not have imported numba)."""
     from cnncli.engine import layers
 
     n = x.shape[0]
-    if n <= layers.SMALL_BATCH:
+    if n <= layers.SMALL_BATCH or chunk_count(n) == 1:
         return forward(x)
-    out = np.empty((n, num_classes), dtype=x.dtype)
+    out = np.empty((n, *out_shape), dtype=x.dtype)
 
     def chunk(lo, hi):
         layers._per_thread.slots = getattr(layers._per_thread, "kept", None) or {}

@@ -253,10 +253,15 @@ class Model:
         h = np.ascontiguousarray(x)
         if training:
             return self._layers_forward(h, True, stop)
-        return forward_chunked(self._layers_forward, h, self.num_classes)  # chunks of images, one thread each
+        # Outside training the layers before the first dense one run in chunks of images, one thread per chunk
+        # (engine.inference); the dense layers run on the whole batch, one GEMM each (their weights read once).
+        split = next((i for i, layer in enumerate(self.layers) if isinstance(layer, Dense)), len(self.layers))
+        if split > 0:
+            h = forward_chunked(lambda xs: self._layers_forward(xs, stop=split), h, self.shapes[split - 1])
+        return self._layers_forward(h, start=split)
 
-    def _layers_forward(self, h, training=False, stop=None):
-        layers, i = self.layers, 0
+    def _layers_forward(self, h, training=False, stop=None, start=0):
+        layers, i = self.layers, start
         while i < (len(layers) if stop is None else stop):
             layer, kw = layers[i], {}
             # Outside training a bn right after a conv / dense is folded into its weights (the bn is skipped).
