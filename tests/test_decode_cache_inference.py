@@ -212,3 +212,22 @@ def test_tiny_images_are_decoded_directly_and_never_stored(tmp_path, capsys):
                                  "--epochs", "1", "--size", "16"], capsys)
         assert code == 0 and "decoded 8, 0 from cache" in err, err
     assert _entries() == []
+
+
+def _used(entries):
+    return sum(max(p.stat().st_size, p.stat().st_blocks * 512) for p in entries)
+
+
+def test_eval_and_predict_keep_the_cache_under_its_size_cap(tmp_path, capsys, monkeypatch):
+    data, model = _world(tmp_path)
+    monkeypatch.setenv("CNNCLI_CACHE_SIZE", "20K")
+    first = _eval(data, model, capsys)
+    entries = _entries()
+    assert 0 < len(entries) < N_TEST and _used(entries) <= 20 * 1024
+    assert _eval(data, model, capsys) == first  # the trimmed ones decoded again, and trimmed again
+    assert _used(_entries()) <= 20 * 1024
+    for e in _entries():
+        e.unlink()
+    _predict([data / "test"], model, tmp_path, "--batch-size", "10")  # written by worker processes, trimmed here
+    entries = _entries()
+    assert 0 < len(entries) < N_TEST and _used(entries) <= 20 * 1024
