@@ -57,10 +57,9 @@ def conv2d_backward(x, w, dout, stride, padding, dx=None):
     F, _, KH, KW = w.shape
     (sh, sw), (ph, pw) = stride, padding
     OH, OW = dout.shape[2], dout.shape[3]
-    w2t = np.ascontiguousarray(w.reshape(F, C * KH * KW).T)
-    if sh == 1 and sw == 1 and _wino_fits(C, KH, KW, OH, OW, ph, pw) \
-            and (dx is None or _wino_fits(F, KH, KW, x.shape[2], x.shape[3], 2 - ph, 2 - pw)):
+    if sh == 1 and sw == 1 and _wino_fits(C, KH, KW, OH, OW, ph, pw):
         return _wino_backward(x, w, dout, ph, pw, dx)
+    w2t = np.ascontiguousarray(w.reshape(F, C * KH * KW).T)
     if sh == 1 and sw == 1:
         n_chunks = _gemm_chunks(N, C * KH * KW, (OH - 1) * (x.shape[3] + 2 * pw) + OW)
         fn, args = _wide_backward_gemm, (x, w2t, dout, KH, KW, ph, pw)

@@ -17,8 +17,8 @@ from cnncli.engine.kernels.threads import _bounds, _run
 # Each 2 x 2 output tile comes from a 4 x 4 input tile d: Y = A^T [ (G g G^T) * (B^T d B) ] A. Summed over input
 # channels, the element-wise product becomes 16 independent GEMMs, M[k] (F, tiles) = U[k] (F, C) @ V[k] (C, tiles):
 # 16 multiplies per tile per (f, c) where the direct form needs 36. The transforms are additions only (G holds
-# halves, exact in binary). The same routine gives the input gradient: a full correlation of dout with the
-# filters flipped and transposed, and the weight gradient comes through the transposed transforms. Against float64
+# halves, exact in binary). Both gradients go back through the transposed transforms: the weight gradient from
+# dM (the output tiles' gradients) and V, the input gradient from dV[k] = U[k]^T dM[k]. Against float64
 # direct convolution the float32 results differ by about 1e-6 of the output's scale (tests pin 1e-5).
 # ---------------------------------------------------------------------------------------------------------------
 
@@ -206,18 +206,69 @@ def _wino_weight_grad(dU, dw):
             dw[f, c, i, 2] = (t[i, 1] + t[i, 2]) * half + t[i, 3]
 
 
-def _wino_backward_chunk(x, dout, U_flip, ph, pw, TH, TW, need_dx, dx, dU_parts, db_parts, slot, lo, hi):
-    """Winograd weight, bias and (when need_dx) input gradients for images [lo, hi)."""
+@njit(**JIT)
+def _wino_input_grad(dV, ph, pw, TH, TW, dx, lo, hi):
+    """dx[n, c] for images [lo, hi) from dV (16, C * T) laid out as _wino_input's V: the transpose of that input
+    transform. Each 4 x 4 tile B dV B^T is added into a padded plane (tiles overlap by 2 rows and columns, added
+    in tile order), whose inside is dx; input pixels no tile reads get 0."""
+    C, H, W = dx.shape[1], dx.shape[2], dx.shape[3]
+    Hp, Wp = 2 * TH + 2, 2 * TW + 2
+    d = np.empty((Hp, Wp), dtype=dx.dtype)
+    T = (hi - lo) * TH * TW
+    for n in range(lo, hi):
+        base = (n - lo) * TH * TW
+        for c in range(C):
+            d[:, :] = 0.0
+            for ty in range(TH):
+                r0, r1, r2, r3 = d[2 * ty], d[2 * ty + 1], d[2 * ty + 2], d[2 * ty + 3]
+                for tx in range(TW):
+                    ct = c * T + base + ty * TW + tx
+                    q = 2 * tx
+                    # B v: rows v0, v1 - v2 + v3, v1 + v2 - v0, -v3 (the transpose of B^T d), per column j.
+                    p00 = dV[0, ct]; p01 = dV[1, ct]; p02 = dV[2, ct]; p03 = dV[3, ct]
+                    p10 = dV[4, ct] - dV[8, ct] + dV[12, ct]; p11 = dV[5, ct] - dV[9, ct] + dV[13, ct]
+                    p12 = dV[6, ct] - dV[10, ct] + dV[14, ct]; p13 = dV[7, ct] - dV[11, ct] + dV[15, ct]
+                    p20 = dV[4, ct] + dV[8, ct] - dV[0, ct]; p21 = dV[5, ct] + dV[9, ct] - dV[1, ct]
+                    p22 = dV[6, ct] + dV[10, ct] - dV[2, ct]; p23 = dV[7, ct] + dV[11, ct] - dV[3, ct]
+                    p30 = -dV[12, ct]; p31 = -dV[13, ct]; p32 = -dV[14, ct]; p33 = -dV[15, ct]
+                    # ... then the same combination along each row, added into the plane.
+                    r0[q] += p00; r0[q + 1] += p01 - p02 + p03; r0[q + 2] += p01 + p02 - p00; r0[q + 3] -= p03
+                    r1[q] += p10; r1[q + 1] += p11 - p12 + p13; r1[q + 2] += p11 + p12 - p10; r1[q + 3] -= p13
+                    r2[q] += p20; r2[q + 1] += p21 - p22 + p23; r2[q + 2] += p21 + p22 - p20; r2[q + 3] -= p23
+                    r3[q] += p30; r3[q + 1] += p31 - p32 + p33; r3[q + 2] += p31 + p32 - p30; r3[q + 3] -= p33
+            g = dx[n, c]
+            for y in range(H):
+                row = g[y]
+                if y + ph < Hp:
+                    src = d[y + ph]
+                    for xq in range(W):
+                        row[xq] = src[xq + pw] if xq + pw < Wp else 0.0
+                else:
+                    row[:] = 0.0
+
+
+@njit(**JIT)
+def _wino_grad_transforms(x, dout, ph, pw, TH, TW, V, dM, db, lo, hi):
+    """_wino_input of x into V and _wino_dout of dout into dM (with the bias gradient db), in one call."""
+    _wino_input(x, ph, pw, TH, TW, V, lo, hi)
+    _wino_dout(dout, TH, TW, dM, lo, hi, db)
+
+
+def _wino_backward_chunk(x, dout, Ut, ph, pw, TH, TW, need_dx, dx, dU_parts, db_parts, slot, lo, hi):
+    """Winograd weight, bias and (when need_dx) input gradients for images [lo, hi).
+
+    The input gradient goes back through the forward pass's own transforms: dV[k] = U[k]^T dM[k] (Ut holds the
+    U[k]^T), then the transpose of the input transform. It reuses dM, which the weight gradient needs anyway,
+    so it costs one GEMM and one tile pass (a full correlation with the flipped filters cost a second input
+    transform, of dout, over more tiles)."""
     T = (hi - lo) * TH * TW
     V, V3 = _planes(x.shape[1], T, x.dtype, "V")
     dM, dM3 = _planes(dout.shape[1], T, x.dtype, "dM")
-    _wino_input(x, ph, pw, TH, TW, V, lo, hi)
-    _wino_dout(dout, TH, TW, dM, lo, hi, db_parts[slot[lo]])
+    _wino_grad_transforms(x, dout, ph, pw, TH, TW, V, dM, db_parts[slot[lo]], lo, hi)
     np.matmul(dM3, V3.transpose(0, 2, 1), out=dU_parts[slot[lo]])
-    if need_dx:  # a full correlation of dout with the flipped, transposed filters
-        H, W = dx.shape[2], dx.shape[3]
-        _wino_chunk(dout, U_flip, np.zeros(dx.shape[1], dx.dtype), 2 - ph, 2 - pw, (H + 1) // 2, (W + 1) // 2,
-                    dx, False, lo, hi)
+    if need_dx:
+        np.matmul(Ut, dM3, out=V3)  # V's planes are free once dU is formed
+        _wino_input_grad(V, ph, pw, TH, TW, dx, lo, hi)
 
 
 # Winograd pays where the transformed tiles of one image stay in cache; beyond this, im2col + GEMM is faster.
@@ -255,11 +306,11 @@ def _wino_backward(x, w, dout, ph, pw, dx):
     slot = {lo: k for k, lo in enumerate(starts)}
     dU_parts = np.empty((len(starts), 16, F, C), dtype=x.dtype)
     db_parts = np.empty((len(starts), F), dtype=x.dtype)
-    U_flip = np.empty((16, C, F), dtype=x.dtype)
-    if dx is not None:
-        _wino_weights(np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)), U_flip)
+    Ut = np.empty((16, C, F), dtype=x.dtype)
+    if dx is not None:  # U[k]^T: the transforms of the filters with input and output channels swapped
+        _wino_weights(np.ascontiguousarray(w.transpose(1, 0, 2, 3)), Ut)
     dx_arg = dx if dx is not None else np.empty((1, 1, 1, 1), dtype=x.dtype)
-    _run(_wino_backward_chunk, N, x, dout, U_flip, ph, pw, TH, TW, dx is not None, dx_arg, dU_parts, db_parts, slot,
+    _run(_wino_backward_chunk, N, x, dout, Ut, ph, pw, TH, TW, dx is not None, dx_arg, dU_parts, db_parts, slot,
          n_chunks=n_chunks)
     dU, db = _sum_parts(dU_parts, db_parts)
     dw = np.empty(w.shape, dtype=x.dtype)
