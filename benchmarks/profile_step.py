@@ -5,13 +5,15 @@
     python benchmarks/profile_step.py --arch photo --size 64 [--batch 32] [--threads 1] [--stat min] ...
 
 NET is a key of nets.NETS; --arch (a preset or spec) instead profiles that network on seeded random RGB
-images of --size px (4 classes, batches of --batch). Runs the steps of Model.loss_and_grads and SGD layer by layer, as the model runs
-them (a conv and the ReLU after it are one row when the model fuses them, and so are a ReLU and the max pool
-after it in the backward pass), timing each call; prints the median (or minimum) wall and CPU (process time,
-all threads) ms per row over --steps steps after 3 warm-up steps, for the loss and the optimizer step too,
-and for the whole step. On a busy machine the CPU column with --threads 1 and --stat min is the steadiest
-figure; wall time is what a user waits. --cnncli-path measures another checkout (an older one runs its
-layers one by one, as it did).
+images of --size px (4 classes, batches of --batch). Runs the steps of Model.loss_and_grads and SGD layer by
+layer, as the model runs them (a conv, its ReLU and a pool2 after them are one row each way when the model
+runs them as one parallel region; a conv or bn and the ReLU after it are one row when the model fuses them,
+and so are a ReLU and the max pool after it in the backward pass), timing each call; prints the median (or
+minimum) wall and CPU (process time, all threads) ms per row over --steps steps after 3 warm-up steps, for
+the loss and the optimizer step too, and for the whole step, and the threads' voluntary context switches per
+step (hand-offs between threads, a figure that load does not inflate). On a busy machine the CPU column with
+--threads 1 and --stat min is the steadiest figure; wall time is what a user waits. --cnncli-path measures
+another checkout (an older one runs its layers one by one, as it did).
 """
 
 import argparse
@@ -47,11 +49,16 @@ def _bn_relu():
     return (BatchNorm,) if "relu" in inspect.signature(BatchNorm.forward).parameters else ()
 
 
+def _pool2(layers, i):
+    return 0 <= i < len(layers) and layers[i].token == "pool2"
+
+
 def profile(model, opt, x, y, steps):
     """{row name: [(wall ms, CPU ms) per step]}, with a row for the whole step."""
     layers = model.layers
     fuses = hasattr(Activation, "fused")  # checkouts before the training fusion run every layer on its own
     fusing = (Conv,) + _bn_relu()
+    regions = hasattr(Conv, "forward_pooled")  # conv + ReLU + pool2 in one parallel region (and back)
     rows = {}
 
     def rec(name, t0, c0=None):
@@ -62,7 +69,11 @@ def profile(model, opt, x, y, steps):
         h, i = x, 0
         while i < len(layers):
             t0, c0 = time.perf_counter(), time.process_time()
-            if fuses and isinstance(layers[i], fusing) and _relu(layers, i + 1):
+            if regions and isinstance(layers[i], Conv) and _relu(layers, i + 1) and _pool2(layers, i + 2):
+                h = layers[i].forward_pooled(h, layers[i + 1], layers[i + 2])
+                rec(f"{i:2d} {layers[i].token}+relu+pool2 fwd", t0, c0)
+                i += 3
+            elif fuses and isinstance(layers[i], fusing) and _relu(layers, i + 1):
                 h = layers[i + 1].fused(layers[i].forward(h, True, relu=True))
                 rec(f"{i:2d} {layers[i].token}+relu fwd", t0, c0)
                 i += 2
@@ -77,7 +88,11 @@ def profile(model, opt, x, y, steps):
         i = len(layers) - 1
         while i >= 0:
             t0, c0 = time.perf_counter(), time.process_time()
-            if fuses and isinstance(layers[i], MaxPool) and _relu(layers, i - 1):
+            if regions and _pool2(layers, i) and _relu(layers, i - 1) and i >= 2 and isinstance(layers[i - 2], Conv):
+                d = layers[i - 2].backward_pooled(d, layers[i], need_dx=i > 2)
+                rec(f"{i - 2:2d} pool2+relu+{layers[i - 2].token} bwd", t0, c0)
+                i -= 3
+            elif fuses and isinstance(layers[i], MaxPool) and _relu(layers, i - 1):
                 d = layers[i].backward(d, relu=True)
                 rec(f"{i - 1:2d} relu+{layers[i].token} bwd", t0, c0)
                 i -= 2
@@ -90,6 +105,19 @@ def profile(model, opt, x, y, steps):
         rec("   sgd step", t0, c1)
         rec("   whole step", step_wall, step_cpu)
     return rows
+
+
+def voluntary_switches():
+    """Voluntary context switches of all this process's threads so far (Linux; None elsewhere): each one is a
+    thread that blocked (a worker waiting for a chunk, a thread waiting for the GIL or for the others to end)."""
+    total = 0
+    try:
+        for task in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{task}/status") as f:
+                total += sum(int(line.split()[1]) for line in f if line.startswith("voluntary_ctxt_switches"))
+    except OSError:
+        return None
+    return total
 
 
 def main():
@@ -115,7 +143,9 @@ def main():
         x, y, source = data(args.net, bs)
     model, opt = Model(spec, shape, classes, seed=0), SGD(momentum=0.9)
     profile(model, opt, x, y, 3)
+    switches = voluntary_switches()
     rows = profile(model, opt, x, y, args.steps)
+    after = voluntary_switches()
     stat = statistics.median if args.stat == "median" else min
     total = stat([w for w, _ in rows["   whole step"]])
     total_cpu = stat([c for _, c in rows["   whole step"]])
@@ -127,6 +157,8 @@ def main():
         ms, cpu = stat([w for w, _ in v]), stat([c for _, c in v])
         print(f"{name:<28} {ms:8.2f} {cpu:8.2f} {100 * cpu / total_cpu:8.1f}%")
     print(f"throughput {bs / total * 1e3:,.0f} img/s wall, {bs / total_cpu * 1e3:,.0f} img/s per CPU second")
+    if switches is not None and after is not None:
+        print(f"voluntary context switches per step (all threads): {(after - switches) / args.steps:.1f}")
 
 
 if __name__ == "__main__":

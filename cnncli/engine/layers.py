@@ -161,6 +161,28 @@ class Conv(Layer):
         self.grads = {"weight": dw, "bias": db}
         return dx
 
+    def forward_pooled(self, x, relu, pool):
+        """Training: this conv, the ReLU layer `relu` after it and `pool` (a pool2 MaxPool) after that, in one
+        parallel region (kernels.regions); each layer keeps what its backward needs. Returns the pooled map."""
+        _, oh, ow = self.output_shape(x.shape[1:])
+        out = _take(self._fwd_slot, (x.shape[0], self.filters, oh, ow), x.dtype)
+        pooled, argmax = pool.outputs_for(out)
+        _numba().conv2d_relu_maxpool2(x, self.params["weight"], self.params["bias"], self.stride, self.padding,
+                                      out, pooled, argmax)
+        self.x = x
+        relu.fused(out)
+        return pooled
+
+    def backward_pooled(self, dy, pool, need_dx=True):
+        """The backward pass of forward_pooled, in one parallel region: dy is the gradient at pool's output;
+        returns the gradient at this conv's input (None unless need_dx)."""
+        dconv = _take(pool._bwd_slot, pool.in_shape, dy.dtype)
+        dx = _take(self._bwd_slot, self.x.shape, self.x.dtype) if need_dx else None
+        dw, db = _numba().maxpool2_relu_conv2d_backward(np.ascontiguousarray(dy), pool.argmax, pool.out, self.x,
+                                                         self.params["weight"], self.stride, self.padding, dconv, dx)
+        self.grads = {"weight": dw, "bias": db}
+        return dx
+
 
 class MaxPool(Layer):
     """Max pooling over KH x KW windows; stride defaults to the window size."""
@@ -186,13 +208,18 @@ class MaxPool(Layer):
         return (c, oh, ow)
 
     def forward(self, x, training=False):
-        _, oh, ow = self.output_shape(x.shape[1:])
-        out = _take(self._fwd_slot, (x.shape[0], x.shape[1], oh, ow), x.dtype)
-        # The indices of the maxima, kept in inference too: `cnncli show` traces gradients through them.
-        self.argmax = _take(self._arg_slot, out.shape, np.dtype(np.int32))
-        _forward_kernels(x, training).maxpool_forward(x, self.size, self.stride, self.padding, out, self.argmax)
-        self.in_shape, self.out = x.shape, out
+        out, argmax = self.outputs_for(x)
+        _forward_kernels(x, training).maxpool_forward(x, self.size, self.stride, self.padding, out, argmax)
         return out
+
+    def outputs_for(self, x):
+        """(output, argmax) buffers for pooling x (N, C, H, W), kept (with x's shape) for backward."""
+        _, oh, ow = self.output_shape(x.shape[1:])
+        self.out = _take(self._fwd_slot, (x.shape[0], x.shape[1], oh, ow), x.dtype)
+        # The indices of the maxima, kept in inference too: `cnncli show` traces gradients through them.
+        self.argmax = _take(self._arg_slot, self.out.shape, np.dtype(np.int32))
+        self.in_shape = x.shape
+        return self.out, self.argmax
 
     def backward(self, dy, need_dx=True, relu=False):
         """relu=True: the input was a ReLU's output, and dx is the gradient through that ReLU too (one pass)."""

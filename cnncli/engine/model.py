@@ -270,13 +270,15 @@ class Model:
                 kw["params"] = layers[i + 1].fold(layer.params)
                 i += 1
             # A conv or bn followed by ReLU runs as one fused pass; the ReLU layer only keeps the output for backward.
-            # Outside training a 2 x 2 stride-2 max pooling ("pool2") after a conv's ReLU joins it (kernels.fused).
+            # A 2 x 2 stride-2 max pooling ("pool2") after a conv's ReLU joins it: one pass outside training
+            # (kernels.fused), one parallel region in training (kernels.regions; backward likewise).
             if isinstance(layer, (Conv, BatchNorm)) and _is_relu(layers, i + 1):
-                pool2 = (isinstance(layer, Conv) and not training and i + 2 < len(layers)
+                pool2 = (isinstance(layer, Conv) and i + 2 < (len(layers) if stop is None else stop)
                          and layers[i + 2].token == "pool2")
-                if pool2:
-                    kw["pool2"] = True
-                h = layer.forward(h, training, relu=True, **kw)
+                if training and pool2:
+                    h = layer.forward_pooled(h, layers[i + 1], layers[i + 2])
+                else:
+                    h = layer.forward(h, training, relu=True, **kw, **({"pool2": True} if pool2 else {}))
                 h = h if pool2 else layers[i + 1].fused(h)
                 i += 3 if pool2 else 2
             else:
@@ -290,13 +292,15 @@ class Model:
         d = dlogits.reshape(dlogits.shape[0], self.num_classes, 1, 1)
         i = len(self.layers) - 1
         while i >= stop:
-            # Max pooling after a ReLU: one pass gives the gradient through both (the same values bit for bit).
+            # Max pooling after a ReLU: one pass gives the gradient through both (the same values bit for bit),
+            # one parallel region with a conv before them (pool2, as in forward).
             if isinstance(self.layers[i], MaxPool) and _is_relu(self.layers, i - 1):
-                d = self.layers[i].backward(d, relu=True)
-                i -= 2
+                if self.layers[i].token == "pool2" and i - 2 >= stop and isinstance(self.layers[i - 2], Conv):
+                    d, i = self.layers[i - 2].backward_pooled(d, self.layers[i], need_dx=i > 2), i - 3
+                else:
+                    d, i = self.layers[i].backward(d, relu=True), i - 2
             else:
-                d = self.layers[i].backward(d, need_dx=i > 0)
-                i -= 1
+                d, i = self.layers[i].backward(d, need_dx=i > 0), i - 1
 
     def loss_and_grads(self, x, labels, class_weights=None, micro_batch=None):
         """Forward and backward on a batch x (N, C, H, W) with labels (N,); returns (mean loss, logits (N, K)).

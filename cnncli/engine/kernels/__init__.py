@@ -41,9 +41,11 @@ from cnncli.engine.kernels.norm import (bn_backward, bn_grad_apply, bn_grad_sums
                                        bn_statistics, bn_sums, bn_train_forward, channel_affine, gap_backward,
                                        gap_forward)
 from cnncli.engine.kernels.pooling import maxpool_backward, maxpool_forward
+from cnncli.engine.kernels.regions import conv2d_relu_maxpool2, maxpool2_relu_conv2d_backward
 from cnncli.engine.kernels.threads import get_threads, run_whole, set_threads
 
 __all__ = ["activation_backward", "activation_forward", "bn_backward", "bn_grad_apply", "bn_grad_sums", "bn_normalize",
            "bn_shift", "bn_statistics", "bn_sums", "bn_train_forward", "channel_affine",
-           "conv2d_backward", "conv2d_forward", "conv2d_relu_pool2", "gap_backward", "gap_forward", "get_threads",
-           "maxpool_backward", "maxpool_forward", "run_whole", "set_threads"]
+           "conv2d_backward", "conv2d_forward", "conv2d_relu_maxpool2", "conv2d_relu_pool2", "gap_backward",
+           "gap_forward", "get_threads", "maxpool2_relu_conv2d_backward", "maxpool_backward", "maxpool_forward",
+           "run_whole", "set_threads"]

@@ -9,7 +9,7 @@ from cnncli.engine.kernels.sums import _sum_parts
 from cnncli.engine.kernels.threads import _bounds, _run, get_threads
 from cnncli.engine.kernels.wide import (_wide_backward_gemm, _wide_forward_direct,
                                         _wide_forward_gemm)
-from cnncli.engine.kernels.winograd import _wino_backward, _wino_fits, _wino_plan
+from cnncli.engine.kernels.winograd import _wino_backward_plan, _wino_fits, _wino_plan
 
 
 def _gemm_chunks(n_images, k_rows, cols_per_image):
@@ -26,21 +26,26 @@ def conv2d_forward(x, w, b, stride, padding, out, relu=False):
     model fuses a conv with the ReLU after it, in training and inference: no second pass over memory).
     """
     _check_conv(x, w, b, stride, padding, out, "out")
+    fn, total, args, n_chunks = _forward_plan(x, w, b, stride, padding, out, relu)
+    _run(fn, total, *args, n_chunks=n_chunks)
+
+
+def _forward_plan(x, w, b, stride, padding, out, relu):
+    """(chunk function, item count, arguments, chunk count) of conv2d_forward's path for these (checked) arrays.
+    Items are images, or (image, filter) pairs on the direct path: item count // N per image."""
     N, C = x.shape[:2]
     F, _, KH, KW = w.shape
     (sh, sw), (ph, pw) = stride, padding
     OH, OW = out.shape[2], out.shape[3]
     if sh == 1 and sw == 1 and _wino_fits(C, KH, KW, OH, OW, ph, pw):
-        fn, total, args, n_chunks = _wino_plan(x, w, b, ph, pw, out, relu)
-    elif sh == 1 and sw == 1 and C <= 3:
-        fn, total, args, n_chunks = _wide_forward_direct, N * F, (x, w, b, ph, pw, out, relu), 2 * get_threads()
-    elif sh == 1 and sw == 1:
-        fn, total, args = _wide_forward_gemm, N, (x, w.reshape(F, C * KH * KW), b, KH, KW, ph, pw, out, relu)
+        return _wino_plan(x, w, b, ph, pw, out, relu)
+    if sh == 1 and sw == 1 and C <= 3:
+        return _wide_forward_direct, N * F, (x, w, b, ph, pw, out, relu), 2 * get_threads()
+    if sh == 1 and sw == 1:
         n_chunks = _gemm_chunks(N, C * KH * KW, (OH - 1) * (x.shape[3] + 2 * pw) + OW)
-    else:
-        fn, total, n_chunks = _conv_gemm_chunk, N, CHUNKS
-        args = (x, w.reshape(F, C * KH * KW), b, sh, sw, ph, pw, KH, KW, out.reshape(N, F, OH * OW), OH, OW, relu)
-    _run(fn, total, *args, n_chunks=n_chunks)
+        return _wide_forward_gemm, N, (x, w.reshape(F, C * KH * KW), b, KH, KW, ph, pw, out, relu), n_chunks
+    args = (x, w.reshape(F, C * KH * KW), b, sh, sw, ph, pw, KH, KW, out.reshape(N, F, OH * OW), OH, OW, relu)
+    return _conv_gemm_chunk, N, args, CHUNKS
 
 
 def conv2d_backward(x, w, dout, stride, padding, dx=None):
@@ -53,12 +58,20 @@ def conv2d_backward(x, w, dout, stride, padding, dx=None):
     _check_conv(x, w, None, stride, padding, dout, "dout")
     if dx is not None:
         _expect("dx", dx, x.shape, x.dtype)
+    fn, args, n_chunks, finish = _backward_plan(x, w, dout, stride, padding, dx)
+    _run(fn, x.shape[0], *args, n_chunks=n_chunks)
+    return finish()
+
+
+def _backward_plan(x, w, dout, stride, padding, dx):
+    """(chunk function over images, its arguments, chunk count from the shapes only, finish) of
+    conv2d_backward for these (checked) arrays; after the chunks have run, finish() returns (dw, db)."""
     N, C = x.shape[:2]
     F, _, KH, KW = w.shape
     (sh, sw), (ph, pw) = stride, padding
     OH, OW = dout.shape[2], dout.shape[3]
     if sh == 1 and sw == 1 and _wino_fits(C, KH, KW, OH, OW, ph, pw):
-        return _wino_backward(x, w, dout, ph, pw, dx)
+        return _wino_backward_plan(x, w, dout, ph, pw, dx)
     w2t = np.ascontiguousarray(w.reshape(F, C * KH * KW).T)
     if sh == 1 and sw == 1:
         n_chunks = _gemm_chunks(N, C * KH * KW, (OH - 1) * (x.shape[3] + 2 * pw) + OW)
@@ -71,6 +84,9 @@ def conv2d_backward(x, w, dout, stride, padding, dx=None):
     dw_parts = np.empty((len(starts), F, C * KH * KW), dtype=x.dtype)
     db_parts = np.empty((len(starts), F), dtype=x.dtype)
     dx_arg = dx if dx is not None else np.empty((1, 1, 1, 1), dtype=x.dtype)
-    _run(fn, N, *args, dx is not None, dx_arg, dw_parts, db_parts, slot, n_chunks=n_chunks)
-    dw, db = _sum_parts(dw_parts, db_parts)
-    return dw.reshape(w.shape), db
+
+    def finish():
+        dw, db = _sum_parts(dw_parts, db_parts)
+        return dw.reshape(w.shape), db
+
+    return fn, (*args, dx is not None, dx_arg, dw_parts, db_parts, slot), n_chunks, finish

@@ -8,7 +8,7 @@ from numba import njit
 from cnncli.config import CHUNKS, JIT
 from cnncli.engine.kernels.elementwise import _relu_if
 from cnncli.engine.kernels.sums import _sum_parts
-from cnncli.engine.kernels.threads import _bounds, _run
+from cnncli.engine.kernels.threads import _bounds
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -295,8 +295,9 @@ def _wino_plan(x, w, b, ph, pw, out, relu=False):
             max(1, min(N, -(-N * per_image // _WINO_CHUNK_BYTES))))
 
 
-def _wino_backward(x, w, dout, ph, pw, dx):
-    """conv2d_backward through Winograd F(2x2, 3x3): dU[k] = sum over tiles of dM[k] V[k]^T, dw = G^T dU G."""
+def _wino_backward_plan(x, w, dout, ph, pw, dx):
+    """conv2d_backward through Winograd F(2x2, 3x3), as (chunk function, arguments, chunk count, finish): the
+    chunks write partial dU and db; finish() adds them in chunk order and returns (dw = G^T dU G, db)."""
     N, C = x.shape[:2]
     F = w.shape[0]
     TH, TW = (dout.shape[2] + 1) // 2, (dout.shape[3] + 1) // 2
@@ -310,9 +311,12 @@ def _wino_backward(x, w, dout, ph, pw, dx):
     if dx is not None:  # U[k]^T: the transforms of the filters with input and output channels swapped
         _wino_weights(np.ascontiguousarray(w.transpose(1, 0, 2, 3)), Ut)
     dx_arg = dx if dx is not None else np.empty((1, 1, 1, 1), dtype=x.dtype)
-    _run(_wino_backward_chunk, N, x, dout, Ut, ph, pw, TH, TW, dx is not None, dx_arg, dU_parts, db_parts, slot,
-         n_chunks=n_chunks)
-    dU, db = _sum_parts(dU_parts, db_parts)
-    dw = np.empty(w.shape, dtype=x.dtype)
-    _wino_weight_grad(dU, dw)
-    return dw, db
+
+    def finish():
+        dU, db = _sum_parts(dU_parts, db_parts)
+        dw = np.empty(w.shape, dtype=x.dtype)
+        _wino_weight_grad(dU, dw)
+        return dw, db
+
+    args = (x, dout, Ut, ph, pw, TH, TW, dx is not None, dx_arg, dU_parts, db_parts, slot)
+    return _wino_backward_chunk, args, n_chunks, finish
