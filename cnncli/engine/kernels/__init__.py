@@ -29,7 +29,8 @@ Design, from measurements on a 2-core machine:
 
 One module per job: `threads` (the worker pool and chunking), `checks` (argument checks), `sums` (fixed-order
 sums), `conv` (the public convolutions, choosing among `winograd`, `wide` and `im2col`), `fused` (inference:
-convolution + bias + ReLU + 2 x 2 max pooling in one pass), `pooling` (max pooling), `norm` (batch
+convolution + bias + ReLU + 2 x 2 max pooling in one pass), `regions` (training: a convolution, its ReLU and
+a 2 x 2 max pooling in one parallel region, forward and backward), `pooling` (max pooling), `norm` (batch
 normalisation and global average pooling) and `elementwise` (activations). No module outside this package
 imports numba.
 """
