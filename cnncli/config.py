@@ -11,16 +11,17 @@ import os
 import sys
 from pathlib import Path
 
-# JIT flags for every kernel. fastmath stays off. Its "contract" part (fused multiply-add) would keep results
-# reproducible too (the same on every run and for any thread count, only different from non-FMA code), but no
-# kernel has been measured to gain from it yet (the fused inference kernels were measured with it: no gain, and
-# without it they give the unfused kernels' results bit for bit).
+# JIT flags for every kernel. fastmath stays off (SUM_JIT below allows reassociation for long sums only). Its
+# "contract" part (fused multiply-add) would keep results reproducible too (the same on every run and for any
+# thread count, only different from non-FMA code), but no kernel has been measured to gain from it yet (the fused
+# inference kernels were measured with it: no gain, and without it they give the unfused kernels' results bit for
+# bit).
 JIT = {"cache": True, "nogil": True, "fastmath": False}
 
 # Long sums over one map (batch norm's statistics and gradient sums, global average pooling): the same, plus
-# reassociation, which lets LLVM keep vector accumulators (4-5x faster than a scalar chain, measured). The order it
-# picks is fixed by the compiled code, so a map's sum is the same on every run, for any thread count and any split
-# of the batch; it may differ between CPUs with other vector widths.
+# reassociation, which lets LLVM keep vector accumulators (2-4x faster than a scalar chain on the photo preset's
+# maps, measured). The order it picks is fixed by the compiled code, so a map's sum is the same on every run, for
+# any thread count and any split of the batch; it may differ between CPUs with other vector widths.
 SUM_JIT = {**JIT, "fastmath": {"reassoc"}}
 
 # How many chunks a batch is split into (at least) where chunks' partial results are added together: the split
