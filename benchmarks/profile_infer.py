@@ -55,11 +55,10 @@ def main():
     whole = _timed(rows, "   whole pass", model.predict_proba)
     for _ in range(args.passes):
         whole(x, batch_size=bs)
-    per_pass = len(rows[next(iter(rows))]) // args.passes  # a pass runs each layer once per chunk of images
-    for name, v in rows.items():
-        if name != "   whole pass":
-            rows[name] = [tuple(sum(c[k] for c in v[p * per_pass:(p + 1) * per_pass]) for k in (0, 1))
-                          for p in range(args.passes)]
+    for name, v in rows.items():  # a pass runs a layer once per chunk of images, or once (dense layers)
+        per_pass = len(v) // args.passes
+        rows[name] = [tuple(sum(c[k] for c in v[p * per_pass:(p + 1) * per_pass]) for k in (0, 1))
+                      for p in range(args.passes)]
     total_cpu = statistics.median(c for _, c in rows["   whole pass"])
     total = statistics.median(w for w, _ in rows["   whole pass"])
     if args.json:

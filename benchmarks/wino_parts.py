@@ -4,9 +4,9 @@
 
 For the Winograd layers of the benchmark nets (M1's second convolution: 13 x 13 x 16 -> 32 filters, batch 256;
 the default preset's second and third at 64 px: 32 x 32 x 32 and 16 x 16 x 64 -> 64 filters, batch 32), one
-thread, random data: the input transform (tile-wise, as training uses it, and row-wise, what the fused pass uses
-for 8 or more tiles per row), the 16 GEMMs, the pooled output transform, each timed on one chunk of images as the
-pass cuts it and scaled to the whole batch, and the whole fused call for comparison (its difference from the
+thread, random data: the input transform, the 16 GEMMs and the pooled output transform, each timed on one
+Winograd chunk of images as the pass cuts it (in the thread's own scratch planes, whose stride avoids cache-set
+aliasing: timings into a plain (16, C * T) array can be several times slower) and scaled to the whole batch, and the whole fused call for comparison (its difference from the
 stages' sum is the per-chunk overhead). CPU (process) time, median of --reps calls; the load average is printed.
 """
 
@@ -56,8 +56,7 @@ def main():
         M, M3 = winograd._planes(f, T, x.dtype, "M")
         scale = n / per
         rows = {
-            "input transform, tile-wise": lambda: winograd._wino_input(x, pad, pad, th, th, V, 0, per),
-            "input transform, row-wise": lambda: fused._wino_input_rows(x, pad, pad, th, th, V, 0, per),
+            "input transform": lambda: winograd._wino_input(x, pad, pad, th, th, V, 0, per),
             "16 GEMMs": lambda: np.matmul(U, V3, out=M3),
             "pooled output transform": lambda: fused._wino_pool_output(M, b, th, th, out, 0, per),
         }

@@ -1,8 +1,9 @@
 """Inference only: convolution + bias + ReLU + 2 x 2 max pooling (stride 2) in one pass per image.
 
 The convolution's output map never goes through memory: each (image, filter) map is computed into a small
-buffer that stays in L1 (direct path) or each Winograd output tile is pooled as soon as it is formed (an F(2x2,
-3x3) output tile is exactly one 2 x 2 pooling window), and only the pooled values are written. ReLU and pooling
+buffer that stays in L1 (direct path) or each Winograd output tile is pooled in the output transform (an F(2x2,
+3x3) output tile is exactly one 2 x 2 pooling window; one vectorized loop per filter over a chunk's tiles), and
+only the pooled values are written. ReLU and pooling
 fold into one running maximum that starts at 0: max(0, v0, v1, v2, v3) over the window, NaNs never win, which
 is what ReLU (NaN -> 0) followed by max pooling gives.
 
@@ -26,7 +27,7 @@ from cnncli.engine.kernels.conv import conv2d_forward
 from cnncli.engine.kernels.pooling import maxpool_forward
 from cnncli.engine.kernels.threads import _run, get_threads
 from cnncli.engine.kernels.wide import _pad_image
-from cnncli.engine.kernels.winograd import _WINO_CHUNK_BYTES, _planes, _wino_fits, _wino_products, _wino_weights
+from cnncli.engine.kernels.winograd import _WINO_CHUNK_BYTES, _wino_fits, _wino_products, _wino_weights
 
 
 @njit(**JIT)
@@ -172,64 +173,9 @@ def _wino_pool_output(M, b, TH, TW, out, lo, hi):
                 o[q] = r[q]
 
 
-@njit(**JIT)
-def _wino_input_rows(x, ph, pw, TH, TW, V, lo, hi):
-    """V as winograd._wino_input writes it (the same values bit for bit), for wide maps: per row of tiles, B^T's
-    row combinations once over the padded width (neighbouring tiles share two columns), kept as even and odd
-    columns, so that the column combinations are unit-stride loops LLVM vectorizes. Measured 1.2-2.2x faster
-    for 8-16 tiles per row, 3x slower for M1's 5 (the short loops' set-up dominates)."""
-    C, H, W = x.shape[1], x.shape[2], x.shape[3]
-    Hp, Wp = 2 * TH + 2, 2 * TW + 2
-    d = np.zeros((Hp, Wp), dtype=x.dtype)
-    R = np.empty((4, 2, TW + 1), dtype=x.dtype)  # (row combination, even / odd column, column pair)
-    T = (hi - lo) * TH * TW
-    y_hi, x_hi = min(H, Hp - ph), min(W, Wp - pw)
-    for n in range(lo, hi):
-        base = (n - lo) * TH * TW
-        for c in range(C):
-            img = x[n, c]
-            for y in range(y_hi):
-                row = d[y + ph, pw:]
-                irow = img[y]
-                for q in range(x_hi):
-                    row[q] = irow[q]
-            for ty in range(TH):
-                r0, r1, r2, r3 = d[2 * ty], d[2 * ty + 1], d[2 * ty + 2], d[2 * ty + 3]
-                for p in range(2):
-                    a, b_, e, h = R[0, p], R[1, p], R[2, p], R[3, p]
-                    for j in range(TW + 1):
-                        q = 2 * j + p
-                        a[j] = r0[q] - r2[q]
-                        b_[j] = r1[q] + r2[q]
-                        e[j] = r2[q] - r1[q]
-                        h[j] = r1[q] - r3[q]
-                ct = c * T + base + ty * TW
-                for g in range(4):
-                    ev, od = R[g, 0], R[g, 1]
-                    ev1 = ev[1:]
-                    od1 = od[1:]
-                    v0, v1, v2, v3 = V[4 * g, ct:], V[4 * g + 1, ct:], V[4 * g + 2, ct:], V[4 * g + 3, ct:]
-                    for tx in range(TW):
-                        v0[tx] = ev[tx] - ev1[tx]
-                        v1[tx] = od[tx] + ev1[tx]
-                        v2[tx] = ev1[tx] - od[tx]
-                        v3[tx] = od[tx] - od1[tx]
-
-
-_WIDE_TILE_ROW = 8  # tiles per row from which _wino_input_rows is the faster input transform
-
-
 def _wino_pool_chunk(x, U, b, ph, pw, TH, TW, out, lo, hi):
     """Winograd convolution + bias + ReLU + 2 x 2 pooling of images [lo, hi) of x into out (pooled shape)."""
-    if TW < _WIDE_TILE_ROW:
-        M = _wino_products(x, U, ph, pw, TH, TW, lo, hi)
-    else:  # winograd._wino_products with the wide-map input transform
-        T = (hi - lo) * TH * TW
-        V, V3 = _planes(x.shape[1], T, x.dtype, "V")
-        M, M3 = _planes(U.shape[1], T, x.dtype, "M")
-        _wino_input_rows(x, ph, pw, TH, TW, V, lo, hi)
-        np.matmul(U, V3, out=M3)
-    _wino_pool_output(M, b, TH, TW, out, lo, hi)
+    _wino_pool_output(_wino_products(x, U, ph, pw, TH, TW, lo, hi), b, TH, TW, out, lo, hi)
 
 
 def conv2d_relu_pool2(x, w, b, stride, padding, out):
