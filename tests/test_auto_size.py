@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cnncli.commands import train_budget
+from cnncli.commands import train_auto, train_budget
 from cnncli.store import modelfile
 from robust_helpers import run_main
 
@@ -23,7 +23,8 @@ def _photos(root, n, size):
     return root
 
 
-def test_a_photo_folder_gets_a_size_above_64_and_says_why(tmp_path, capsys):
+def test_a_photo_folder_gets_a_size_above_64_and_says_why(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(train_auto, "SMALL_FOLDER", 8)  # 8 images count as large: a small one gets 64 px
     data = _photos(tmp_path / "photos", 8, (200, 150))  # median shorter side 150: 128 is the largest step
     out = tmp_path / "m.safetensors"
     code, _, err = run_main(["train", data, "-o", out, "--arch", "tiny", "--epochs", "1", "--val-split", "0"],

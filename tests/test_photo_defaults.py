@@ -72,6 +72,21 @@ def test_typed_options_win(tmp_path, capsys, typed, stored, automatic):
     assert (tmp_path / "m.split.json").exists() == ("--val-split" in typed)
 
 
+def test_a_small_colour_photo_folder_gets_64_px_and_a_large_one_the_size_rule(tmp_path, capsys, monkeypatch):
+    data = _folder(tmp_path / "photos", shape=(200, 150))  # median 150: the size rule would give 128 px
+    fast = ["--arch", "tiny", "--epochs", "1", "--batch-size", "4"]
+    code, _, err = run_main(["train", data, "-o", tmp_path / "s.safetensors", *fast], capsys)
+    assert code == 0, err
+    meta = weights.load(tmp_path / "s.safetensors")[1]
+    assert meta["input"]["height"] == 64 and meta["train"]["automatic"][0] == "--size 64"
+    assert "auto size 64 px for a small colour photo folder (12 training images, under 1,000)" in err
+    monkeypatch.setattr(train_auto, "SMALL_FOLDER", 12)
+    code, _, err = run_main(["train", data, "-o", tmp_path / "l.safetensors", *fast], capsys)
+    assert code == 0, err
+    meta = weights.load(tmp_path / "l.safetensors")[1]
+    assert meta["input"]["height"] == 128 and meta["train"]["automatic"] == ["--resize squash"]
+
+
 def test_a_large_colour_folder_gets_squash_only(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(train_auto, "SMALL_FOLDER", 12)  # 12 images are not under it
     data = _folder(tmp_path / "photos")
