@@ -70,6 +70,8 @@ def test_typed_options_win(tmp_path, capsys, typed, stored, automatic):
     assert (meta["preprocess"]["resize"], meta["train"]["augment"]) == stored
     assert meta["train"]["automatic"] == automatic
     assert (tmp_path / "m.split.json").exists() == ("--val-split" in typed)
+    code, text, _ = run_main(["info", tmp_path / "m.safetensors"], capsys)  # two choices, two classes: no names
+    assert code == 0 and f"chosen automatically: {', '.join(automatic)}\n" in text
 
 
 def test_a_small_colour_photo_folder_gets_64_px_and_a_large_one_the_size_rule(tmp_path, capsys, monkeypatch):

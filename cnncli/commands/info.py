@@ -20,6 +20,8 @@ _TRAIN_LABELS = {
     "cnncli_version": "cnncli version",
 }
 
+_NOT_PER_CLASS = {"automatic"}  # lists that are not one value per class, even when as long as the classes
+
 
 def describe(path):
     """The document `cnncli info --json` prints for the weight file at path (loaded and validated first)."""
@@ -65,5 +67,6 @@ def format_text(doc):
     if train:
         keys = [k for k in _TRAIN_LABELS if k in train] + sorted(k for k in train if k not in _TRAIN_LABELS)
         out.append("training:")
-        out += [f"  {_TRAIN_LABELS.get(k, one_line(k))}: {_show(train[k], classes)}" for k in keys]
+        out += [f"  {_TRAIN_LABELS.get(k, one_line(k))}: {_show(train[k], None if k in _NOT_PER_CLASS else classes)}"
+                for k in keys]
     return "\n".join(out) + "\n"
