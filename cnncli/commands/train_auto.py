@@ -74,11 +74,11 @@ def choose(opts, given, ds, report):
                      "in a fraction of their time; --size sets it")
     if "resize" not in given:
         changes["resize"] = "squash"
-        lines.append(f"auto resize squash for {what}: the whole image, not its centre, measured better; "
-                     "--resize sets it")
+        lines.append(f"auto resize squash for {what}: the whole photo, not only its centre; --resize sets it")
     if small and "augment" not in given:
         changes["augment"] = "light"
-        lines.append(f"auto augment light for {small_what}: flips and shifts measured better; --augment sets it")
+        lines.append(f"auto augment light for {small_what}: flips and shifts against overfitting few images; "
+                     "--augment sets it")
     if small and "val_split" not in given and not ds.val and opts.val_split > 0:
         changes["val_split"] = 0.0
         lines.append(f"auto validation: none held out for {small_what}, so every image trains and every epoch "
