@@ -1,5 +1,5 @@
 """--augment none|light|photo (seeded, bit-reproducible; bare --augment still means light; none by default,
-light for small colour photo folders: commands/train_auto.py) and predict/eval --tta, through the real command."""
+photo for small colour photo folders: commands/train_auto.py) and predict/eval --tta, through the real command."""
 
 import json
 
@@ -54,7 +54,7 @@ def test_same_seed_gives_identical_weights_with_photo_augmentation(tmp_path, cap
 @pytest.mark.parametrize("args, size, mode, stored", [
     (["--augment"], 16, "L", "light"),  # the old plain flag keeps working and means the old augmentation
     (["--augment", "--seed", "1"], 16, "L", "light"),  # also when another option follows it
-    ([], 64, "RGB", "light"),  # on for a small folder of colour photos (commands/train_auto.py)
+    ([], 64, "RGB", "photo"),  # on for a small folder of colour photos (commands/train_auto.py)
     ([], 32, "RGB", "none"),  # off by default for smaller colour images
     ([], 16, "L", "none"),  # and small gray data
 ])

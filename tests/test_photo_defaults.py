@@ -1,5 +1,5 @@
 """Automatic defaults for colour photo folders (commands/train_auto.py, README "Training" and "Real photos"):
-squash, light augmentation and no hold-out for a small folder of colour images of 64 px or more, each said in
+64 px, squash, photo augmentation and no hold-out for a small folder of colour images of 64 px or more, each said in
 an info line and recorded in the weight file; typed options win; gray data trains bit for bit as before."""
 
 import json
@@ -41,27 +41,27 @@ def _train(capsys, data, out, *args):
     return weights.load(out), err
 
 
-def test_a_small_colour_photo_folder_gets_squash_light_and_no_hold_out(tmp_path, capsys):
+def test_a_small_colour_photo_folder_gets_squash_photo_augmentation_and_no_hold_out(tmp_path, capsys):
     data = _folder(tmp_path / "photos")
     out = tmp_path / "m.safetensors"
     (_, meta), err = _train(capsys, data, out)
     assert meta["preprocess"]["resize"] == "whole-image-squashed"
-    assert meta["train"]["augment"] == "light"
-    assert meta["train"]["automatic"] == ["--resize squash", "--augment light", "--val-split 0"]
+    assert meta["train"]["augment"] == "photo"
+    assert meta["train"]["automatic"] == ["--resize squash", "--augment photo", "--val-split 0"]
     assert meta["train"]["images"] == 12 and meta["train"]["stop_reason"] == "completed"  # all 12 trained, no stop
     assert not (tmp_path / "m.split.json").exists()
     auto = [ln for ln in err.splitlines() if ln.startswith("auto ") and not ln.startswith("auto size")]
     assert len(auto) == 3 and all(ln.endswith("sets it") for ln in auto), err
     assert "median shorter side 72 px" in auto[0] and "12 training images, under 1,000" in auto[1]
     code, text, err = run_main(["info", out], capsys)
-    assert code == 0 and "chosen automatically: --resize squash, --augment light, --val-split 0" in text
+    assert code == 0 and "chosen automatically: --resize squash, --augment photo, --val-split 0" in text
     code, text, _ = run_main(["info", out, "--json"], capsys)
-    assert json.loads(text)["train"]["automatic"] == ["--resize squash", "--augment light", "--val-split 0"]
+    assert json.loads(text)["train"]["automatic"] == ["--resize squash", "--augment photo", "--val-split 0"]
 
 
 @pytest.mark.parametrize("typed, stored, automatic", [
-    (["--resize", "crop"], ("shorter-side-then-center-crop", "light"), ["--augment light", "--val-split 0"]),
-    (["--augment", "photo", "--val-split", "0.25"], ("whole-image-squashed", "photo"), ["--resize squash"]),
+    (["--resize", "crop"], ("shorter-side-then-center-crop", "photo"), ["--augment photo", "--val-split 0"]),
+    (["--augment", "none", "--val-split", "0.25"], ("whole-image-squashed", "none"), ["--resize squash"]),
     (["--augment"], ("whole-image-squashed", "light"), ["--resize squash", "--val-split 0"]),  # bare: typed
 ])
 def test_typed_options_win(tmp_path, capsys, typed, stored, automatic):
@@ -121,5 +121,5 @@ def test_a_resumed_run_keeps_the_automatic_choices(tmp_path, capsys, monkeypatch
     code, _, err = run_main(["train", data, "-o", out, "--resume"], capsys)
     assert code == 0, err
     meta = weights.load(out)[1]
-    assert meta["train"]["automatic"] == ["--resize squash", "--augment light", "--val-split 0"]
-    assert meta["preprocess"]["resize"] == "whole-image-squashed" and meta["train"]["augment"] == "light"
+    assert meta["train"]["automatic"] == ["--resize squash", "--augment photo", "--val-split 0"]
+    assert meta["preprocess"]["resize"] == "whole-image-squashed" and meta["train"]["augment"] == "photo"

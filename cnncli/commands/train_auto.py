@@ -5,7 +5,7 @@ counts, --color gray never) with a median shorter side of at least PHOTO_MIN_SID
 benchmark (README "Real photos": 240 training crops, 3 seeds), such a folder gets
 - `--resize squash` (the whole image, squashed to a square) instead of `crop`;
 - below SMALL_FOLDER training images, `--size 64` (not the larger auto size of train_budget.auto_size, which
-  was slower and no better), `--augment light` and no validation hold-out (`--val-split 0`): every image
+  was slower and no better), `--augment photo` and no validation hold-out (`--val-split 0`): every image
   trains and every epoch runs, where a held-out fifth read 0.98-1.0 accuracy from early epochs on and early
   stopping ended runs too soon. A DATA/val/ folder is used as always.
 Each choice is said in one info line and listed under "automatic" in the weight file's training summary.
@@ -76,9 +76,9 @@ def choose(opts, given, ds, report):
         changes["resize"] = "squash"
         lines.append(f"auto resize squash for {what}: the whole photo, not only its centre; --resize sets it")
     if small and "augment" not in given:
-        changes["augment"] = "light"
-        lines.append(f"auto augment light for {small_what}: flips and shifts against overfitting few images; "
-                     "--augment sets it")
+        changes["augment"] = "photo"
+        lines.append(f"auto augment photo for {small_what}: random crops, flips, turns and colour against "
+                     "overfitting few images; --augment sets it")
     if small and "val_split" not in given and not ds.val and opts.val_split > 0:
         changes["val_split"] = 0.0
         lines.append(f"auto validation: none held out for {small_what}, so every image trains and every epoch "
