@@ -36,6 +36,17 @@ def test_a_photo_folder_gets_a_size_above_64_and_says_why(tmp_path, capsys, monk
     assert "input 128x128" in err
 
 
+def test_photos_above_the_largest_automatic_size_are_not_said_to_have_that_median(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(train_auto, "SMALL_FOLDER", 8)
+    data = _photos(tmp_path / "photos", 8, (400, 300))  # median shorter side 300, above the 224 px cap
+    out = tmp_path / "m.safetensors"
+    code, _, err = run_main(["train", data, "-o", out, "--arch", "tiny", "--epochs", "1", "--val-split", "0"],
+                            capsys)
+    assert code == 0, err
+    lines = [ln for ln in err.splitlines() if "auto size" in ln]
+    assert lines == ["auto size 224 px for a photo folder: 224 px is the largest automatic size; --size sets it"]
+
+
 def test_small_images_keep_their_median_and_no_line(tmp_path, capsys):
     data = _photos(tmp_path / "photos", 6, (50, 40))
     out = tmp_path / "m.safetensors"

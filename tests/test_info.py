@@ -44,7 +44,8 @@ def test_a_missing_default_model_is_the_same_error_for_info_predict_and_eval(tmp
 def test_info_shows_numbers_for_people_and_every_training_setting(tmp_path):
     train = {"epochs": 12, "best_epoch": 10, "seed": 0, "optimizer": "adamw", "lr": 0.002, "weight_decay": 0.0001,
              "batch_size": 64, "augment": False, "class_weights": [1.25, 0.8333333333333334], "images": 320,
-             "val_accuracy": 0.9833333333333333, "test_accuracy": None, "stop_reason": "completed"}
+             "val_accuracy": 0.9833333333333333, "test_accuracy": None, "stop_reason": "completed",
+             "automatic": ["--resize squash", "--val-split 0"], "warnings": ["first warning", "second warning"]}
     _model(tmp_path / "m.safetensors", train)
     code, out, err = run_child(["info", "m.safetensors"], tmp_path)
     assert code == 0, err
@@ -53,7 +54,9 @@ def test_info_shows_numbers_for_people_and_every_training_setting(tmp_path):
         assert python_repr not in text
     lines = text.splitlines()
     for line in ("  validation accuracy: 0.9833", "  class weights: cat 1.25, dog 0.8333", "  weight decay: 0.0001",
-                 "  augment: no", "  learning rate: 0.002", "  test accuracy: none", "threshold: 0.37"):
+                 "  augment: no", "  learning rate: 0.002", "  test accuracy: none", "threshold: 0.37",
+                 # two-item lists that are not per class carry no class names (two classes here)
+                 "  chosen automatically: --resize squash, --val-split 0", "  warnings: first warning, second warning"):
         assert line in lines
     code, out, _ = run_child(["info", "m.safetensors", "--json"], tmp_path)
     doc = json.loads(out)  # the JSON keeps the stored values exactly

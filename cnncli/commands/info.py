@@ -20,7 +20,9 @@ _TRAIN_LABELS = {
     "cnncli_version": "cnncli version",
 }
 
-_NOT_PER_CLASS = {"automatic"}  # lists that are not one value per class, even when as long as the classes
+# The lists that hold one value per class: only these are labelled with class names. Any other list
+# (automatic choices, warnings) is shown as it is, even when it happens to be as long as the classes.
+_PER_CLASS = {"class_weights", "images_per_class"}
 
 
 def describe(path):
@@ -67,6 +69,6 @@ def format_text(doc):
     if train:
         keys = [k for k in _TRAIN_LABELS if k in train] + sorted(k for k in train if k not in _TRAIN_LABELS)
         out.append("training:")
-        out += [f"  {_TRAIN_LABELS.get(k, one_line(k))}: {_show(train[k], None if k in _NOT_PER_CLASS else classes)}"
+        out += [f"  {_TRAIN_LABELS.get(k, one_line(k))}: {_show(train[k], classes if k in _PER_CLASS else None)}"
                 for k in keys]
     return "\n".join(out) + "\n"

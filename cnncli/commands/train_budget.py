@@ -91,7 +91,9 @@ def auto_size(median, arch, n_classes, n_train, n_images, epochs):
     AUTO_STORE_BYTES. Uses only the spec's arithmetic (model.plan), never the clock."""
     if median <= AUTO_SIZE_BASE:
         return median, None
-    chosen, limit = AUTO_SIZE_BASE, f"the median shorter side is {median} px"
+    # folders.choose_size caps the median at AUTO_SIZE_MAX: a median at the cap may stand for any larger one.
+    chosen, limit = AUTO_SIZE_BASE, (f"the median shorter side is {median} px" if median < AUTO_SIZE_MAX else
+                                     f"{AUTO_SIZE_MAX} px is the largest automatic size")
     for size in range(AUTO_SIZE_BASE + AUTO_SIZE_STEP, min(median, AUTO_SIZE_MAX) + 1, AUTO_SIZE_STEP):
         try:
             macs = plan(arch, (3, size, size), n_classes).macs
@@ -107,7 +109,4 @@ def auto_size(median, arch, n_classes, n_train, n_images, epochs):
             limit = f"{n_images} images at {size} px would take more than {AUTO_STORE_BYTES >> 20} MiB"
             break
         chosen = size
-    else:
-        if median > AUTO_SIZE_MAX:
-            limit = f"the median shorter side is {median} px; {AUTO_SIZE_MAX} px is the largest automatic size"
     return chosen, f"auto size {chosen} px for a photo folder: {limit}; --size sets it"

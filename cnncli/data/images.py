@@ -41,6 +41,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from cnncli.data.jpeg_scan import shortfall
+from cnncli.data.sources import open_source, read_bytes  # noqa: F401  (read_bytes: the decode cache's)
 from cnncli.errors import BadImageError
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
@@ -204,36 +205,13 @@ def _check_jpeg_length(path: str | os.PathLike, im: Image.Image, fp) -> None:
         raise BadImageError(f"{path}: truncated image ({reason})")
 
 
-def _source(path: str | os.PathLike, content: bytes | None):
-    """An open binary file for `path`, or a memory file over `content` (the bytes a caller already read)."""
-    if content is not None:
-        if not content:
-            raise BadImageError(f"{path}: empty file")
-        return io.BytesIO(content)
-    try:
-        if os.path.getsize(path) == 0:
-            raise BadImageError(f"{path}: empty file")
-        return open(path, "rb")
-    except OSError as exc:
-        raise BadImageError(f"{path}: cannot read file ({exc.strerror or exc})") from exc
-
-
-def read_bytes(path: str | os.PathLike) -> bytes:
-    """The whole file, or BadImageError("<path>: cannot read file (...)") as `decode` reports it."""
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as exc:
-        raise BadImageError(f"{path}: cannot read file ({exc.strerror or exc})") from exc
-
-
 def _decode(path: str | os.PathLike, size: int, rgb: bool, resize: str = "crop",
             content: bytes | None = None) -> np.ndarray:
     """Core of `decode`, without warning handling: uint8 (H, W) for a gray source (even with rgb=True) or
     luma (rgb=False), (H, W, 3) for a colour source with rgb=True."""
     if size < 1:
         raise ValueError(f"size must be positive, got {size}")
-    fp = _source(path, content)
+    fp = open_source(path, content)
     try:
         with fp:
             im = _open(path, fp)
