@@ -71,3 +71,17 @@ def test_an_edited_checkpoint_data_record_is_refused(tmp_path, capsys, monkeypat
     line = err.strip().splitlines()[-1]
     assert str(record_path) in line and "SHA-256" in line
     assert ckpt.read_bytes() == before and not out.exists()
+
+
+def test_resume_accepts_the_values_cnncli_chose_and_names_them_when_contradicted(tmp_path, capsys, monkeypatch):
+    data, out, ckpt = _interrupted(tmp_path, capsys, monkeypatch)  # size and colour left to cnncli: 8 px, gray
+    before = ckpt.read_bytes()
+    code, _, err = run_main(["train", data, "-o", out, "--resume", "--size", "16"], capsys)
+    assert code == 2 and "--size 16 (it used 8)" in _error_line(err), err
+    assert ckpt.read_bytes() == before
+    ref = tmp_path / "ref.safetensors"
+    assert run_main(["train", data, "-o", ref, *ARGS], capsys)[0] == 0
+    code, _, err = run_main(["train", data, "-o", out, "--resume", "--size", "8", "--color", "gray", *ARGS], capsys)
+    assert code == 0, err  # repeating what the run used is no contradiction, and changes nothing
+    assert {k: v.tobytes() for k, v in weights.load(out)[0].items()} == {
+        k: v.tobytes() for k, v in weights.load(ref)[0].items()}

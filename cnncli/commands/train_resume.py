@@ -34,12 +34,15 @@ def _shown(value):
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def conflicts(opts, saved, given):
+def conflicts(opts, saved, given, used=None):
     """The options in `given` (names of TrainOptions fields typed on this command line) whose value in `opts`
-    contradicts the interrupted run's `saved` options: [(name, given value, saved value)]."""
-    now = asdict(opts)
-    return [(name, now[name], saved[name]) for name in sorted(given)
-            if name not in MAY_CHANGE and name in saved and name in now and now[name] != saved[name]]
+    contradicts the interrupted run's `saved` options: [(name, given value, value it ran with)]. used: the values the
+    run actually trained with where it left the choice to cnncli ({"size": 64, "color": "rgb", "epochs": 6}):
+    typing the value it chose repeats it, so it is no contradiction."""
+    now, used = asdict(opts), used or {}
+    ran = {name: used[name] if value in (None, "auto") and name in used else value for name, value in saved.items()}
+    return [(name, now[name], ran[name]) for name in sorted(given)
+            if name not in MAY_CHANGE and name in saved and name in now and now[name] != ran[name]]
 
 
 def resume_options(opts, side, given):
@@ -51,7 +54,8 @@ def resume_options(opts, side, given):
     resumed = checkpoint.read(side["checkpoint"])
     known = {f.name for f in fields(opts)}
     saved = {k: v for k, v in resumed[4]["options"].items() if k in known}
-    differing = conflicts(opts, saved, given)
+    clf, cfg = resumed[0], resumed[2]
+    differing = conflicts(opts, saved, given, {"size": clf.size, "color": clf.color, "epochs": cfg.epochs})
     if differing:
         raise UsageError("--resume: options that contradict the interrupted run's: "
                          + ", ".join(f"{_flag(n)} {_shown(v)} (it used {_shown(s)})" for n, v, s in differing)
