@@ -80,6 +80,11 @@ def test_not_a_ledger_and_missing_folder_are_refused(tmp_path, capsys):
     assert code == 73 and out == ""
     code, out, err = run_main(["predict", data, "-m", model, "--new-only"], capsys)
     assert code == 2 and "--new-only" in err
+    fifo = tmp_path / "fifo.sqlite"
+    os.mkfifo(fifo)  # like /dev/null: SQLite would write a -journal file beside it
+    code, out, err = run_main(["predict", data, "-m", model, "--ledger", fifo], capsys)
+    assert code == 73 and out == "" and "not a regular file" in err
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("fifo")) == ["fifo.sqlite"]
 
 
 def _kill_after_rows(args, cwd, rows):

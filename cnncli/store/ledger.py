@@ -79,6 +79,8 @@ class Ledger:
         self.path, self.model, self.classes = Path(path), model_sha256, list(classes)
         if self.path.is_dir():
             raise OutputError(f"{self.path}: --ledger is a directory")
+        if self.path.exists() and not self.path.is_file():  # /dev/null, a FIFO: SQLite would add files beside it
+            raise OutputError(f"{self.path}: --ledger is not a regular file")
         try:
             # predict looks inputs up on its reading thread and commits on the main one: one lock serialises them.
             self.lock = threading.Lock()
