@@ -41,3 +41,14 @@ def test_train_help_groups_its_options_into_panels(tmp_path):
     # A short description stays on the line of its option: the description column is wide enough.
     assert any("--lr" in ln and "Peak learning rate (cosine decay)." in ln for ln in lines)
     assert any(ln.startswith("│ --quiet ") and ln.rstrip(" │").endswith("errors on stderr.") for ln in lines)
+
+
+@pytest.mark.parametrize("command", [[], ["train"], ["predict"]], ids=lambda c: " ".join(c) or "cnncli")
+def test_help_into_head_ends_quietly_with_exit_0(command, tmp_path):
+    import subprocess
+    import sys
+
+    cmd = " ".join([sys.executable, "-m", "cnncli", *command, "--help"])
+    res = subprocess.run(["bash", "-c", f"set -o pipefail; {cmd} | head -c 1"], capture_output=True, timeout=60,
+                         cwd=tmp_path, env=child_env(COLUMNS="80", NO_COLOR="1"))
+    assert res.returncode == 0 and res.stderr == b"", res.stderr  # was 1: rich's exit on a closed pipe

@@ -138,6 +138,9 @@ def _run(app, argv):
         code = 0
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
+        if isinstance(exc.__context__, BrokenPipeError):  # rich (help pages) exits 1 on a closed pipe: `| head -1`
+            quiet_broken_pipe()
+            code = 0
     except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, no locals
         if debug:
             _traceback()
