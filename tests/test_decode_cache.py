@@ -65,6 +65,10 @@ def test_the_default_folder_is_under_xdg_cache_home_or_home(tmp_path, capsys, mo
     monkeypatch.delenv("XDG_CACHE_HOME")
     _train(data, tmp_path / "a.safetensors", capsys)
     assert len(_entries(tmp_path / "home" / ".cache" / "cnncli" / "decoded")) == N_IMAGES
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative")  # invalid by the XDG spec: ignored, never the cwd
+    monkeypatch.chdir(tmp_path)
+    assert _train(data, tmp_path / "a.safetensors", capsys)[0] == (0, N_IMAGES)  # read from ~/.cache
+    assert not (tmp_path / "relative").exists()
 
 
 @pytest.mark.parametrize("change", [["--size", "12"], ["--resize", "squash"], ["--color", "gray"]])

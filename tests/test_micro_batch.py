@@ -84,8 +84,10 @@ def test_training_in_passes_is_bit_identical_for_any_thread_count(tmp_path, caps
         np.testing.assert_allclose(split[name], one[name], rtol=1e-3, atol=1e-4, err_msg=name)
 
 
-def test_a_bad_train_memory_is_a_usage_error(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("value", ["-5", "0"])  # 0 bytes cannot hold one image: no "under 0 MiB" promise
+def test_a_bad_train_memory_is_a_usage_error(tmp_path, capsys, monkeypatch, value):
     data = make_image_folder(tmp_path / "data", n_per_class=4, size=8)
-    monkeypatch.setenv("CNNCLI_TRAIN_MEMORY", "-5")
+    monkeypatch.setenv("CNNCLI_TRAIN_MEMORY", value)
     code, _, err = run_main(["train", data, "-o", tmp_path / "m.safetensors", *ARGS], capsys)
     assert code == 2 and "CNNCLI_TRAIN_MEMORY" in err and "Traceback" not in err
+    assert not (tmp_path / "m.safetensors").exists()

@@ -228,3 +228,13 @@ def test_fit_returns_a_resumable_state_object():
     state, opt = fit(model, x, y, TrainConfig(epochs=2, batch_size=8, lr=1e-3, optimizer="adam"), to_float)
     assert isinstance(state, TrainState) and state.epoch == 2 and state.step == 4 and state.batch == 0
     assert isinstance(opt, Adam) and opt.state["step"] == 4
+
+
+def test_a_perfect_validation_loss_is_plus_zero_never_minus_zero():
+    class Sure:  # a model certain and right about every image
+        def predict_proba(self, x, batch_size):
+            return np.eye(2, dtype=np.float32)[(x[:, 0, 0, 0] > 0).astype(int)]
+
+    x = np.array([0, 1, 1, 0], dtype=np.uint8).reshape(4, 1, 1, 1)
+    loss, acc, _ = evaluate(Sure(), x, x.ravel().astype(np.int64), lambda b: b.astype(np.float32))
+    assert acc == 1.0 and loss == 0.0 and math.copysign(1.0, loss) == 1.0 and f"{loss:.4f}" == "0.0000"

@@ -50,10 +50,13 @@ def open_cache(off, report):
 def train_memory():
     """CNNCLI_TRAIN_MEMORY in bytes (default 1 GiB). UsageError naming the variable for a bad value."""
     try:
-        return decode_cache.parse_bytes(os.environ.get("CNNCLI_TRAIN_MEMORY"), "CNNCLI_TRAIN_MEMORY",
-                                        TRAIN_MEMORY_DEFAULT)
+        budget = decode_cache.parse_bytes(os.environ.get("CNNCLI_TRAIN_MEMORY"), "CNNCLI_TRAIN_MEMORY",
+                                          TRAIN_MEMORY_DEFAULT)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    if budget == 0:  # unlike the cache size, 0 cannot mean "off": a step needs some memory
+        raise UsageError("CNNCLI_TRAIN_MEMORY: must be more than 0 bytes")
+    return budget
 
 
 def micro_batch(model, budget, batch_size):

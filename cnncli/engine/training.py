@@ -121,7 +121,8 @@ def evaluate(model, x, y, to_float, batch_size=256):
     proba = np.concatenate([model.predict_proba(to_float(x[i:i + batch_size]), batch_size)
                             for i in range(0, len(x), batch_size)])
     p_true = np.clip(proba[np.arange(len(y)), y], 1e-12, 1.0)
-    return float(-np.log(p_true).mean()), float((decide(proba) == y).mean()), proba
+    # + 0.0: -log(1) is -0.0, which would be shown as '-0.0000' (and '-0' in history.csv)
+    return float(-np.log(p_true).mean()) + 0.0, float((decide(proba) == y).mean()), proba
 
 
 def fit(model, x, y, cfg, to_float, x_val=None, y_val=None, state=None, optimizer=None,

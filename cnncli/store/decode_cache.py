@@ -46,11 +46,14 @@ STALE_TEMP_SECONDS = 3600  # a temp file this old belongs to a run that died whi
 
 
 def default_dir(env=None) -> Path:
-    """The cache folder: CNNCLI_CACHE_DIR, else XDG_CACHE_HOME/cnncli/decoded, else ~/.cache/cnncli/decoded."""
+    """The cache folder: CNNCLI_CACHE_DIR, else XDG_CACHE_HOME/cnncli/decoded (if absolute), else
+    ~/.cache/cnncli/decoded."""
     env = os.environ if env is None else env
     if env.get("CNNCLI_CACHE_DIR"):
         return Path(env["CNNCLI_CACHE_DIR"])
-    base = Path(env.get("XDG_CACHE_HOME") or Path(env.get("HOME") or Path.home()) / ".cache")
+    xdg = env.get("XDG_CACHE_HOME") or ""
+    # The XDG spec: a relative XDG_CACHE_HOME is invalid and ignored (it would put the cache in the cwd).
+    base = Path(xdg) if os.path.isabs(xdg) else Path(env.get("HOME") or Path.home()) / ".cache"
     return base / "cnncli" / "decoded"
 
 
