@@ -24,8 +24,12 @@ def open_source(path: str | os.PathLike, content: bytes | None):
                 raise BadImageError(f"{path}: empty file")
             return open(path, "rb")
         # A pipe, FIFO or device (/dev/stdin, <(cat img.jpg)): its size says nothing and it can be read only
-        # once, so read it whole here, bounded, and decode from memory.
-        with open(path, "rb") as f:
+        # once, so read it whole here, bounded, and decode from memory. Opened without blocking, so a named
+        # pipe that no program writes to reads as empty instead of waiting for a writer forever; then read
+        # blocking, so a writer that is there (even one still waiting to open it) is read to its end.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as f:
+            os.set_blocking(fd, True)
             data = f.read(MAX_STREAM_BYTES + 1)
         if len(data) > MAX_STREAM_BYTES:
             raise BadImageError(f"{path}: more than {MAX_STREAM_BYTES >> 20} MiB from a pipe or device")
