@@ -81,18 +81,30 @@ class Ledger:
             raise OutputError(f"{self.path}: --ledger is a directory")
         if self.path.exists() and not self.path.is_file():  # /dev/null, a FIFO: SQLite would add files beside it
             raise OutputError(f"{self.path}: --ledger is not a regular file")
-        try:
-            # predict looks inputs up on its reading thread and commits on the main one: one lock serialises them.
-            self.lock = threading.Lock()
-            self.db = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT, isolation_level=None,
-                                      check_same_thread=False)
-            _refuse_foreign(self.db, self.path)  # before anything is written: another program's database stays as it is
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=FULL")  # a committed batch survives a crash of the machine too
-            self.db.execute(SCHEMA)
-            self.db.execute("SELECT content_sha256, model_sha256, probabilities, ood_score FROM results LIMIT 0")
-        except sqlite3.Error as exc:
-            raise _fail(self.path, exc) from None
+        # predict looks inputs up on its reading thread and commits on the main one: one lock serialises them.
+        self.lock = threading.Lock()
+        deadline = time.monotonic() + BUSY_TIMEOUT
+        while True:
+            try:
+                self.db = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT, isolation_level=None,
+                                          check_same_thread=False)
+                self._set_up()
+                return
+            except sqlite3.Error as exc:
+                if getattr(self, "db", None) is not None:
+                    self.db.close()
+                # Two runs opening a new ledger at once: SQLite reports some lock conflicts of the switch to
+                # WAL at once, without its busy timeout; they pass in moments, so try again until the timeout.
+                if not isinstance(_fail(self.path, exc), LockedError) or time.monotonic() > deadline:
+                    raise _fail(self.path, exc) from None
+                time.sleep(0.05)
+
+    def _set_up(self):
+        _refuse_foreign(self.db, self.path)  # before anything is written: another program's database stays as it is
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")  # a committed batch survives a crash of the machine too
+        self.db.execute(SCHEMA)
+        self.db.execute("SELECT content_sha256, model_sha256, probabilities, ood_score FROM results LIMIT 0")
 
     def lookup(self, content_sha256):
         """(stored probabilities: list of floats in the model's class order, OOD score) or None if not seen."""
