@@ -95,8 +95,9 @@ class Ledger:
                     self.db.close()
                 # Two runs opening a new ledger at once: SQLite reports some lock conflicts of the switch to
                 # WAL at once, without its busy timeout; they pass in moments, so try again until the timeout.
-                if not isinstance(_fail(self.path, exc), LockedError) or time.monotonic() > deadline:
-                    raise _fail(self.path, exc) from None
+                failure = _fail(self.path, exc)
+                if not isinstance(failure, LockedError) or time.monotonic() > deadline:
+                    raise failure from None
                 time.sleep(0.05)
 
     def _set_up(self):
