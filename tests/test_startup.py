@@ -156,3 +156,24 @@ def test_a_typo_still_gets_the_suggestion(tmp_path):
     res = subprocess.run([sys.executable, "-m", "cnncli", "predic", "x.png"], cwd=tmp_path, capture_output=True,
                          text=True, timeout=60)
     assert res.returncode == 2 and "Did you mean 'predict'?" in res.stderr
+
+
+def test_a_batch_predict_binds_blas_without_importing_scipy_linalg(tmp_path):
+    """The Winograd kernels call BLAS from compiled code (kernels/blas.py): a batch of 40 images through a
+    Winograd layer loads scipy's Cython BLAS module, but not the `scipy.linalg` package (0.24 s of imports)."""
+    data = make_image_folder(tmp_path / "data", n_per_class=20, size=16)
+    model = tmp_path / "m.safetensors"
+    clf = modelfile.Classifier(Model("conv8k3p1-relu-conv8k3p1-relu-pool2-fc", (1, 16, 16), 2, seed=0),
+                               ["cat", "dog"], "gray", [0.5], [0.25])
+    modelfile.save(model, clf)
+    # the extension module is loaded without the import system, so -X importtime cannot see it: list sys.modules
+    script = ("import atexit, sys\n"
+              "atexit.register(lambda: print('MODULES', *sorted(sys.modules), file=sys.stderr))\n"
+              "from cnncli.commands.cli import main\n"
+              f"sys.argv = ['cnncli', 'predict', {str(data)!r}, '-m', {str(model)!r}, '--no-cache']\n"
+              "main()\n")
+    res = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and res.stdout.count("\n") == 41
+    names = set(res.stderr.split("MODULES", 1)[1].split())
+    assert {"scipy.linalg.cython_blas", "numba"} <= names
+    assert _loaded(names, ("scipy.linalg",)) == ["scipy.linalg.cython_blas"]

@@ -17,9 +17,10 @@ Design, from measurements on a 2-core machine:
   im2col + GEMM with general index arithmetic.
 - 3 x 3 stride-1 convolutions with 4 or more input channels (the bulk of a training step) use Winograd
   F(2x2, 3x3) instead, forward and backward (see `winograd`): 16 GEMMs, 2.25x fewer multiplies.
-- The GEMMs are numpy's matmul, called between compiled steps: numba never binds BLAS itself, so no process
-  imports scipy (0.3-0.5 s here). BLAS is single-threaded (see cnncli.config) and releases the GIL, so
-  exactly one thread pool is busy at any time.
+- GEMMs run inside the compiled kernels (`np.dot`, which numba binds to scipy's Cython BLAS; see `blas`), so a
+  chunk's transforms and GEMMs are one call that releases the GIL once: two worker threads handing the GIL to
+  each other between many short calls spent as long waking each other as computing. BLAS is single-threaded
+  (see cnncli.config), so exactly one thread pool is busy at any time.
 - Inner loops index arrays with the bare loop variable (views carry the offsets): numba adds a wrap-around check
   to any index it cannot prove non-negative, and that check alone stops LLVM from vectorizing the loop.
 - Results are bit-identical for any --threads: where chunks' results are added together (weight and bias
@@ -27,13 +28,17 @@ Design, from measurements on a 2-core machine:
   Kernels whose work items are independent (the direct forward pass: one (image, filter) pair each) may split
   by the thread count, since no item's arithmetic depends on which chunk it is in.
 
-One module per job: `threads` (the worker pool and chunking), `checks` (argument checks), `sums` (fixed-order
+One module per job: `threads` (the worker pool and chunking), `blas` (BLAS for compiled kernels), `checks` (argument checks), `sums` (fixed-order
 sums), `conv` (the public convolutions, choosing among `winograd`, `wide` and `im2col`), `fused` (inference:
 convolution + bias + ReLU + 2 x 2 max pooling in one pass), `regions` (training: a convolution, its ReLU and
 a 2 x 2 max pooling in one parallel region, forward and backward), `pooling` (max pooling), `norm` (batch
 normalisation and global average pooling) and `elementwise` (activations). No module outside this package
 imports numba.
 """
+
+from cnncli.engine.kernels import blas
+
+blas.preload()  # before any kernel that calls np.dot runs: numba looks the BLAS module up on the first call
 
 from cnncli.engine.kernels.conv import conv2d_backward, conv2d_forward
 from cnncli.engine.kernels.fused import conv2d_relu_pool2

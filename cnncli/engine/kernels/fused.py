@@ -27,7 +27,8 @@ from cnncli.engine.kernels.conv import conv2d_forward
 from cnncli.engine.kernels.pooling import maxpool_forward
 from cnncli.engine.kernels.threads import _run, get_threads
 from cnncli.engine.kernels.wide import _pad_image
-from cnncli.engine.kernels.winograd import _WINO_CHUNK_BYTES, _wino_fits, _wino_products, _wino_weights
+from cnncli.engine.kernels.winograd import (_WINO_CHUNK_BYTES, _planes, _wino_fits, _wino_products_into,
+                                            _wino_weights)
 
 
 @njit(**JIT)
@@ -173,9 +174,19 @@ def _wino_pool_output(M, b, TH, TW, out, lo, hi):
                 o[q] = r[q]
 
 
+@njit(**JIT)
+def _wino_pool_into(x, U, b, ph, pw, TH, TW, V, M, out, lo, hi):
+    _wino_products_into(x, U, ph, pw, TH, TW, V, M, lo, hi)
+    _wino_pool_output(M, b, TH, TW, out, lo, hi)
+
+
 def _wino_pool_chunk(x, U, b, ph, pw, TH, TW, out, lo, hi):
-    """Winograd convolution + bias + ReLU + 2 x 2 pooling of images [lo, hi) of x into out (pooled shape)."""
-    _wino_pool_output(_wino_products(x, U, ph, pw, TH, TW, lo, hi), b, TH, TW, out, lo, hi)
+    """Winograd convolution + bias + ReLU + 2 x 2 pooling of images [lo, hi) of x into out (pooled shape): one
+    compiled call."""
+    T = (hi - lo) * TH * TW
+    V, _ = _planes(x.shape[1], T, x.dtype, "V")
+    M, _ = _planes(U.shape[1], T, x.dtype, "M")
+    _wino_pool_into(x, U, b, ph, pw, TH, TW, V, M, out, lo, hi)
 
 
 def conv2d_relu_pool2(x, w, b, stride, padding, out):

@@ -137,20 +137,34 @@ def _planes(rows, T, dtype, purpose):
     return buf, buf[:, :rows * T].reshape(16, rows, T)
 
 
-def _wino_products(x, U, ph, pw, TH, TW, lo, hi):
-    """M (16, F * T): the 16 GEMMs U[k] @ V[k] over the TH x TW tiles of images [lo, hi) of x (the calling
-    thread's "M" scratch planes, see _planes: valid until its next call)."""
-    T = (hi - lo) * TH * TW
-    V, V3 = _planes(x.shape[1], T, x.dtype, "V")
-    M, M3 = _planes(U.shape[1], T, x.dtype, "M")
+@njit(**JIT)
+def _wino_gemms(U, V, M, T):
+    """M[k] (F, T) = U[k] (F, C) @ V[k] (C, T) for the 16 planes of the (16, plane) buffers V and M (BLAS)."""
+    F, C = U.shape[1], U.shape[2]
+    for k in range(16):
+        np.dot(U[k], V[k, :C * T].reshape(C, T), M[k, :F * T].reshape(F, T))
+
+
+@njit(**JIT)
+def _wino_products_into(x, U, ph, pw, TH, TW, V, M, lo, hi):
+    """M (16, F * T) = the 16 GEMMs U[k] @ V[k] over the TH x TW tiles of images [lo, hi) of x, V its input
+    transform (both (16, plane) buffers, see _planes): one compiled call."""
     _wino_input(x, ph, pw, TH, TW, V, lo, hi)
-    np.matmul(U, V3, out=M3)
-    return M
+    _wino_gemms(U, V, M, (hi - lo) * TH * TW)
+
+
+@njit(**JIT)
+def _wino_chunk_into(x, U, b, ph, pw, TH, TW, V, M, out, relu, lo, hi):
+    _wino_products_into(x, U, ph, pw, TH, TW, V, M, lo, hi)
+    _wino_output(M, b, TH, TW, out, relu, lo, hi)
 
 
 def _wino_chunk(x, U, b, ph, pw, TH, TW, out, relu, lo, hi):
-    """Winograd convolution of images [lo, hi) of x into out (with ReLU when relu)."""
-    _wino_output(_wino_products(x, U, ph, pw, TH, TW, lo, hi), b, TH, TW, out, relu, lo, hi)
+    """Winograd convolution of images [lo, hi) of x into out (with ReLU when relu): one compiled call."""
+    T = (hi - lo) * TH * TW
+    V, _ = _planes(x.shape[1], T, x.dtype, "V")
+    M, _ = _planes(U.shape[1], T, x.dtype, "M")
+    _wino_chunk_into(x, U, b, ph, pw, TH, TW, V, M, out, relu, lo, hi)
 
 
 @njit(**JIT)
@@ -248,10 +262,17 @@ def _wino_input_grad(dV, ph, pw, TH, TW, dx, lo, hi):
 
 
 @njit(**JIT)
-def _wino_grad_transforms(x, dout, ph, pw, TH, TW, V, dM, db, lo, hi):
-    """_wino_input of x into V and _wino_dout of dout into dM (with the bias gradient db), in one call."""
+def _wino_backward_into(x, dout, Ut, ph, pw, TH, TW, need_dx, dx, V, dM, dU, db, lo, hi):
+    """The chunk's whole backward pass in one compiled call (see _wino_backward_chunk); dU (16, F, C), db (F,)."""
+    F, C = dout.shape[1], x.shape[1]
+    T = (hi - lo) * TH * TW
     _wino_input(x, ph, pw, TH, TW, V, lo, hi)
     _wino_dout(dout, TH, TW, dM, lo, hi, db)
+    for k in range(16):
+        np.dot(dM[k, :F * T].reshape(F, T), V[k, :C * T].reshape(C, T).T, dU[k])
+    if need_dx:
+        _wino_gemms(Ut, dM, V, T)  # V's planes are free once dU is formed
+        _wino_input_grad(V, ph, pw, TH, TW, dx, lo, hi)
 
 
 def _wino_backward_chunk(x, dout, Ut, ph, pw, TH, TW, need_dx, dx, dU_parts, db_parts, slot, lo, hi):
@@ -262,13 +283,10 @@ def _wino_backward_chunk(x, dout, Ut, ph, pw, TH, TW, need_dx, dx, dU_parts, db_
     so it costs one GEMM and one tile pass (a full correlation with the flipped filters cost a second input
     transform, of dout, over more tiles)."""
     T = (hi - lo) * TH * TW
-    V, V3 = _planes(x.shape[1], T, x.dtype, "V")
-    dM, dM3 = _planes(dout.shape[1], T, x.dtype, "dM")
-    _wino_grad_transforms(x, dout, ph, pw, TH, TW, V, dM, db_parts[slot[lo]], lo, hi)
-    np.matmul(dM3, V3.transpose(0, 2, 1), out=dU_parts[slot[lo]])
-    if need_dx:
-        np.matmul(Ut, dM3, out=V3)  # V's planes are free once dU is formed
-        _wino_input_grad(V, ph, pw, TH, TW, dx, lo, hi)
+    V, _ = _planes(x.shape[1], T, x.dtype, "V")
+    dM, _ = _planes(dout.shape[1], T, x.dtype, "dM")
+    k = slot[lo]
+    _wino_backward_into(x, dout, Ut, ph, pw, TH, TW, need_dx, dx, V, dM, dU_parts[k], db_parts[k], lo, hi)
 
 
 # Winograd pays where the transformed tiles of one image stay in cache; beyond this, im2col + GEMM is faster.
