@@ -9,11 +9,17 @@ images, so the results are theirs bit for bit, for any thread count (`tests/test
 """
 
 import numpy as np
+from numba import njit
 
+from cnncli.config import JIT
 from cnncli.engine.kernels.checks import _check_conv, _expect
 from cnncli.engine.kernels.conv import _backward_plan, _forward_plan
 from cnncli.engine.kernels.pooling import _maxpool2_forward_chunk, _maxpool_backward_chunk
 from cnncli.engine.kernels.threads import _run
+from cnncli.engine.kernels.wide import (_wide_backward_gemm, _wide_backward_into, _wide_forward_direct,
+                                        _wide_scratch)
+from cnncli.engine.kernels.winograd import (_planes, _wino_backward_chunk, _wino_backward_into, _wino_chunk,
+                                            _wino_chunk_into)
 
 
 def _pool_shape(out):
@@ -21,8 +27,33 @@ def _pool_shape(out):
 
 
 def _forward_chunk(conv_fn, conv_args, per_image, out, pooled, argmax, lo, hi):
+    """Images [lo, hi): the convolution's chunk, then the pooling's (two compiled calls: the general paths)."""
     conv_fn(*conv_args, lo * per_image, hi * per_image)
     _maxpool2_forward_chunk(out, pooled, argmax, lo * out.shape[1], hi * out.shape[1])
+
+
+# The paths M1 takes run a chunk as ONE compiled call: each return from compiled code takes the GIL back, and with
+# two worker threads that can mean waiting for the other thread's Python and waking it (a futex call, tens of
+# microseconds on a small VM). The work and its order are the two-call version's, so are the results.
+
+@njit(**JIT)
+def _direct_pool_chunk(x, w, b, ph, pw, out, pooled, argmax, lo, hi):
+    F = w.shape[0]
+    _wide_forward_direct(x, w, b, ph, pw, out, True, lo * F, hi * F)
+    _maxpool2_forward_chunk(out, pooled, argmax, lo * F, hi * F)
+
+
+@njit(**JIT)
+def _wino_pool_chunk_into(x, U, b, ph, pw, TH, TW, V, M, out, pooled, argmax, lo, hi):
+    _wino_chunk_into(x, U, b, ph, pw, TH, TW, V, M, out, True, lo, hi)
+    _maxpool2_forward_chunk(out, pooled, argmax, lo * out.shape[1], hi * out.shape[1])
+
+
+def _wino_pool_chunk(x, U, b, ph, pw, TH, TW, out, pooled, argmax, lo, hi):
+    T = (hi - lo) * TH * TW
+    V, _ = _planes(x.shape[1], T, x.dtype, "V")
+    M, _ = _planes(U.shape[1], T, x.dtype, "M")
+    _wino_pool_chunk_into(x, U, b, ph, pw, TH, TW, V, M, out, pooled, argmax, lo, hi)
 
 
 def conv2d_relu_maxpool2(x, w, b, stride, padding, out, pooled, argmax):
@@ -37,13 +68,54 @@ def conv2d_relu_maxpool2(x, w, b, stride, padding, out, pooled, argmax):
     _expect("argmax", argmax, _pool_shape(out), np.int32)
     fn, total, args, n_chunks = _forward_plan(x, w, b, stride, padding, out, True)
     # Forward chunks never add across images, so splitting the conv's items by whole images changes nothing.
-    _run(_forward_chunk, x.shape[0], fn, args, total // x.shape[0], out, pooled, argmax, n_chunks=n_chunks)
+    if fn is _wide_forward_direct:
+        _run(_direct_pool_chunk, x.shape[0], *args[:-1], pooled, argmax, n_chunks=n_chunks)
+    elif fn is _wino_chunk:
+        _run(_wino_pool_chunk, x.shape[0], *args[:-1], pooled, argmax, n_chunks=n_chunks)
+    else:
+        _run(_forward_chunk, x.shape[0], fn, args, total // x.shape[0], out, pooled, argmax, n_chunks=n_chunks)
 
 
 def _backward_chunk(dpooled, argmax, pooled, dconv, conv_fn, conv_args, lo, hi):
+    """Images [lo, hi): the pooling's and ReLU's gradient, then the convolution's chunk (the general paths)."""
     C = dconv.shape[1]
     _maxpool_backward_chunk(dpooled, argmax, True, pooled, dconv, lo * C, hi * C)
     conv_fn(*conv_args, lo, hi)
+
+
+@njit(**JIT)
+def _pool_wide_backward_into(dpooled, argmax, pooled, dconv, x, w2t, KH, KW, ph, pw, need_dx, dx, cols, dmat,
+                             dcols, dw, db, lo, hi):
+    C = dconv.shape[1]
+    _maxpool_backward_chunk(dpooled, argmax, True, pooled, dconv, lo * C, hi * C)
+    _wide_backward_into(x, w2t, dconv, KH, KW, ph, pw, need_dx, dx, cols, dmat, dcols, dw, db, lo, hi)
+
+
+def _pool_wide_backward(dpooled, argmax, pooled, dconv, x, w2t, _dout, KH, KW, ph, pw, need_dx, dx, dw_parts,
+                        db_parts, slot, lo, hi):
+    """Images [lo, hi) of the wide GEMM path (the 1-channel first conv): one compiled call."""
+    k = slot[lo]
+    _pool_wide_backward_into(dpooled, argmax, pooled, dconv, x, w2t, KH, KW, ph, pw, need_dx, dx,
+                             *_wide_scratch(x, w2t, dconv, pw, need_dx, lo, hi), dw_parts[k], db_parts[k], lo, hi)
+
+
+@njit(**JIT)
+def _pool_wino_backward_into(dpooled, argmax, pooled, dconv, x, Ut, ph, pw, TH, TW, need_dx, dx, V, dM, dU, db,
+                             lo, hi):
+    C = dconv.shape[1]
+    _maxpool_backward_chunk(dpooled, argmax, True, pooled, dconv, lo * C, hi * C)
+    _wino_backward_into(x, dconv, Ut, ph, pw, TH, TW, need_dx, dx, V, dM, dU, db, lo, hi)
+
+
+def _pool_wino_backward(dpooled, argmax, pooled, dconv, x, _dout, Ut, ph, pw, TH, TW, need_dx, dx, dU_parts,
+                        db_parts, slot, lo, hi):
+    """Images [lo, hi) of the Winograd path: one compiled call."""
+    T = (hi - lo) * TH * TW
+    V, _ = _planes(x.shape[1], T, x.dtype, "V")
+    dM, _ = _planes(dconv.shape[1], T, x.dtype, "dM")
+    k = slot[lo]
+    _pool_wino_backward_into(dpooled, argmax, pooled, dconv, x, Ut, ph, pw, TH, TW, need_dx, dx, V, dM, dU_parts[k],
+                             db_parts[k], lo, hi)
 
 
 def maxpool2_relu_conv2d_backward(dpooled, argmax, pooled, x, w, stride, padding, dconv, dx=None):
@@ -60,5 +132,10 @@ def maxpool2_relu_conv2d_backward(dpooled, argmax, pooled, x, w, stride, padding
     if dx is not None:
         _expect("dx", dx, x.shape, x.dtype)
     fn, args, n_chunks, finish = _backward_plan(x, w, dconv, stride, padding, dx)
-    _run(_backward_chunk, x.shape[0], dpooled, argmax, pooled, dconv, fn, args, n_chunks=n_chunks)
+    # args start with (x, w2t or dout, ...) as the plan's chunk function takes them; the fused chunks take the same.
+    fused = {_wide_backward_gemm: _pool_wide_backward, _wino_backward_chunk: _pool_wino_backward}.get(fn)
+    if fused is not None:
+        _run(fused, x.shape[0], dpooled, argmax, pooled, dconv, *args, n_chunks=n_chunks)
+    else:
+        _run(_backward_chunk, x.shape[0], dpooled, argmax, pooled, dconv, fn, args, n_chunks=n_chunks)
     return finish()

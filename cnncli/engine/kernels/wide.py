@@ -5,6 +5,7 @@ from numba import njit
 
 from cnncli.config import JIT
 from cnncli.engine.kernels.elementwise import _relu_if
+from cnncli.engine.kernels.scratch import thread_buffer
 from cnncli.engine.kernels.sums import _row_sums
 
 
@@ -195,16 +196,36 @@ def _wide_col2ims(dcols, KH, KW, ph, pw, L, dx, lo, hi):
         _wide_col2im_crop(dcols, (n - lo) * L, KH, KW, ph, pw, H, W, L, dxp, dx[n])
 
 
-def _wide_backward_gemm(x, w2t, dout, KH, KW, ph, pw, need_dx, dx, dw_parts, db_parts, slot, lo, hi):
-    """Weight, bias and (when need_dx) input gradients of a stride-1 convolution for images [lo, hi)."""
+@njit(**JIT)
+def _wide_backward_into(x, w2t, dout, KH, KW, ph, pw, need_dx, dx, cols, dmat, dcols, dw, db, lo, hi):
+    """Weight (dw (F, C*KH*KW)), bias (db (F,)) and, when need_dx, input gradients (into dx) of a stride-1
+    convolution for images [lo, hi), in one compiled call (it holds no GIL: BLAS through np.dot). cols
+    (C*KH*KW, width), dmat (F, width) and dcols (C*KH*KW, width, only used when need_dx) are scratch with
+    width = (hi - lo) * L."""
     Wp = x.shape[3] + 2 * pw
     L = (dout.shape[2] - 1) * Wp + dout.shape[3]
-    width = (hi - lo) * L
-    cols = np.empty((w2t.shape[0], width), dtype=x.dtype)
-    dmat = np.empty((dout.shape[1], width), dtype=x.dtype)
     _wide_cols(x, KH, KW, ph, pw, L, cols, lo, hi)
     _wide_douts(dout, Wp, L, dmat, lo, hi)
-    np.matmul(dmat, cols.T, out=dw_parts[slot[lo]])
-    _row_sums(dmat, db_parts[slot[lo]])
+    np.dot(dmat, cols.T, dw)
+    _row_sums(dmat, db)
     if need_dx:
-        _wide_col2ims(w2t @ dmat, KH, KW, ph, pw, L, dx, lo, hi)
+        np.dot(w2t, dmat, dcols)
+        _wide_col2ims(dcols, KH, KW, ph, pw, L, dx, lo, hi)
+
+
+def _wide_scratch(x, w2t, dout, pw, need_dx, lo, hi):
+    """The calling thread's (cols, dmat, dcols) scratch for _wide_backward_into on images [lo, hi)."""
+    Wp = x.shape[3] + 2 * pw
+    width = (hi - lo) * ((dout.shape[2] - 1) * Wp + dout.shape[3])
+    rows = w2t.shape[0]
+    return (thread_buffer((rows, width), x.dtype, "wide cols"),
+            thread_buffer((dout.shape[1], width), x.dtype, "wide dmat"),
+            thread_buffer((rows, width) if need_dx else (1, 1), x.dtype, "wide dcols"))
+
+
+def _wide_backward_gemm(x, w2t, dout, KH, KW, ph, pw, need_dx, dx, dw_parts, db_parts, slot, lo, hi):
+    """Weight, bias and (when need_dx) input gradients of a stride-1 convolution for images [lo, hi): the
+    thread's scratch buffers, then one compiled call; the partial sums go to slot[lo] of dw_parts, db_parts."""
+    k = slot[lo]
+    _wide_backward_into(x, w2t, dout, KH, KW, ph, pw, need_dx, dx, *_wide_scratch(x, w2t, dout, pw, need_dx, lo, hi),
+                        dw_parts[k], db_parts[k], lo, hi)
