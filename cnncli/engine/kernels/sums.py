@@ -32,10 +32,20 @@ def _row_sums(m, out):
         out[r] = _sum_lanes(m[r], m.shape[1])
 
 
+@njit(**JIT)
+def _add_rows(parts, out):
+    """out = parts[0] + parts[1] + ... for parts (K, M), added in row order (as numpy's += one row at a time)."""
+    out[:] = parts[0]
+    for k in range(1, parts.shape[0]):
+        p = parts[k]
+        for i in range(out.shape[0]):
+            out[i] += p[i]
+
+
 def _sum_parts(dw_parts, db_parts):
-    """The chunks' partial sums added in chunk order (the same order for any thread count)."""
-    dw, db = dw_parts[0].copy(), db_parts[0].copy()
-    for k in range(1, len(dw_parts)):
-        dw += dw_parts[k]
-        db += db_parts[k]
+    """The chunks' partial sums added in chunk order (the same order for any thread count): two compiled calls."""
+    dw = np.empty(dw_parts.shape[1:], dw_parts.dtype)
+    db = np.empty(db_parts.shape[1:], db_parts.dtype)
+    _add_rows(dw_parts.reshape(len(dw_parts), -1), dw.reshape(-1))
+    _add_rows(db_parts.reshape(len(db_parts), -1), db.reshape(-1))
     return dw, db

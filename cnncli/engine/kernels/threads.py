@@ -29,6 +29,13 @@ def _bounds(total, n_chunks):
     return [(t * total // n_chunks, (t + 1) * total // n_chunks) for t in range(n_chunks)]
 
 
+def _workers():
+    global _pool
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max_workers=_threads - 1, thread_name_prefix="cnncli-kernel")
+    return _pool
+
+
 def _run(fn, total, *args, n_chunks=CHUNKS):
     """Call fn(*args, lo, hi) over chunks of range(total); chunks run on the worker threads.
 
@@ -36,15 +43,12 @@ def _run(fn, total, *args, n_chunks=CHUNKS):
     (a pool of `threads` workers plus the caller oversubscribed the cores). Chunks are handed out one at a time
     to whichever thread is free; which thread runs a chunk never changes what the chunk computes.
     """
-    global _pool
     chunks = [b for b in _bounds(total, max(1, min(total, n_chunks))) if b[1] > b[0]]
     helpers = min(_threads, len(chunks)) - 1
     if helpers <= 0 or getattr(_serial, "on", False):
         for lo, hi in chunks:
             fn(*args, lo, hi)
         return
-    if _pool is None:
-        _pool = ThreadPoolExecutor(max_workers=_threads - 1, thread_name_prefix="cnncli-kernel")
     pending = iter(chunks)
     lock = threading.Lock()
 
@@ -56,7 +60,7 @@ def _run(fn, total, *args, n_chunks=CHUNKS):
                 return
             fn(*args, *chunk)
 
-    futures = [_pool.submit(work) for _ in range(helpers)]
+    futures = [_workers().submit(work) for _ in range(helpers)]
     try:
         work()
     finally:
@@ -77,3 +81,19 @@ def run_whole(fn, total, n_chunks):
             _serial.on = False
 
     _run(whole, total, n_chunks=n_chunks)
+
+
+def run_strided(fn, n_chunks, *args):
+    """Call fn(*args, first, step) once on each of `step` = min(threads, n_chunks) threads, first = 0 .. step - 1:
+    fn runs chunks first, first + step, ... of its own, in one compiled loop, so a region costs one hand-off per
+    thread instead of one per chunk (a chunk's results never depend on the thread that runs it)."""
+    step = min(_threads, n_chunks)
+    if step <= 1 or getattr(_serial, "on", False):
+        fn(*args, 0, 1)
+        return
+    futures = [_workers().submit(fn, *args, first, step) for first in range(1, step)]
+    try:
+        fn(*args, 0, step)
+    finally:
+        for f in futures:
+            f.result()
