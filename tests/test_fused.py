@@ -135,3 +135,48 @@ def test_fused_pass_equals_the_unfused_kernels_bit_for_bit(case):
     kernels.maxpool_forward(conv, (2, 2), (2, 2), (0, 0), pooled)
     assert fused(kernels, x, w, b, stride, padding).tobytes() == pooled.tobytes()
 
+
+
+@pytest.mark.parametrize("case", [FUSED_CASES[0][0], FUSED_CASES[4][0], FUSED_CASES[5][0]],
+                         ids=["direct", "winograd", "winograd wide rows"])
+def test_a_chunk_of_a_whole_pass_computes_what_the_split_kernel_does(case):
+    """Inside a chunked inference pass (threads.run_whole) the fused kernel runs its sub-chunks in one compiled
+    call: the values are those of the kernel split across threads, bit for bit."""
+    x, w, b, stride, padding = arrays(case, np.float32, seed=5)
+    x = np.concatenate([x] * 6)  # more images than the Winograd sub-chunk size
+    split = fused(kernels, x, w, b, stride, padding)
+    whole = [None]
+
+    def one_chunk(lo, hi):
+        assert kernels.threads.in_whole_chunk()
+        whole[0] = fused(kernels, x[lo:hi], w, b, stride, padding)
+
+    kernels.run_whole(one_chunk, len(x), 1)
+    assert not kernels.threads.in_whole_chunk()
+    assert whole[0].tobytes() == split.tobytes()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("relu", [False, True])
+def test_dense_kernel_matches_plain_loops(dtype, relu):
+    rng = np.random.default_rng(7)
+    x2, w, b = (rng.standard_normal(s).astype(dtype) for s in ((37, 50), (13, 50), (13,)))
+    x2[3, 4] = np.nan  # row 3 becomes NaN: ReLU turns it into 0, as the activation kernels do
+    out = np.full((37, 13), -7, dtype)
+    kernels.dense_forward(x2, w, b, out, relu)
+    ref = np.array([[sum(float(x2[n, k]) * float(w[u, k]) for k in range(50)) + float(b[u]) for u in range(13)]
+                    for n in range(37)])
+    if relu:
+        ref = np.where(ref > 0, ref, 0.0)  # NaN > 0 is False: NaN -> 0
+    assert np.isnan(ref).any() != relu
+    np.testing.assert_allclose(out, ref, **tol(dtype))
+
+
+def test_dense_kernel_rejects_mismatched_arrays():
+    x2, w, b = np.zeros((4, 6), np.float32), np.zeros((3, 6), np.float32), np.zeros(3, np.float32)
+    with pytest.raises(ValueError, match="out"):
+        kernels.dense_forward(x2, w, b, np.empty((4, 4), np.float32))
+    with pytest.raises(ValueError, match="w"):
+        kernels.dense_forward(x2, np.zeros((3, 5), np.float32), b, np.empty((4, 3), np.float32))
+    with pytest.raises(ValueError, match="x2"):
+        kernels.dense_forward(x2.T, w, b, np.empty((4, 3), np.float32))

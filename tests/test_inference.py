@@ -80,3 +80,13 @@ def test_predict_of_several_chunks_agrees_with_one_image_passes(tmp_path):
     assert batched.shape == (70, 4)
     assert batched.std(axis=1).mean() > 0.05  # not all uniform: the comparison can fail
     np.testing.assert_allclose(batched, single, atol=3e-6)
+
+
+def test_small_dense_layers_run_inside_the_chunks_and_large_ones_on_the_whole_batch():
+    # M1's dense weights (fc64 on 32x5x5: 200 KB) fit the chunks; the default preset's fc128 at 64x64x3 (2 MB)
+    # does not, so its pass stops the chunks at the first dense layer
+    m1 = Model("m1", (1, 28, 28), 10, seed=0)
+    default = Model("default", (3, 64, 64), 10, seed=0)
+    assert inference.chunk_stop(m1.layers) == len(m1.layers)
+    first_dense = next(i for i, layer in enumerate(default.layers) if layer.token.startswith("fc"))
+    assert inference.chunk_stop(default.layers) == first_dense

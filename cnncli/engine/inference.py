@@ -5,8 +5,9 @@ the convolutional layers (everything before the first dense layer) on one thread
 layer buffers that thread's own, and the threads take chunks as they come free. Against splitting every layer's
 work across the threads, a pass has one hand-off instead of one per layer, and a chunk's activations stay in that
 core's cache from one layer to the next. Smaller batches (photo-sized images: a pass holds few) run layer by layer,
-each kernel splitting its work across the threads, and the dense layers always see the whole batch: one GEMM
-each, whose weights are read once (per chunk, a 2 MB weight matrix cost 5x the GEMM's time, measured).
+each kernel splitting its work across the threads. Dense layers join the chunks when their weights together fit a
+core's L2 cache (M1's: 200 KB), so such a pass has no serial tail; larger ones see the whole batch, one GEMM each,
+whose weights are read once (per chunk, a 2 MB weight matrix cost 5x the GEMM's time, measured).
 
 The chunks depend on the batch size only, never on the thread count, so logits are the same bit for bit for
 any --threads. Within a chunk the kernels are the ones a whole batch uses (numba, fused passes).
@@ -15,6 +16,18 @@ any --threads. Within a chunk the kernels are the ones a whole batch uses (numba
 import numpy as np
 
 CHUNK_IMAGES = 32
+CHUNK_DENSE_BYTES = 512 * 1024  # dense weights (all dense layers together) that still run inside the chunks
+
+
+def chunk_stop(net):
+    """How many of the layers `net` (a list) a chunk takes its images through: all of them when the dense layers'
+    weights total at most CHUNK_DENSE_BYTES, else those before the first dense layer."""
+    from cnncli.engine.layers import Dense
+
+    dense = [layer for layer in net if isinstance(layer, Dense)]
+    if sum(layer.params["weight"].nbytes for layer in dense) <= CHUNK_DENSE_BYTES:
+        return len(net)
+    return net.index(dense[0])
 
 
 def chunk_count(n):

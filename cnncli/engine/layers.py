@@ -278,13 +278,21 @@ class Dense(Layer):
             "bias": np.zeros(self.units, np.float32),
         }
 
-    def forward(self, x, training=False, params=None):
-        """params (inference only): weights to use instead of self.params, e.g. with a batch norm folded in."""
+    def forward(self, x, training=False, params=None, relu=False):
+        """params (inference only): weights to use instead of self.params, e.g. with a batch norm folded in.
+        relu=True (inference only) also applies the ReLU that follows (the model hands the output to that ReLU
+        layer's `fused`): one compiled call with the GEMM and the bias on the numba path."""
         p = params or self.params
         self.x2 = x.reshape(x.shape[0], -1)
         self.in_shape = x.shape
-        out = self.x2 @ p["weight"].T
-        out += p["bias"]
+        if not training and _forward_kernels(x, training) is not kernels_np:
+            out = np.empty((x.shape[0], self.units), x.dtype)
+            _numba().dense_forward(self.x2, p["weight"], p["bias"], out, relu)
+        else:
+            out = self.x2 @ p["weight"].T
+            out += p["bias"]
+            if relu:
+                kernels_np.activation_forward("relu", out, out)
         return out.reshape(x.shape[0], self.units, 1, 1)
 
     def backward(self, dy, need_dx=True):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cnncli.errors import SpecError
-from cnncli.engine.inference import forward_chunked
+from cnncli.engine.inference import chunk_stop, forward_chunked
 from cnncli.engine.layers import Activation, Conv, Dense, Dropout, MaxPool, softmax, softmax_cross_entropy
 from cnncli.engine.norm import BatchNorm, GlobalAvgPool
 from cnncli.engine.passes import in_passes
@@ -253,9 +253,9 @@ class Model:
         h = np.ascontiguousarray(x)
         if training:
             return self._layers_forward(h, True, stop)
-        # Outside training the layers before the first dense one run in chunks of images, one thread per chunk
-        # (engine.inference); the dense layers run on the whole batch, one GEMM each (their weights read once).
-        split = next((i for i, layer in enumerate(self.layers) if isinstance(layer, Dense)), len(self.layers))
+        # Outside training the layers run in chunks of images, one thread per chunk (engine.inference), up to the
+        # first dense layer unless the dense weights are small; the rest run on the whole batch.
+        split = chunk_stop(self.layers)
         if split > 0:
             h = forward_chunked(lambda xs: self._layers_forward(xs, stop=split), h, self.shapes[split - 1])
         return self._layers_forward(h, start=split)
@@ -269,10 +269,12 @@ class Model:
                     and isinstance(layers[i + 1], BatchNorm)):
                 kw["params"] = layers[i + 1].fold(layer.params)
                 i += 1
-            # A conv or bn followed by ReLU runs as one fused pass; the ReLU layer only keeps the output for backward.
+            # A conv or bn (or, outside training, a dense layer) followed by ReLU runs as one fused pass; the ReLU
+            # layer only keeps the output for backward.
             # A 2 x 2 stride-2 max pooling ("pool2") after a conv's ReLU joins it: one pass outside training
             # (kernels.fused), one parallel region in training (kernels.regions; backward likewise).
-            if isinstance(layer, (Conv, BatchNorm)) and _is_relu(layers, i + 1):
+            if (isinstance(layer, (Conv, BatchNorm)) or not training and isinstance(layer, Dense)) \
+                    and _is_relu(layers, i + 1):
                 pool2 = (isinstance(layer, Conv) and i + 2 < (len(layers) if stop is None else stop)
                          and layers[i + 2].token == "pool2")
                 if training and pool2:

@@ -28,12 +28,12 @@ Design, from measurements on a 2-core machine:
   Kernels whose work items are independent (the direct forward pass: one (image, filter) pair each) may split
   by the thread count, since no item's arithmetic depends on which chunk it is in.
 
-One module per job: `threads` (the worker pool and chunking), `blas` (BLAS for compiled kernels), `checks` (argument checks), `sums` (fixed-order
-sums), `conv` (the public convolutions, choosing among `winograd`, `wide` and `im2col`), `fused` (inference:
-convolution + bias + ReLU + 2 x 2 max pooling in one pass), `regions` (training: a convolution, its ReLU and
-a 2 x 2 max pooling in one parallel region, forward and backward), `pooling` (max pooling), `norm` (batch
-normalisation and global average pooling) and `elementwise` (activations). No module outside this package
-imports numba.
+One module per job: `threads` (the worker pool and chunking), `blas` (BLAS for compiled kernels), `checks`
+(argument checks), `sums` (fixed-order sums), `conv` (the public convolutions, choosing among `winograd`, `wide`
+and `im2col`), `fused` (inference: convolution + bias + ReLU + 2 x 2 max pooling in one pass), `dense`
+(inference: a dense layer + bias + ReLU), `regions` (training: a convolution, its ReLU and a 2 x 2 max pooling
+in one parallel region, forward and backward), `pooling` (max pooling), `norm` (batch normalisation and global
+average pooling) and `elementwise` (activations). No module outside this package imports numba.
 """
 
 from cnncli.engine.kernels import blas
@@ -41,6 +41,7 @@ from cnncli.engine.kernels import blas
 blas.preload()  # before any kernel that calls np.dot runs: numba looks the BLAS module up on the first call
 
 from cnncli.engine.kernels.conv import conv2d_backward, conv2d_forward
+from cnncli.engine.kernels.dense import dense_forward
 from cnncli.engine.kernels.fused import conv2d_relu_pool2
 from cnncli.engine.kernels.elementwise import activation_backward, activation_forward
 from cnncli.engine.kernels.norm import (bn_backward, bn_grad_apply, bn_grad_sums, bn_normalize, bn_shift,
@@ -52,6 +53,6 @@ from cnncli.engine.kernels.threads import get_threads, run_whole, set_threads
 
 __all__ = ["activation_backward", "activation_forward", "bn_backward", "bn_grad_apply", "bn_grad_sums", "bn_normalize",
            "bn_shift", "bn_statistics", "bn_sums", "bn_train_forward", "channel_affine",
-           "conv2d_backward", "conv2d_forward", "conv2d_relu_maxpool2", "conv2d_relu_pool2", "gap_backward",
-           "gap_forward", "get_threads", "maxpool2_relu_conv2d_backward", "maxpool_backward", "maxpool_forward",
-           "run_whole", "set_threads"]
+           "conv2d_backward", "conv2d_forward", "conv2d_relu_maxpool2", "conv2d_relu_pool2", "dense_forward",
+           "gap_backward", "gap_forward", "get_threads", "maxpool2_relu_conv2d_backward", "maxpool_backward",
+           "maxpool_forward", "run_whole", "set_threads"]

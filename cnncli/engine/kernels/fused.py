@@ -25,7 +25,7 @@ from cnncli.config import JIT
 from cnncli.engine.kernels.checks import _expect, _input, _out_shape
 from cnncli.engine.kernels.conv import conv2d_forward
 from cnncli.engine.kernels.pooling import maxpool_forward
-from cnncli.engine.kernels.threads import _run, get_threads
+from cnncli.engine.kernels.threads import _run, get_threads, in_whole_chunk
 from cnncli.engine.kernels.wide import _pad_image
 from cnncli.engine.kernels.winograd import (_WINO_CHUNK_BYTES, _planes, _wino_fits, _wino_products_into,
                                             _wino_weights)
@@ -175,18 +175,23 @@ def _wino_pool_output(M, b, TH, TW, out, lo, hi):
 
 
 @njit(**JIT)
-def _wino_pool_into(x, U, b, ph, pw, TH, TW, V, M, out, lo, hi):
-    _wino_products_into(x, U, ph, pw, TH, TW, V, M, lo, hi)
-    _wino_pool_output(M, b, TH, TW, out, lo, hi)
+def _wino_pool_into(x, U, b, ph, pw, TH, TW, V, M, out, lo, hi, n_sub):
+    """Winograd convolution + bias + ReLU + 2 x 2 pooling of images [lo, hi) of x into out (pooled shape), in
+    n_sub sub-chunks of images (_bounds' split) whose tiles fit the (16, plane) scratch buffers V and M."""
+    n = hi - lo
+    for t in range(n_sub):
+        a, z = lo + t * n // n_sub, lo + (t + 1) * n // n_sub
+        if z > a:
+            _wino_products_into(x, U, ph, pw, TH, TW, V, M, a, z)
+            _wino_pool_output(M, b, TH, TW, out, a, z)
 
 
-def _wino_pool_chunk(x, U, b, ph, pw, TH, TW, out, lo, hi):
-    """Winograd convolution + bias + ReLU + 2 x 2 pooling of images [lo, hi) of x into out (pooled shape): one
-    compiled call."""
-    T = (hi - lo) * TH * TW
+def _wino_pool_chunk(x, U, b, ph, pw, TH, TW, out, lo, hi, n_sub=1):
+    """_wino_pool_into with the calling thread's scratch planes: one compiled call."""
+    T = -(-(hi - lo) // n_sub) * TH * TW
     V, _ = _planes(x.shape[1], T, x.dtype, "V")
     M, _ = _planes(U.shape[1], T, x.dtype, "M")
-    _wino_pool_into(x, U, b, ph, pw, TH, TW, V, M, out, lo, hi)
+    _wino_pool_into(x, U, b, ph, pw, TH, TW, V, M, out, lo, hi, n_sub)
 
 
 def conv2d_relu_pool2(x, w, b, stride, padding, out):
@@ -211,9 +216,14 @@ def conv2d_relu_pool2(x, w, b, stride, padding, out):
         U = np.empty((16, F, C), dtype=x.dtype)
         _wino_weights(w, U)
         n_chunks = max(1, min(N, -(-N * 16 * C * TH * TW * 4 // _WINO_CHUNK_BYTES)))
-        _run(_wino_pool_chunk, N, x, U, b, ph, pw, TH, TW, out, n_chunks=n_chunks)
+        if in_whole_chunk():  # the same sub-chunks, serially, in one compiled call
+            _wino_pool_chunk(x, U, b, ph, pw, TH, TW, out, 0, N, n_chunks)
+        else:
+            _run(_wino_pool_chunk, N, x, U, b, ph, pw, TH, TW, out, n_chunks=n_chunks)
     elif tuple(stride) == (1, 1) and C <= 3:
-        _run(_direct_pool_chunk, N * F, x, w, b, ph, pw, OH, OW, out, n_chunks=2 * get_threads())
+        # items are independent (one (image, filter) map each), so any split computes the same values
+        _run(_direct_pool_chunk, N * F, x, w, b, ph, pw, OH, OW, out,
+             n_chunks=1 if in_whole_chunk() else 2 * get_threads())
     else:
         full = np.empty((N, F, OH, OW), dtype=x.dtype)
         conv2d_forward(x, w, b, stride, padding, full, relu=True)

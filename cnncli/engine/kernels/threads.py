@@ -68,6 +68,12 @@ def _run(fn, total, *args, n_chunks=CHUNKS):
             f.result()
 
 
+def in_whole_chunk() -> bool:
+    """True on a thread that runs one chunk of a run_whole pass: its kernels run serially, and should do so in as
+    few compiled calls as they can (each call hands the GIL over, which the other threads wait on)."""
+    return getattr(_serial, "on", False)
+
+
 def run_whole(fn, total, n_chunks):
     """Call fn(lo, hi) over n_chunks chunks of range(total) on the worker threads, each chunk wholly on one thread:
     kernels that fn calls run their own chunks serially on that thread (no nested hand-offs, one fork/join).
