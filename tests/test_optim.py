@@ -60,3 +60,33 @@ def test_adamw_decays_weights_apart_from_the_gradient():
     assert abs(w1 - 0.9) > 0.009
     # Biases are not decayed.
     assert b1 == pytest.approx(0.5 - STEP1, abs=1e-12) and b2 == pytest.approx(0.5 - STEP1 - STEP2, abs=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sgd_steps_equal_numpys_array_operations_bit_for_bit(dtype):
+    # SGD runs its momentum update as one compiled pass (kernels.sgd_momentum): it must round exactly as the
+    # array operations `v *= mu; v += g; p -= lr * v` do, or training results would change with the engine.
+    rng = np.random.default_rng(3)
+    p0 = rng.standard_normal((7, 5, 3)).astype(dtype)
+    grads = [rng.standard_normal(p0.shape).astype(dtype) * 10.0 ** rng.integers(-4, 3) for _ in range(4)]
+    opt, p = make_optimizer("sgd"), p0.copy()
+    want_p, want_v = p0.copy(), None
+    for g in grads:
+        opt.step([("w", p)], [("w", g)], 0.037)
+        if want_v is None:
+            want_v = g.copy()
+        else:
+            want_v *= 0.9
+            want_v += g
+        want_p -= 0.037 * want_v
+        assert p.tobytes() == want_p.tobytes() and opt.state["w"].tobytes() == want_v.tobytes()
+
+
+def test_the_sgd_kernel_refuses_mismatched_arrays():
+    from cnncli.engine import kernels
+
+    p = np.zeros((3, 2), np.float32)
+    with pytest.raises(ValueError, match="g"):
+        kernels.sgd_momentum(p, np.zeros_like(p), np.zeros((2, 3), np.float32), 0.1, 0.9)
+    with pytest.raises(ValueError, match="v"):
+        kernels.sgd_momentum(p, np.zeros(p.shape, np.float64), np.zeros_like(p), 0.1, 0.9)

@@ -9,6 +9,17 @@ import math
 import numpy as np
 
 
+def _kernels():
+    from cnncli.engine import kernels  # numba: loaded by training anyway, never by a module import
+
+    return kernels
+
+
+def _fusable(p, v, g):
+    return (p.dtype in (np.float32, np.float64) and v.dtype == g.dtype == p.dtype and v.shape == g.shape == p.shape
+            and p.flags.c_contiguous and v.flags.c_contiguous and g.flags.c_contiguous)
+
+
 class SGD:
     """SGD with momentum (PyTorch's form: v = mu * v + g; p -= lr * v) and L2 weight decay on weights."""
 
@@ -24,10 +35,13 @@ class SGD:
             v = self.state.get(name)
             if v is None:
                 v = self.state[name] = g.copy()
+                p -= lr * v
+            elif _fusable(p, v, g):  # the same arithmetic in one compiled pass (kernels.sgd_momentum)
+                _kernels().sgd_momentum(p, v, g, lr, self.momentum)
             else:
                 v *= self.momentum
                 v += g
-            p -= lr * v
+                p -= lr * v
 
 
 class Adam:

@@ -43,7 +43,7 @@ blas.preload()  # before any kernel that calls np.dot runs: numba looks the BLAS
 from cnncli.engine.kernels.conv import conv2d_backward, conv2d_forward
 from cnncli.engine.kernels.dense import dense_forward
 from cnncli.engine.kernels.fused import conv2d_relu_pool2
-from cnncli.engine.kernels.elementwise import activation_backward, activation_forward
+from cnncli.engine.kernels.elementwise import activation_backward, activation_forward, sgd_momentum
 from cnncli.engine.kernels.norm import (bn_backward, bn_grad_apply, bn_grad_sums, bn_normalize, bn_shift,
                                        bn_statistics, bn_sums, bn_train_forward, channel_affine, gap_backward,
                                        gap_forward)
@@ -55,4 +55,4 @@ __all__ = ["activation_backward", "activation_forward", "bn_backward", "bn_grad_
            "bn_shift", "bn_statistics", "bn_sums", "bn_train_forward", "channel_affine",
            "conv2d_backward", "conv2d_forward", "conv2d_relu_maxpool2", "conv2d_relu_pool2", "dense_forward",
            "gap_backward", "gap_forward", "get_threads", "maxpool2_relu_conv2d_backward", "maxpool_backward",
-           "maxpool_forward", "run_whole", "set_threads"]
+           "maxpool_forward", "run_whole", "set_threads", "sgd_momentum"]

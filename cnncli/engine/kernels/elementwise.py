@@ -4,7 +4,7 @@ import numpy as np
 from numba import njit
 
 from cnncli.config import JIT
-from cnncli.engine.kernels.checks import _expect
+from cnncli.engine.kernels.checks import _expect, _input
 from cnncli.engine.kernels.threads import _run, get_threads
 
 # Element-wise kernels slice their [lo, hi) range first and index the slices from 0: with `range(lo, hi)` numba
@@ -108,3 +108,22 @@ def activation_backward(kind, y, dy, dx):
     flat = y.reshape(-1)
     _run(_ACTIVATIONS[kind][1], flat.size, flat, dy.reshape(-1), dx.reshape(-1),
          n_chunks=_elementwise_chunks(flat.size))
+
+
+@njit(**JIT)
+def _sgd_momentum(p, v, g, lr, mu):
+    for i in range(p.shape[0]):
+        vi = v[i] * mu + g[i]  # two roundings, as numpy's `v *= mu; v += g` (no FMA contraction: JIT flags)
+        v[i] = vi
+        p[i] -= lr * vi
+
+
+def sgd_momentum(p, v, g, lr, momentum):
+    """In place, element by element: v = momentum * v + g, then p -= lr * v; p, v, g one shape and float dtype,
+    C-contiguous. lr and momentum are rounded to that dtype first, so the results are numpy's
+    `v *= momentum; v += g; p -= lr * v` bit for bit, in one compiled pass instead of four array operations."""
+    _input("p", p, p.ndim)
+    _expect("v", v, p.shape, p.dtype)
+    _expect("g", g, p.shape, p.dtype)
+    t = p.dtype.type
+    _sgd_momentum(p.reshape(-1), v.reshape(-1), g.reshape(-1), t(lr), t(momentum))
