@@ -8,8 +8,12 @@ import numpy as np
 import pytest
 
 import naive
-from cnncli.config import CHUNKS
+from numba import njit
+
+from cnncli.config import CHUNKS, JIT
 from cnncli.engine import kernels
+from cnncli.engine.kernels.claim import _fetch_add
+from cnncli.engine.kernels.threads import run_claimed
 
 # (x shape, w shape, stride, padding): one case per convolution path, odd output sizes (pooling drops the last
 # row or column) and more images than chunks.
@@ -93,3 +97,22 @@ def test_a_region_refuses_pooled_arrays_of_the_wrong_shape():
     with pytest.raises(ValueError, match="argmax"):
         kernels.maxpool2_relu_conv2d_backward(dpooled, np.empty(wrong, np.int32), dpooled, x, w, stride, padding,
                                               out)
+
+
+@njit(**JIT)
+def _claim_all(seen, counter):
+    k = _fetch_add(counter)
+    while k < seen.shape[0]:
+        seen[k] += 1
+        k = _fetch_add(counter)
+
+
+def test_the_threads_of_a_region_claim_every_chunk_exactly_once(threads):
+    # A region's threads take chunk indices from one atomic counter inside compiled code (no GIL): a lost or
+    # doubled claim would skip a chunk or run it twice, adding its partial sums twice.
+    for n in (1, 2, 3):
+        threads(n)
+        for _ in range(20):
+            seen = np.zeros(20000, np.int64)
+            run_claimed(_claim_all, len(seen), seen)
+            assert (seen == 1).all(), n

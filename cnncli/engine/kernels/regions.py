@@ -8,8 +8,8 @@ while its maps are still in the worker's cache. Each step is the stand-alone ker
 images, so the results are theirs bit for bit, for any thread count (`tests/test_train_fusion.py`).
 
 On the paths M1 takes (the direct 1-channel convolution, the wide GEMM backward and Winograd) each thread makes
-ONE compiled call per region, which loops over its share of the chunks (run_strided): every return from compiled
-code takes the GIL back, and with two threads that can mean waiting for the other thread's Python and waking it
+ONE compiled call per region, which claims chunks from an atomic counter until none are left (run_claimed):
+every return from compiled code takes the GIL back, and with two threads that can mean waiting for the other thread's Python and waking it
 (a futex call, tens of microseconds on a small VM). Chunk boundaries are the stand-alone kernels' (shapes only),
 each chunk's partial sums go to that chunk's slot, and which thread runs a chunk changes nothing it computes.
 """
@@ -18,13 +18,15 @@ import numpy as np
 from numba import njit
 
 from cnncli.config import JIT
+from cnncli.engine.kernels.claim import _fetch_add
 from cnncli.engine.kernels.checks import _check_conv, _expect
 from cnncli.engine.kernels.conv import _backward_plan, _forward_plan
 from cnncli.engine.kernels.pooling import _maxpool2_forward_chunk, _maxpool_backward_chunk
 from cnncli.engine.kernels.scratch import thread_buffer
-from cnncli.engine.kernels.threads import _bounds, _run, run_strided
+from cnncli.engine.kernels.threads import _bounds, _run, run_claimed
 from cnncli.engine.kernels.wide import _wide_backward_gemm, _wide_backward_into, _wide_forward_direct
-from cnncli.engine.kernels.winograd import _planes, _wino_backward_chunk, _wino_backward_into, _wino_chunk, _wino_chunk_into
+from cnncli.engine.kernels.winograd import (_planes, _wino_backward_chunk, _wino_backward_into, _wino_chunk,
+                                            _wino_chunk_into)
 
 
 def _pool_shape(out):
@@ -43,38 +45,42 @@ def _forward_chunk(conv_fn, conv_args, per_image, out, pooled, argmax, lo, hi):
 
 
 @njit(**JIT)
-def _direct_pool_chunks(x, w, b, ph, pw, out, pooled, argmax, bounds, first, step):
-    """Chunks first, first + step, ... of bounds: direct convolution with ReLU, then 2 x 2 max pooling."""
+def _direct_pool_chunks(x, w, b, ph, pw, out, pooled, argmax, bounds, counter):
+    """The chunks of bounds this thread claims from counter: direct convolution with ReLU, then 2 x 2 max pooling."""
     F = w.shape[0]
-    for k in range(first, bounds.shape[0], step):
+    k = _fetch_add(counter)
+    while k < bounds.shape[0]:
         lo, hi = bounds[k, 0] * F, bounds[k, 1] * F
         _wide_forward_direct(x, w, b, ph, pw, out, True, lo, hi)
         _maxpool2_forward_chunk(out, pooled, argmax, lo, hi)
+        k = _fetch_add(counter)
 
 
-def _direct_pool(x, w, b, ph, pw, out, pooled, argmax, bounds, first, step):
-    _direct_pool_chunks(x, w, b, ph, pw, out, pooled, argmax, bounds, first, step)
+def _direct_pool(x, w, b, ph, pw, out, pooled, argmax, bounds, counter):
+    _direct_pool_chunks(x, w, b, ph, pw, out, pooled, argmax, bounds, counter)
 
 
 @njit(**JIT)
-def _wino_pool_chunks(x, U, b, ph, pw, TH, TW, V, M, out, pooled, argmax, bounds, first, step):
-    """Chunks first, first + step, ... of bounds: Winograd convolution with ReLU, then 2 x 2 max pooling."""
+def _wino_pool_chunks(x, U, b, ph, pw, TH, TW, V, M, out, pooled, argmax, bounds, counter):
+    """The chunks of bounds this thread claims from counter: Winograd convolution with ReLU, then 2 x 2 max pooling."""
     F = out.shape[1]
-    for k in range(first, bounds.shape[0], step):
+    k = _fetch_add(counter)
+    while k < bounds.shape[0]:
         lo, hi = bounds[k, 0], bounds[k, 1]
         _wino_chunk_into(x, U, b, ph, pw, TH, TW, V, M, out, True, lo, hi)
         _maxpool2_forward_chunk(out, pooled, argmax, lo * F, hi * F)
+        k = _fetch_add(counter)
 
 
 def _largest(bounds):
     return int((bounds[:, 1] - bounds[:, 0]).max())
 
 
-def _wino_pool(x, U, b, ph, pw, TH, TW, out, pooled, argmax, bounds, first, step):
+def _wino_pool(x, U, b, ph, pw, TH, TW, out, pooled, argmax, bounds, counter):
     T = _largest(bounds) * TH * TW  # this thread's planes, sized for the largest chunk
     V, _ = _planes(x.shape[1], T, x.dtype, "V")
     M, _ = _planes(U.shape[1], T, x.dtype, "M")
-    _wino_pool_chunks(x, U, b, ph, pw, TH, TW, V, M, out, pooled, argmax, bounds, first, step)
+    _wino_pool_chunks(x, U, b, ph, pw, TH, TW, V, M, out, pooled, argmax, bounds, counter)
 
 
 def conv2d_relu_maxpool2(x, w, b, stride, padding, out, pooled, argmax):
@@ -92,7 +98,7 @@ def conv2d_relu_maxpool2(x, w, b, stride, padding, out, pooled, argmax):
     strided = {_wide_forward_direct: _direct_pool, _wino_chunk: _wino_pool}.get(fn)
     if strided is not None:
         bounds = _chunk_bounds(x.shape[0], n_chunks)
-        run_strided(strided, len(bounds), *args[:-1], pooled, argmax, bounds)  # args end with relu (True)
+        run_claimed(strided, len(bounds), *args[:-1], pooled, argmax, bounds)  # args end with relu (True)
     else:
         _run(_forward_chunk, x.shape[0], fn, args, total // x.shape[0], out, pooled, argmax, n_chunks=n_chunks)
 
@@ -106,49 +112,53 @@ def _backward_chunk(dpooled, argmax, pooled, dconv, conv_fn, conv_args, lo, hi):
 
 @njit(**JIT)
 def _pool_wide_backward_chunks(dpooled, argmax, pooled, dconv, x, w2t, KH, KW, ph, pw, need_dx, dx, cols, dmat,
-                               dcols, dw_parts, db_parts, bounds, first, step):
-    """Chunks first, first + step, ... of bounds: pooling and ReLU backward, then _wide_backward_into; cols,
+                               dcols, dw_parts, db_parts, bounds, counter):
+    """The chunks of bounds this thread claims from counter: pooling and ReLU backward, then _wide_backward_into; cols,
     dmat and dcols are flat scratch for the largest chunk, chunk k's partial sums go to dw_parts[k], db_parts[k]."""
     F, rows = dconv.shape[1], w2t.shape[0]
     L = (dconv.shape[2] - 1) * (x.shape[3] + 2 * pw) + dconv.shape[3]
-    for k in range(first, bounds.shape[0], step):
+    k = _fetch_add(counter)
+    while k < bounds.shape[0]:
         lo, hi = bounds[k, 0], bounds[k, 1]
         width = (hi - lo) * L
         _maxpool_backward_chunk(dpooled, argmax, True, pooled, dconv, lo * F, hi * F)
         dc = dcols[:rows * width].reshape(rows, width) if need_dx else dcols[:1].reshape(1, 1)
         _wide_backward_into(x, w2t, dconv, KH, KW, ph, pw, need_dx, dx, cols[:rows * width].reshape(rows, width),
                             dmat[:F * width].reshape(F, width), dc, dw_parts[k], db_parts[k], lo, hi)
+        k = _fetch_add(counter)
 
 
 def _pool_wide_backward(dpooled, argmax, pooled, dconv, x, w2t, _dout, KH, KW, ph, pw, need_dx, dx, dw_parts,
-                        db_parts, bounds, first, step):
+                        db_parts, bounds, counter):
     width = _largest(bounds) * ((dconv.shape[2] - 1) * (x.shape[3] + 2 * pw) + dconv.shape[3])
     rows = w2t.shape[0]
     cols = thread_buffer((rows * width,), x.dtype, "wide cols")
     dmat = thread_buffer((dconv.shape[1] * width,), x.dtype, "wide dmat")
     dcols = thread_buffer((rows * width if need_dx else 1,), x.dtype, "wide dcols")
     _pool_wide_backward_chunks(dpooled, argmax, pooled, dconv, x, w2t, KH, KW, ph, pw, need_dx, dx, cols, dmat, dcols,
-                               dw_parts, db_parts, bounds, first, step)
+                               dw_parts, db_parts, bounds, counter)
 
 
 @njit(**JIT)
 def _pool_wino_backward_chunks(dpooled, argmax, pooled, dconv, x, Ut, ph, pw, TH, TW, need_dx, dx, V, dM, dU_parts,
-                               db_parts, bounds, first, step):
-    """Chunks first, first + step, ... of bounds: pooling and ReLU backward, then _wino_backward_into."""
+                               db_parts, bounds, counter):
+    """The chunks of bounds this thread claims from counter: pooling and ReLU backward, then _wino_backward_into."""
     F = dconv.shape[1]
-    for k in range(first, bounds.shape[0], step):
+    k = _fetch_add(counter)
+    while k < bounds.shape[0]:
         lo, hi = bounds[k, 0], bounds[k, 1]
         _maxpool_backward_chunk(dpooled, argmax, True, pooled, dconv, lo * F, hi * F)
         _wino_backward_into(x, dconv, Ut, ph, pw, TH, TW, need_dx, dx, V, dM, dU_parts[k], db_parts[k], lo, hi)
+        k = _fetch_add(counter)
 
 
 def _pool_wino_backward(dpooled, argmax, pooled, dconv, x, _dout, Ut, ph, pw, TH, TW, need_dx, dx, dU_parts,
-                        db_parts, bounds, first, step):
+                        db_parts, bounds, counter):
     T = _largest(bounds) * TH * TW
     V, _ = _planes(x.shape[1], T, x.dtype, "V")
     dM, _ = _planes(dconv.shape[1], T, x.dtype, "dM")
     _pool_wino_backward_chunks(dpooled, argmax, pooled, dconv, x, Ut, ph, pw, TH, TW, need_dx, dx, V, dM, dU_parts,
-                               db_parts, bounds, first, step)
+                               db_parts, bounds, counter)
 
 
 def maxpool2_relu_conv2d_backward(dpooled, argmax, pooled, x, w, stride, padding, dconv, dx=None):
@@ -170,7 +180,7 @@ def maxpool2_relu_conv2d_backward(dpooled, argmax, pooled, x, w, stride, padding
     strided = {_wide_backward_gemm: _pool_wide_backward, _wino_backward_chunk: _pool_wino_backward}.get(fn)
     if strided is not None:
         bounds = _chunk_bounds(x.shape[0], n_chunks)
-        run_strided(strided, len(bounds), dpooled, argmax, pooled, dconv, *args[:-1], bounds)
+        run_claimed(strided, len(bounds), dpooled, argmax, pooled, dconv, *args[:-1], bounds)
     else:
         _run(_backward_chunk, x.shape[0], dpooled, argmax, pooled, dconv, fn, args, n_chunks=n_chunks)
     return finish()

@@ -89,17 +89,21 @@ def run_whole(fn, total, n_chunks):
     _run(whole, total, n_chunks=n_chunks)
 
 
-def run_strided(fn, n_chunks, *args):
-    """Call fn(*args, first, step) once on each of `step` = min(threads, n_chunks) threads, first = 0 .. step - 1:
-    fn runs chunks first, first + step, ... of its own, in one compiled loop, so a region costs one hand-off per
-    thread instead of one per chunk (a chunk's results never depend on the thread that runs it)."""
-    step = min(_threads, n_chunks)
-    if step <= 1 or getattr(_serial, "on", False):
-        fn(*args, 0, 1)
+def run_claimed(fn, n_chunks, *args):
+    """Call fn(*args, counter) once on each of min(threads, n_chunks) threads; counter is a fresh int64 array
+    holding 0, from which fn's compiled loop claims chunk indices atomically (claim._fetch_add) until they
+    reach n_chunks. So a region costs one hand-off per thread instead of one per chunk, and a thread that gets
+    more of the CPU takes more chunks; a chunk's results never depend on the thread that runs it."""
+    import numpy as np
+
+    counter = np.zeros(1, np.int64)
+    n = min(_threads, n_chunks)
+    if n <= 1 or getattr(_serial, "on", False):
+        fn(*args, counter)
         return
-    futures = [_workers().submit(fn, *args, first, step) for first in range(1, step)]
+    futures = [_workers().submit(fn, *args, counter) for _ in range(n - 1)]
     try:
-        fn(*args, 0, step)
+        fn(*args, counter)
     finally:
         for f in futures:
             f.result()
