@@ -7,8 +7,8 @@ Every call of a compiled (numba) kernel or a numpy GEMM releases the GIL and tak
 each such return may have to wait for the other thread's Python code and wake it (a futex call, tens of
 microseconds on a small VM). This script runs --steps SGD steps of the net (as benchmarks/side.py does: 5 warm-up
 steps first, a pool of 32 batches) and prints the median wall ms per step and the load average. --calls also
-counts, with sys.setprofile and threading.setprofile over 20 further steps, the Python function calls per step
-in all threads (compiled calls themselves are invisible to the profiler). Run it under `strace -f -c -e trace=futex`
+counts, over 20 further steps, the calls from Python into compiled kernels per step (each one a possible GIL
+hand-off; a count that load does not change) and the Python function calls per step, in all threads. Run it under `strace -f -c -e trace=futex`
 for the futex count, which machine load does not inflate the way it inflates times.
 """
 
@@ -29,22 +29,32 @@ from nets import NETS, data  # noqa: E402
 
 
 def _count_calls(step, steps):
-    """Python function calls per step, in all threads, over `steps` calls of step()."""
-    calls = [0]
+    """(compiled calls, Python function calls) per step, in all threads, over `steps` calls of step().
+
+    Compiled calls: calls from Python into a numba kernel (each releases the GIL and takes it back). numba reports
+    them to a profiler as calls of the kernel's Python code; calls between compiled kernels are not seen."""
+    from numba.core.registry import CPUDispatcher
+
+    kernel_code = {(val.py_func.__code__.co_filename, val.py_func.__name__) for name, mod in list(sys.modules.items()) if name.startswith("cnncli")
+                   for val in list(vars(mod).values()) if isinstance(val, CPUDispatcher)}
+    counts = [0, 0]
 
     def prof(frame, event, arg):
         if event == "call":
-            calls[0] += 1  # a racy += between threads can lose a count: a lower bound
+            counts[(frame.f_code.co_filename, frame.f_code.co_name) not in kernel_code] += 1  # racy between threads: lower bounds
 
     threading.setprofile(prof)
     sys.setprofile(prof)
+    threads = kernels.get_threads()
+    kernels.set_threads(1)  # a new worker pool, so that its threads start under the profiler too
+    kernels.set_threads(threads)
     try:
         for i in range(steps):
             step(i)
     finally:
         sys.setprofile(None)
         threading.setprofile(None)
-    return calls[0] / steps
+    return counts[0] / steps, counts[1] / steps
 
 
 def main():
@@ -77,7 +87,9 @@ def main():
     print(f"{a.net} ({source}), batch {bs}, {a.threads} threads, {a.steps} steps: median {ms:.2f} ms per step "
           f"({bs / ms * 1000:,.0f} img/s); load average {load:.2f} -> {os.getloadavg()[0]:.2f}")
     if a.calls:
-        print(f"Python function calls per step (all threads): {_count_calls(step, 20):.0f}")
+        compiled, python = _count_calls(step, 20)
+        print(f"per step: {compiled:.0f} calls from Python into compiled kernels, {python:.0f} Python function calls"
+              " (all threads)")
 
 
 if __name__ == "__main__":
