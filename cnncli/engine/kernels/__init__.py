@@ -28,12 +28,14 @@ Design, from measurements on a 2-core machine:
   Kernels whose work items are independent (the direct forward pass: one (image, filter) pair each) may split
   by the thread count, since no item's arithmetic depends on which chunk it is in.
 
-One module per job: `threads` (the worker pool and chunking), `blas` (BLAS for compiled kernels), `checks`
+One module per job: `threads` (the worker pool and chunking), `claim` (the atomic counter from which a training
+region's threads take chunks inside compiled code), `scratch` (per-thread scratch buffers), `blas` (BLAS for
+compiled kernels), `checks`
 (argument checks), `sums` (fixed-order sums), `conv` (the public convolutions, choosing among `winograd`, `wide`
 and `im2col`), `fused` (inference: convolution + bias + ReLU + 2 x 2 max pooling in one pass), `dense`
 (inference: a dense layer + bias + ReLU), `regions` (training: a convolution, its ReLU and a 2 x 2 max pooling
 in one parallel region, forward and backward), `pooling` (max pooling), `norm` (batch normalisation and global
-average pooling) and `elementwise` (activations). No module outside this package imports numba.
+average pooling) and `elementwise` (activations, the SGD momentum update). No module outside this package imports numba.
 """
 
 from cnncli.engine.kernels import blas
