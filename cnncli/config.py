@@ -2,9 +2,10 @@
 
 Importing this module sets up the process before numba or a BLAS library loads:
 - a writable numba cache directory (the package directory may be read-only; NUMBA_CACHE_DIR wins),
-- single-threaded BLAS, because the kernels run their GEMMs inside cnncli's own thread pool (one chunk of
-  images per thread), and two pools busy-waiting against each other on a small machine stretch every call
-  to several ms.
+- single-threaded BLAS whatever the environment says, because the kernels run their GEMMs inside cnncli's own
+  thread pool (one chunk of images per thread; `--threads` is the user's control), and two pools busy-waiting
+  against each other on a small machine stretch every call to several ms,
+- no NUMBA_NUM_THREADS that numba would refuse (cnncli never uses numba's own thread pool).
 """
 
 import os
@@ -36,10 +37,32 @@ def _user_cache_dir() -> Path:
         base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return base / "cnncli" / "numba"
 
+# Forced, not defaulted: the kernels call BLAS (numpy's and, from compiled code, scipy's) inside cnncli's own
+# worker threads, so a user's OPENBLAS_NUM_THREADS=8 made every GEMM start BLAS threads of its own inside each
+# worker (a tester's training run: 54 s instead of 4.4 s, two extra busy threads). Child processes (decode
+# workers, Dask workers started here) inherit the setting, which is right for them too. `--threads` is the
+# user's control.
+BLAS_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
+                    "VECLIB_MAXIMUM_THREADS")
+
+
+def _positive_int(text: str) -> bool:
+    try:
+        return int(text) > 0  # parsed the way numba parses it
+    except ValueError:
+        return False
+
+
 def prepare_environment() -> None:
-    """Set cache and threading environment variables unless the user has set them already."""
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ.setdefault(var, "1")
+    """Set the threading variables (BLAS: one thread, always) and the numba cache directory (unless the user has
+    set NUMBA_CACHE_DIR)."""
+    for var in BLAS_THREAD_VARS:
+        os.environ[var] = "1"
+    # numba reads NUMBA_NUM_THREADS when it is imported: 0 or -1 make its import fail (ValueError, exit 70) and a
+    # non-number prints a warning with a traceback. It only sizes numba's own thread pool, which cnncli never
+    # starts, so a value numba cannot use is dropped instead of failing the run.
+    if not _positive_int(os.environ.get("NUMBA_NUM_THREADS", "1")):
+        del os.environ["NUMBA_NUM_THREADS"]
     if "NUMBA_CACHE_DIR" not in os.environ:
         candidates = [_user_cache_dir(), Path(os.environ.get("TMPDIR", "/tmp")) / f"cnncli-numba-{os.getuid()}"]
         for candidate in candidates:

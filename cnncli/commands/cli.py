@@ -102,7 +102,7 @@ def train(
                                                       rich_help_panel=RUN)] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run.",
                                          rich_help_panel=RUN)] = False,
-    threads: Annotated[Optional[int], typer.Option(help="Worker threads (default: all CPUs).",
+    threads: Annotated[Optional[int], typer.Option(help="Worker threads, 1-1024 (default: all CPUs).",
                                                    rich_help_panel=RUN)] = None,
     wait: Annotated[float, typer.Option(help="Seconds to wait for a run on this output.",
                                         rich_help_panel=RUN)] = 0.0,
@@ -118,7 +118,7 @@ def train(
     require(0 <= seed < 2**32, "--seed", f"must be between 0 and 4294967295, got {seed}")
     positive_finite(max_time, "--max-time")
     positive_finite(clip_norm, "--clip-norm")
-    require(threads is None or 1 <= threads <= 1024, "--threads", f"must be at least 1, got {threads}")
+    require(threads is None or 1 <= threads <= 1024, "--threads", f"must be between 1 and 1024, got {threads}")
     positive_finite(wait, "--wait", allow_zero=True)
     from cnncli.commands.progress import TrainReporter, summary_lines
     from cnncli.commands.train import TrainOptions, run

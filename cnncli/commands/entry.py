@@ -1,7 +1,7 @@
 """Running the command line: standard streams, signals, and the one place outcomes become exit codes.
 
 cli.py says what the user can type; this module runs it. Every error is one line on stderr (a traceback only
-with --debug or CNNCLI_DEBUG=1); the codes are README's table (cnncli/errors.py).
+with --debug or CNNCLI_DEBUG=1, see debug_from_environment); the codes are README's table (cnncli/errors.py).
 """
 
 import os
@@ -11,7 +11,7 @@ import sys
 import typer
 
 from cnncli.commands.options import bare_option_values
-from cnncli.commands.streams import DataOut, reserve_std_fds, say, stderr_on_null
+from cnncli.commands.streams import DataOut, reserve_std_fds, say, stderr_on_null, utf8_streams
 from cnncli.errors import (EXIT_GATE, EXIT_INTERNAL, EXIT_IOERR, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, CnnError,
                            UsageError, WriteError, one_line)
 
@@ -51,6 +51,7 @@ def run(app, argv=None):
     reserve_std_fds()  # before anything is opened: no file may land on fd 1 or 2
     if sys.stderr is None:
         sys.stderr = stderr_on_null()
+    utf8_streams()  # README promises UTF-8 lines whatever the locale (LC_ALL=C, PYTHONIOENCODING=latin-1)
     saved_stdout = sys.stdout
     data_closed = saved_stdout is None
     sys.stdout = DataOut(saved_stdout if not data_closed else open(os.devnull, "w"), closed=data_closed)
@@ -73,6 +74,15 @@ def run(app, argv=None):
         if in_main_thread:
             signal.signal(signal.SIGTERM, old_term)
     sys.exit(code)
+
+
+# CNNCLI_DEBUG values that mean "off" (any case, surrounding blanks ignored); every other value turns tracebacks on.
+DEBUG_OFF = ("", "0", "false", "no", "off")
+
+
+def debug_from_environment():
+    """True when $CNNCLI_DEBUG asks for tracebacks: set to anything but empty, 0, false, no or off."""
+    return os.environ.get("CNNCLI_DEBUG", "").strip().lower() not in DEBUG_OFF
 
 
 def _traceback():
@@ -107,7 +117,7 @@ def _run(app, argv):
         from click.exceptions import ClickException
 
     args = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in args or os.environ.get("CNNCLI_DEBUG", "") not in ("", "0")
+    debug = "--debug" in args or debug_from_environment()
     if "--debug" in args:
         args.remove("--debug")
     args = bare_option_values(args)

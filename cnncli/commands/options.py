@@ -94,9 +94,12 @@ InitOption = Annotated[Optional[Path], typer.Option(
     rich_help_panel=MODEL)]
 FreezeOption = Annotated[int, typer.Option(metavar="N", help="With --init: keep its first N weight layers fixed.",
                                            show_default=False, rich_help_panel=MODEL)]
+# Help text is rich markup when typer draws help with rich (its default): there a bare `[dask]` was taken for a
+# style tag and the help said `pip install 'cnncli'`. Plain help (TYPER_USE_RICH=0) would show the backslash.
+_DASK_EXTRA = "'cnncli\\[dask]'" if typer.core.DEFAULT_MARKUP_MODE == "rich" else "'cnncli[dask]'"
 Scheduler = Annotated[Optional[str], typer.Option(
     metavar="ADDRESS", help="Score on a Dask cluster: tcp://HOST:PORT, or local:N worker processes started here "
-    "(default: $CNNCLI_SCHEDULER; none: this process). Needs pip install 'cnncli[dask]'.", show_default=False,
+    "(default: $CNNCLI_SCHEDULER; none: this process). Needs pip install " + _DASK_EXTRA + ".", show_default=False,
     rich_help_panel=RUN)]
 TTA = Annotated[bool, typer.Option("--tta", help="Average each image with its mirror image.", rich_help_panel=MODEL)]
 NoProgress = Annotated[bool, typer.Option("--no-progress", rich_help_panel=RUN,

@@ -5,6 +5,7 @@
 - Data on stdout: a failed write is one WriteError ("stdout: ..."), exit 74; a closed stdout is the same on
   the first write. A reader that went away (EPIPE) stays a BrokenPipeError, which callers treat as a normal
   end (`| head -1`).
+- Both are UTF-8 whatever the locale says (utf8_streams).
 - Messages on stderr: best effort. A closed or full stderr loses the messages, never the run's work.
 """
 
@@ -38,6 +39,24 @@ def reserve_std_fds():
 def stderr_on_null():
     """A text stream on fd 2 (now /dev/null) for a process started with stderr closed."""
     return io.TextIOWrapper(io.FileIO(2, "w", closefd=False), errors="backslashreplace", line_buffering=True)
+
+
+def utf8_streams():
+    """Make sys.stdout and sys.stderr write UTF-8 whatever the locale or PYTHONIOENCODING says (under LC_ALL=C
+    a file name with a `ü` failed the run with UnicodeEncodeError, under latin-1 it became a non-UTF-8 byte).
+    Each stream keeps its error handling and line buffering; one that is UTF-8 already, or not a text file, is
+    left alone. File names that are not UTF-8 are escaped before they are written (errors.one_line)."""
+    import codecs
+
+    for stream in (sys.stdout, sys.stderr):
+        encoding = getattr(stream, "encoding", None)
+        if not encoding or not hasattr(stream, "reconfigure"):
+            continue
+        try:
+            if codecs.lookup(encoding).name != "utf-8":
+                stream.reconfigure(encoding="utf-8", errors=stream.errors)
+        except (LookupError, OSError, ValueError):  # an unknown codec name, a closed or failing stream: as it was
+            pass
 
 
 def spawn_without_stderr(start):
