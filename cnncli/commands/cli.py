@@ -102,7 +102,7 @@ def train(
                                                       rich_help_panel=RUN)] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run.",
                                          rich_help_panel=RUN)] = False,
-    threads: Annotated[Optional[int], typer.Option(help="Worker threads, 1-1024 (default: all CPUs).",
+    threads: Annotated[Optional[int], typer.Option(help="Threads: 1-1024 (default: all CPUs).",
                                                    rich_help_panel=RUN)] = None,
     wait: Annotated[float, typer.Option(help="Seconds to wait for a run on this output.",
                                         rich_help_panel=RUN)] = 0.0,
