@@ -6,15 +6,12 @@ are written and flushed after every batch, so memory stays flat however many inp
 """
 
 import json
-import os
-import signal
 import sys
 import threading
-import time
 from dataclasses import dataclass
 
 from cnncli.commands.model_path import resolve_model
-from cnncli.commands.predict_inputs import iter_inputs
+from cnncli.commands.predict_inputs import iter_inputs, skip_keys
 from cnncli.engine.decision import DEFAULT_THRESHOLD, decide
 from cnncli.errors import EXIT_OK, EXIT_PARTIAL, NoInputError, UsageError, one_line
 from cnncli.report.lines import row
@@ -170,56 +167,6 @@ class Writer:
             self._row([path] + [""] * n + [message])
 
 
-def _worker_init(parent):
-    # Ctrl-C reaches the whole process group: the parent reports it, workers just stop quietly.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _exit_with_parent(parent)
-    from cnncli.data.images import bombs_are_errors
-
-    bombs_are_errors().__enter__()  # for the worker's whole life: it only ever decodes
-
-
-def _exit_with_parent(parent, every=0.2):
-    """End this worker soon after its parent is gone, however the parent died (even SIGKILL, which runs no
-    cleanup): a worker left behind would hold the caller's stdout open, and `| wc -l` would never end."""
-    def watch():
-        while os.getppid() == parent:
-            time.sleep(every)
-        os._exit(0)
-
-    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
-
-
-def _process_pool(workers):
-    # The pool's queues need multiprocessing's resource tracker, a helper process that removes their semaphores
-    # should predict be killed outright (SIGKILL) and then says so in a 'leaked semaphore objects' warning on
-    # the stderr it inherited: noise in a cron log, as nothing was lost. Started first with stderr on /dev/null.
-    import multiprocessing  # here, not at import: a short run (one image) never starts a process pool
-    from concurrent.futures import ProcessPoolExecutor
-    from multiprocessing import resource_tracker
-
-    from cnncli.commands.streams import spawn_without_stderr
-
-    spawn_without_stderr(resource_tracker.ensure_running)
-    # spawn, not fork: the parent already runs threads (kernels, the input reader), which fork would copy mid-state.
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
-                               initargs=(os.getpid(),))
-
-
-def _stop_pool(pool, finished):
-    """Shut the decode pool down. After an error or a signal (finished False), queued work is dropped and
-    worker processes are ended at once rather than waited for."""
-    if finished:
-        pool.shutdown(wait=True)
-        return
-    processes = list((getattr(pool, "_processes", None) or {}).values())  # ProcessPoolExecutor only
-    pool.shutdown(wait=False, cancel_futures=True)
-    for proc in processes:
-        proc.terminate()
-    for proc in processes:
-        proc.join(timeout=5)
-
-
 def _submit_decodes(pool, batch, size, channels, workers, resize="crop", cache=None):
     """Start decoding batch [(path, error or None)] in chunks (through the decode cache at cache = (folder, cap)
     unless None); returns [(indices, future)] for _gather."""
@@ -272,10 +219,10 @@ def _scored_locally(opts, clf, current, batches, full, cache=None):
     (scoring.score_decoded), in order. Decoding runs in a pool (processes when full: a long run), one batch
     ahead, through the decode cache at cache = (folder, cap) unless None (trimmed to its cap at the end when
     entries were added); the pool is stopped at the end, at once when the consumer stops early."""
-    from concurrent.futures import ThreadPoolExecutor
+    from cnncli.commands.decode_pool import decode_pool, stop_pool
 
     size, channels, wrote = clf.size, clf.channels, False
-    pool = _process_pool(opts.workers) if full else ThreadPoolExecutor(max(1, opts.workers))
+    pool = decode_pool(opts.workers, processes=full)
     finished = False
     try:
         def read_ahead():
@@ -297,7 +244,7 @@ def _scored_locally(opts, clf, current, batches, full, cache=None):
         if wrote:
             open_cache(cache).trim()
     finally:
-        _stop_pool(pool, finished)
+        stop_pool(pool, finished)
 
 
 def _scored_on_cluster(opts, client, checksum, current, batches):
@@ -351,7 +298,9 @@ def run(opts, on_error=None, out=None):
         writer.header()
         seen = failed = 0
         with bombs_are_errors():
-            batches = _batches(extras.entries(iter_inputs(opts.inputs, opts.null)), opts.batch_size)
+            # --sort-into DIR inside an input folder: its links are this command's outputs, never inputs again.
+            skip = skip_keys(opts.sort_into)
+            batches = _batches(extras.entries(iter_inputs(opts.inputs, opts.null, skip)), opts.batch_size)
             current = next(batches, None)
             # A full first batch means a long run: decode in worker processes, since decoding small images is
             # mostly Python work that holds the GIL, and threads would share one core. Short runs keep threads,

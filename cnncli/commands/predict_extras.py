@@ -48,9 +48,9 @@ def progress_bar(opts):
         return None
     bar = InputsProgress("predict")
     if "-" not in opts.inputs:
-        from cnncli.commands.predict_inputs import iter_inputs
+        from cnncli.commands.predict_inputs import iter_inputs, skip_keys
 
-        bar.count_total(take_shard(iter_inputs(opts.inputs, opts.null), opts.shard))
+        bar.count_total(take_shard(iter_inputs(opts.inputs, opts.null, skip_keys(opts.sort_into)), opts.shard))
     return bar
 
 

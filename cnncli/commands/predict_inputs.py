@@ -104,12 +104,26 @@ def _listing(folder):
     return out
 
 
-def walk_images(folder):
+def skip_keys(*folders):
+    """The (st_dev, st_ino) of each existing folder among folders (None entries ignored): walk_images' skip."""
+    keys = set()
+    for folder in filter(None, folders):
+        try:
+            st = os.stat(folder)
+        except (OSError, ValueError):
+            continue
+        keys.add((st.st_dev, st.st_ino))
+    return keys
+
+
+def walk_images(folder, skip=()):
     """Yield (path, None) for every image file under folder, recursively, in the order of their paths, and
     (folder path, reason) for each folder that cannot be listed; the walk goes on past it.
 
     Same files as training folders (hidden names skipped, image extensions only, a folder reached twice
     through symlinks read once), but streamed: only the folders on the current branch are held in memory.
+    skip: skip_keys() of folders passed over below folder (predict's --sort-into DIR: its links are
+    outputs, not inputs); folder itself is walked even if listed there.
     """
     seen = set()
     stack = []
@@ -117,7 +131,7 @@ def walk_images(folder):
     def enter(d):
         try:
             st = os.stat(d)
-            if (st.st_dev, st.st_ino) in seen:
+            if (st.st_dev, st.st_ino) in seen or (stack and (st.st_dev, st.st_ino) in skip):
                 return None
             seen.add((st.st_dev, st.st_ino))
             stack.append(iter(_listing(d)))
@@ -140,32 +154,33 @@ def walk_images(folder):
             yield entry[1], None
 
 
-def _expand(item):
+def _expand(item, skip=()):
     """Entries for one named input (an argument or a path from stdin) that has no error of its own."""
     if os.path.isdir(item):
-        yield from walk_images(item)
+        yield from walk_images(item, skip)
     elif os.path.exists(item):
         yield item, None
     else:
         yield item, "no such file"
 
 
-def iter_inputs(args, null=False):
+def iter_inputs(args, null=False, skip=()):
     """Yield (path, error message or None) for every input, lazily and in order.
 
-    A file is used whatever its extension; a folder gives its image files recursively (walk_images); an
-    argument that is neither but holds * ? [ is a glob pattern (** recursive), expanded sorted; "-" reads
-    paths from stdin (stdin_paths). Anything else yields an error entry ("no such file").
+    A file is used whatever its extension; a folder gives its image files recursively (walk_images, passing
+    over the sub-folders in skip); an argument that is neither but holds * ? [ is a glob
+    pattern (** recursive), expanded sorted; "-" reads paths from stdin (stdin_paths). Anything else yields an
+    error entry ("no such file").
     """
     for arg in args:
         if arg == "-":
             for item, err in stdin_paths(null):
-                yield from ((item, err),) if err else _expand(item)
+                yield from ((item, err),) if err else _expand(item, skip)
         elif not os.path.exists(arg) and _GLOB_CHARS & set(arg):
             found = sorted(glob.iglob(arg, recursive=True))
             if not found:
                 yield arg, "no file matches this pattern"
             for p in found:
-                yield from _expand(p)
+                yield from _expand(p, skip)
         else:
-            yield from _expand(arg)
+            yield from _expand(arg, skip)

@@ -79,6 +79,9 @@ class Ledger:
         self.path, self.model, self.classes = Path(path), model_sha256, list(classes)
         if self.path.is_dir():
             raise OutputError(f"{self.path}: --ledger is a directory")
+        if self.path.is_symlink() and not self.path.exists():  # SQLite would create the ledger where it points
+            raise OutputError(f"{self.path}: --ledger is a symlink to a missing file (a new ledger is not "
+                              "created through a link; give its real path)")
         if self.path.exists() and not self.path.is_file():  # /dev/null, a FIFO: SQLite would add files beside it
             raise OutputError(f"{self.path}: --ledger is not a regular file")
         # predict looks inputs up on its reading thread and commits on the main one: one lock serialises them.

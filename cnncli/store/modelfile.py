@@ -45,6 +45,7 @@ class Classifier:
     min_confidence: float | None = None  # predict says "unknown" below this top probability
     resize: str = "crop"  # the decoder's resize rule (images.RESIZE_RULES), repeated by eval and predict
     tta: bool = False  # average the logits of each image and its mirror (predict/eval --tta; not stored)
+    source: str = "the weight file"  # names the file in errors: its path when loaded from one
 
     @property
     def size(self):
@@ -60,33 +61,34 @@ class Classifier:
 
     def logits(self, x):
         """Raw logits (N, K) float32 for uint8 images (N, C, H, W), before the temperature; normalised and run
-        one inference pass (Model.images_per_pass) at a time."""
+        one inference pass (Model.images_per_pass) at a time. FormatError naming the weight file when any logit
+        is not finite: finite but huge weights overflow float32, and nothing could be decided from such rows."""
         step = self.model.images_per_pass()
-        if self.tta:  # the mean of the two logits: test-time augmentation with a horizontal flip
-            mirror = lambda a: np.ascontiguousarray(a[..., ::-1])  # noqa: E731
-            out = [(self.model.forward(self.to_float(x[i:i + step])) + self.model.forward(
-                self.to_float(mirror(x[i:i + step])))) / np.float32(2) for i in range(0, len(x), step)]
-            return np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)
-        out = [self.model.forward(self.to_float(x[i:i + step])) for i in range(0, len(x), step)]
-        return np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)
+        with _quiet_overflow():
+            if self.tta:  # the mean of the two logits: test-time augmentation with a horizontal flip
+                mirror = lambda a: np.ascontiguousarray(a[..., ::-1])  # noqa: E731
+                out = [(self.model.forward(self.to_float(x[i:i + step])) + self.model.forward(
+                    self.to_float(mirror(x[i:i + step])))) / np.float32(2) for i in range(0, len(x), step)]
+            else:
+                out = [self.model.forward(self.to_float(x[i:i + step])) for i in range(0, len(x), step)]
+        return self._finite(np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32))
 
     def proba_from_logits(self, z):
-        """Class probabilities (N, K) float32 from raw logits (N, K): softmax(logits / temperature)."""
-        return softmax(z if self.temperature == 1.0 else z / np.float32(self.temperature))
+        """Class probabilities (N, K) float32 from raw logits (N, K): softmax(logits / temperature).
+        FormatError naming the weight file when one is not finite (logits too large for the temperature)."""
+        with _quiet_overflow():
+            return self._finite(softmax(z if self.temperature == 1.0 else z / np.float32(self.temperature)))
 
     def proba(self, x):
-        """Class probabilities (N, K) float32 for uint8 images (N, C, H, W): softmax(logits / temperature).
+        """Class probabilities (N, K) float32 for uint8 images (N, C, H, W): softmax(logits / temperature)."""
+        return self.proba_from_logits(self.logits(x))
 
-        Normalises one inference pass of images at a time (Model.images_per_pass), so a large batch never
-        holds a float32 copy of itself.
-        """
-        step = self.model.images_per_pass()
-        if self.temperature != 1.0 or self.tta:
-            return self.proba_from_logits(self.logits(x))
-        if len(x) <= step:
-            return self.model.predict_proba(self.to_float(x), step)
-        return np.concatenate([self.model.predict_proba(self.to_float(x[i:i + step]), step)
-                               for i in range(0, len(x), step)])
+    def _finite(self, a):
+        """a, unless it holds a NaN or an infinity: then FormatError, the weight file's fault (exit 65)."""
+        if not np.isfinite(a).all():
+            raise FormatError(f"{self.source}: the model's outputs overflow (non-finite probabilities); "
+                              "the weights are unusable")
+        return a
 
     def metadata(self):
         c, h, w = self.model.input_shape
@@ -105,6 +107,11 @@ class Classifier:
         if self.min_confidence is not None:
             meta["min_confidence"] = float(self.min_confidence)
         return meta
+
+
+def _quiet_overflow():
+    """Numpy's overflow and invalid-value warnings off: Classifier._finite reports such outputs in one line."""
+    return np.errstate(over="ignore", invalid="ignore", divide="ignore")
 
 
 def save(path, clf):
@@ -192,7 +199,7 @@ def from_parts(path, tensors, meta):
                                      and 0.0 <= min_conf <= 1.0), "'min_confidence' must be a number in [0, 1]")
     return Classifier(model, classes, inp["color"], mean, std, None if threshold is None else float(threshold),
                       train, meta.get("metadata_sha256"), float(temperature), None if min_conf is None else float(min_conf),
-                      RESIZE_NAMES[resize])
+                      RESIZE_NAMES[resize], source=str(path))
 
 
 def save_decisions(path, values, expect):

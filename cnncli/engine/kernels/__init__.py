@@ -30,7 +30,7 @@ Design, from measurements on a 2-core machine:
 
 One module per job: `threads` (the worker pool and chunking), `claim` (the atomic counter from which a training
 region's threads take chunks inside compiled code), `scratch` (per-thread scratch buffers), `blas` (BLAS for
-compiled kernels), `checks`
+compiled kernels), `cache_repair` (a damaged numba cache entry is compiled again), `checks`
 (argument checks), `sums` (fixed-order sums), `conv` (the public convolutions, choosing among `winograd`, `wide`
 and `im2col`), `fused` (inference: convolution + bias + ReLU + 2 x 2 max pooling in one pass), `dense`
 (inference: a dense layer + bias + ReLU), `regions` (training: a convolution, its ReLU and a 2 x 2 max pooling
@@ -38,7 +38,9 @@ in one parallel region, forward and backward), `pooling` (max pooling), `norm` (
 average pooling) and `elementwise` (activations, the SGD momentum update). No module outside this package imports numba.
 """
 
-from cnncli.engine.kernels import blas
+from cnncli.engine.kernels import blas, cache_repair
+
+cache_repair.install()  # before any kernel is loaded from numba's cache: a damaged entry is compiled again
 
 blas.preload()  # before any kernel that calls np.dot runs: numba looks the BLAS module up on the first call
 
