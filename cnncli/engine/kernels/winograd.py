@@ -309,8 +309,8 @@ def _wino_plan(x, w, b, ph, pw, out, relu=False):
     U = np.empty((16, w.shape[0], C), dtype=x.dtype)
     _wino_weights(w, U)
     per_image = 16 * C * TH * TW * 4
-    # About _WINO_CHUNK_BYTES of tiles per chunk, the count rounded up to a multiple of CHUNKS: the training region
-    # gives each thread every threads-th chunk, so 9 chunks kept one of 2 threads busy 25% longer (M1's second conv).
+    # About _WINO_CHUNK_BYTES of tiles per chunk, the count rounded up to a multiple of CHUNKS: with 9 equal chunks
+    # (M1's second conv) one of 2 threads ran 5 and the other waited for it, 25% of the region.
     n_chunks = -(-N * per_image // _WINO_CHUNK_BYTES)
     return _wino_chunk, N, (x, U, b, ph, pw, TH, TW, out, relu), max(1, min(N, -(-n_chunks // CHUNKS) * CHUNKS))
 
