@@ -5,7 +5,8 @@ Importing this module sets up the process before numba or a BLAS library loads:
 - single-threaded BLAS whatever the environment says, because the kernels run their GEMMs inside cnncli's own
   thread pool (one chunk of images per thread; `--threads` is the user's control), and two pools busy-waiting
   against each other on a small machine stretch every call to several ms,
-- no NUMBA_NUM_THREADS that numba would refuse (cnncli never uses numba's own thread pool).
+- no NUMBA_NUM_THREADS that numba would refuse (cnncli never uses numba's own thread pool), and no
+  NUMBA_DISABLE_JIT (the kernels need compiled code).
 """
 
 import os
@@ -63,6 +64,9 @@ def prepare_environment() -> None:
     # starts, so a value numba cannot use is dropped instead of failing the run.
     if not _positive_int(os.environ.get("NUMBA_NUM_THREADS", "1")):
         del os.environ["NUMBA_NUM_THREADS"]
+    # numba's debugging switch runs kernels as plain Python: the training regions' atomic chunk counter
+    # (kernels/claim.py) exists only in compiled code, and a pure-Python epoch would take hours anyway.
+    os.environ.pop("NUMBA_DISABLE_JIT", None)
     if "NUMBA_CACHE_DIR" not in os.environ:
         candidates = [_user_cache_dir(), Path(os.environ.get("TMPDIR", "/tmp")) / f"cnncli-numba-{os.getuid()}"]
         for candidate in candidates:

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from batch_helpers import body, world
 from conftest import make_image_folder
@@ -91,6 +92,44 @@ def test_a_damaged_numba_cache_is_compiled_again(tmp_path):
     again = _cnncli(*args, env=env)
     assert (again.returncode, again.stdout, again.stderr) == (0, first.stdout, first.stderr)
     assert all(p.read_bytes() != b"junk, not a pickle" for p in index_files)
+
+
+@pytest.mark.parametrize("plant", ["fifo", "zero", "directory"])
+def test_a_planted_numba_cache_entry_is_a_miss_never_a_hang_or_a_memory_blowup(tmp_path, plant):
+    """A FIFO in place of a cached kernel blocked the read past SIGTERM; a symlink to /dev/zero was read until the
+    machine ran out of memory; a directory gave exit 70. Each is now a cache miss: compiled again, same output."""
+    data, _ = world(tmp_path, n_per_class=6, bad=0)
+    model = tmp_path / "fc.safetensors"
+    modelfile.save(model, modelfile.Classifier(Model("fc", (1, 16, 16), 2, seed=0), ["cat", "dog"], "gray",
+                                               [0.5], [0.25]))
+    cache = tmp_path / "numba"
+    env = child_env(NUMBA_CACHE_DIR=str(cache))
+    args = ("predict", "-m", model, "--no-cache", data)
+    first = _cnncli(*args, env=env)
+    assert first.returncode == 0, first.stderr
+    entries = sorted(cache.rglob("*.nbc"))  # the kernels' data files; their index still names them
+    assert entries
+    for p in entries:
+        p.unlink()
+        if plant == "fifo":
+            os.mkfifo(p)
+        elif plant == "zero":
+            p.symlink_to("/dev/zero")
+        else:
+            p.mkdir()
+    # The child's address space is capped, so that reading /dev/zero would fail there, not exhaust the machine;
+    # it writes its peak resident memory to a file at exit: an entry read until the cap shows up there.
+    peak = tmp_path / "peak_kb"
+    script = ("import atexit, resource, sys\n"
+              "resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30))\n"
+              f"atexit.register(lambda: open({str(peak)!r}, 'w').write("
+              "str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)))\n"
+              "from cnncli.commands.cli import main\n"
+              "main(sys.argv[1:])\n")
+    again = subprocess.run([sys.executable, "-c", script, *map(str, args)], capture_output=True, text=True, env=env,
+                           timeout=240)
+    assert (again.returncode, again.stdout, again.stderr) == (0, first.stdout, first.stderr)
+    assert int(peak.read_text()) < 1_000_000  # KB: a normal run of this size peaks at a few hundred MB
 
 
 # multiprocessing's semaphores fail as they do with /dev/shm mounted read-only (EROFS), then predict runs.

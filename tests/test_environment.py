@@ -118,3 +118,14 @@ def test_scheduler_help_names_the_dask_extra(command, env, tmp_path):
     assert code == 0, err
     text = out.decode()
     assert "'cnncli[dask]'" in text and "\\[" not in text  # rich markup ate [dask]: "pip install 'cnncli'"
+
+
+def test_numba_disable_jit_does_not_break_training(tmp_path):
+    """numba's debugging switch ran the kernels as Python, where the training regions' atomic chunk counter does
+    not exist (exit 70); cnncli ignores it and trains as always."""
+    data = make_image_folder(tmp_path / "d", n_per_class=8, size=12)
+    out = tmp_path / "m.safetensors"
+    code, _, err = run_child(["train", str(data), "--arch", "tiny", "--epochs", "1", "-q", "-o", str(out)], tmp_path,
+                             env=child_env(NUMBA_DISABLE_JIT="1"))
+    assert code == 0, err
+    assert out.is_file()
