@@ -69,9 +69,11 @@ def test_a_weight_file_whose_outputs_overflow_is_refused_by_predict_and_eval(tmp
     _refused_as_bad_weights(done, "huge.safetensors")
 
 
-def test_a_damaged_numba_cache_is_compiled_again(tmp_path):
-    data, _ = world(tmp_path, n_per_class=6, bad=0)  # 12 images: the compiled (numba) path
-    model = tmp_path / "fc.safetensors"  # one dense layer: few kernels to compile, three times over
+def _numba_cache_run(tmp_path):
+    """(predict's arguments, its environment with a fresh NUMBA_CACHE_DIR, the cache folder, the first run) after a
+    first predict that fills the cache: 12 images take the compiled path; one dense layer, few kernels."""
+    data, _ = world(tmp_path, n_per_class=6, bad=0)
+    model = tmp_path / "fc.safetensors"
     modelfile.save(model, modelfile.Classifier(Model("fc", (1, 16, 16), 2, seed=0), ["cat", "dog"], "gray",
                                                [0.5], [0.25]))
     cache = tmp_path / "numba"
@@ -79,6 +81,11 @@ def test_a_damaged_numba_cache_is_compiled_again(tmp_path):
     args = ("predict", "-m", model, "--no-cache", data)
     first = _cnncli(*args, env=env)
     assert first.returncode == 0, first.stderr
+    return args, env, cache, first
+
+
+def test_a_damaged_numba_cache_is_compiled_again(tmp_path):
+    args, env, cache, first = _numba_cache_run(tmp_path)
     data_files, index_files = sorted(cache.rglob("*.nbc")), sorted(cache.rglob("*.nbi"))
     assert data_files and index_files
     sizes = {p: p.stat().st_size for p in data_files}
@@ -98,15 +105,7 @@ def test_a_damaged_numba_cache_is_compiled_again(tmp_path):
 def test_a_planted_numba_cache_entry_is_a_miss_never_a_hang_or_a_memory_blowup(tmp_path, plant):
     """A FIFO in place of a cached kernel blocked the read past SIGTERM; a symlink to /dev/zero was read until the
     machine ran out of memory; a directory gave exit 70. Each is now a cache miss: compiled again, same output."""
-    data, _ = world(tmp_path, n_per_class=6, bad=0)
-    model = tmp_path / "fc.safetensors"
-    modelfile.save(model, modelfile.Classifier(Model("fc", (1, 16, 16), 2, seed=0), ["cat", "dog"], "gray",
-                                               [0.5], [0.25]))
-    cache = tmp_path / "numba"
-    env = child_env(NUMBA_CACHE_DIR=str(cache))
-    args = ("predict", "-m", model, "--no-cache", data)
-    first = _cnncli(*args, env=env)
-    assert first.returncode == 0, first.stderr
+    args, env, cache, first = _numba_cache_run(tmp_path)
     entries = sorted(cache.rglob("*.nbc"))  # the kernels' data files; their index still names them
     assert entries
     for p in entries:
