@@ -95,10 +95,10 @@ def conv2d_relu_maxpool2(x, w, b, stride, padding, out, pooled, argmax):
     _expect("argmax", argmax, _pool_shape(out), np.int32)
     fn, total, args, n_chunks = _forward_plan(x, w, b, stride, padding, out, True)
     # Forward chunks never add across images, so splitting the conv's items by whole images changes nothing.
-    strided = {_wide_forward_direct: _direct_pool, _wino_chunk: _wino_pool}.get(fn)
-    if strided is not None:
+    claimed = {_wide_forward_direct: _direct_pool, _wino_chunk: _wino_pool}.get(fn)
+    if claimed is not None:
         bounds = _chunk_bounds(x.shape[0], n_chunks)
-        run_claimed(strided, len(bounds), *args[:-1], pooled, argmax, bounds)  # args end with relu (True)
+        run_claimed(claimed, len(bounds), *args[:-1], pooled, argmax, bounds)  # args end with relu (True)
     else:
         _run(_forward_chunk, x.shape[0], fn, args, total // x.shape[0], out, pooled, argmax, n_chunks=n_chunks)
 
@@ -176,11 +176,11 @@ def maxpool2_relu_conv2d_backward(dpooled, argmax, pooled, x, w, stride, padding
         _expect("dx", dx, x.shape, x.dtype)
     fn, args, n_chunks, finish = _backward_plan(x, w, dconv, stride, padding, dx)
     # args start with (x, w2t or dout, ...) and end with (dw parts, db parts, slot), as the plan's chunk function
-    # takes them; the strided versions take the same, with the chunk bounds in place of slot.
-    strided = {_wide_backward_gemm: _pool_wide_backward, _wino_backward_chunk: _pool_wino_backward}.get(fn)
-    if strided is not None:
+    # takes them; the claimed versions take the same, with the chunk bounds in place of slot.
+    claimed = {_wide_backward_gemm: _pool_wide_backward, _wino_backward_chunk: _pool_wino_backward}.get(fn)
+    if claimed is not None:
         bounds = _chunk_bounds(x.shape[0], n_chunks)
-        run_claimed(strided, len(bounds), dpooled, argmax, pooled, dconv, *args[:-1], bounds)
+        run_claimed(claimed, len(bounds), dpooled, argmax, pooled, dconv, *args[:-1], bounds)
     else:
         _run(_backward_chunk, x.shape[0], dpooled, argmax, pooled, dconv, fn, args, n_chunks=n_chunks)
     return finish()

@@ -4,6 +4,8 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
+
 from cnncli.config import CHUNKS
 
 _pool = None
@@ -94,8 +96,6 @@ def run_claimed(fn, n_chunks, *args):
     holding 0, from which fn's compiled loop claims chunk indices atomically (claim._fetch_add) until they
     reach n_chunks. So a region costs one hand-off per thread instead of one per chunk, and a thread that gets
     more of the CPU takes more chunks; a chunk's results never depend on the thread that runs it."""
-    import numpy as np
-
     counter = np.zeros(1, np.int64)
     n = min(_threads, n_chunks)
     if n <= 1 or getattr(_serial, "on", False):
